@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the test suite. Extra arguments go to pytest.
+# Real-data tests run when DEEPNETS_DATA_DIR names a directory with MNIST's idx files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$status"
