@@ -1,0 +1,321 @@
+"""Recipes, presets and the command line, in one place.
+
+A *recipe* is how a network is trained (optimizer, schedule, loss, augmentation); a *preset* is a
+bundle of defaults for a whole suite (data source, epochs, batch, precision). Both are plain frozen
+dataclasses so that a record can store exactly what ran, and every preset value can be overridden
+from the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from models import MODEL_NAMES
+
+DATASET_NAMES = ("mnist", "cifar10")
+PRECISIONS = ("no", "fp16", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one network is trained. `lr` is for a global batch of `lr_batch` when `scale_lr` is set."""
+
+    name: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    schedule: str  # "constant", "multistep" (stepped per epoch) or "warmup-cosine" (stepped per step)
+    epochs: int
+    batch_size: int
+    augment: str  # "none", "paper" (SPEC.md's paper-improved augmentations) or "fast"
+    nesterov: bool = False
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    scale_lr: bool = False
+    lr_batch: int = 128
+    lr_scale_by_model: tuple[tuple[str, float], ...] = ()
+
+    def lr_for(self, model: str, global_batch: int) -> float:
+        """Peak learning rate for this model and global batch size."""
+        lr = self.lr * dict(self.lr_scale_by_model).get(model, 1.0)
+        return lr * global_batch / self.lr_batch if self.scale_lr else lr
+
+
+RECIPES: dict[str, Recipe] = {
+    # SPEC.md, exactly: the study's recipes.
+    "paper-vanilla": Recipe(
+        name="paper-vanilla", lr=0.001, momentum=0.9, weight_decay=0.0, label_smoothing=0.0,
+        schedule="constant", epochs=50, batch_size=128, augment="none",
+    ),
+    "paper-improved": Recipe(
+        name="paper-improved", lr=0.01, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
+        schedule="multistep", milestones=(5, 27, 40, 47), gamma=0.1, epochs=50, batch_size=128,
+        augment="paper",
+    ),
+    # Ours, for time to accuracy on a GPU: a large batch with the linear scaling rule, a short
+    # warm-up then cosine decay per step, Nesterov momentum, label smoothing, and cheap device-side
+    # flips/shifts. VGG16 without batch norm does not survive a large learning rate, so it gets a
+    # tenth of it (Simonyan & Zisserman trained it at 0.01 for batch 256).
+    "fast": Recipe(
+        name="fast", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.1,
+        schedule="warmup-cosine", warmup_epochs=1.0, epochs=12, batch_size=512, augment="fast",
+        scale_lr=True, lr_batch=512, lr_scale_by_model=(("vgg16", 0.1),),
+    ),
+}
+
+# The study pairs each vanilla model with the vanilla recipe and each improved one with the improved.
+PAIRED = "paired"
+
+
+def paired_recipe(model: str) -> str:
+    return "paper-improved" if model.endswith("_improved") else "paper-vanilla"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Suite-wide defaults. `None` means: take it from the recipe (or the launcher, for precision)."""
+
+    name: str
+    recipe: str
+    synthetic: bool
+    epochs: int | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+    channels_last: bool = False
+    warmup_steps: int = 20
+    synthetic_train: int = 2400  # synthetic images for train+val, when the data is synthetic
+    synthetic_test: int = 400
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(name="paper", recipe=PAIRED, synthetic=False),
+    "fast": Preset(name="fast", recipe="fast", synthetic=False, precision="bf16", channels_last=True),
+    # Synthetic data and a few dozen steps: finishes in minutes on two CPU cores.
+    "smoke": Preset(
+        name="smoke", recipe="fast", synthetic=True, epochs=2, batch_size=32, warmup_steps=2,
+        synthetic_train=640, synthetic_test=128,
+    ),
+}
+AUTO = "auto"
+
+# The study's test accuracy (SPEC.md) is the default time-to-target goal on real data.
+STUDY_TEST_ACCURACY: dict[str, dict[str, float]] = {
+    "vgg16": {"mnist": 0.9919, "cifar10": 0.7598},
+    "vgg16_improved": {"mnist": 0.9965, "cifar10": 0.7902},
+    "resnet18": {"mnist": 0.9899, "cifar10": 0.6553},
+    "resnet18_improved": {"mnist": 0.9963, "cifar10": 0.8187},
+    "inception_v1": {"mnist": 0.9951, "cifar10": 0.8315},
+    "inception_v1_improved": {"mnist": 0.9965, "cifar10": 0.8585},
+}
+STUDY_TRAIN_SECONDS: dict[str, dict[str, float]] = {
+    "vgg16": {"mnist": 3223, "cifar10": 11172},
+    "vgg16_improved": {"mnist": 5016, "cifar10": 5918},
+    "resnet18": {"mnist": 1804, "cifar10": 1884},
+    "resnet18_improved": {"mnist": 2319, "cifar10": 3738},
+    "inception_v1": {"mnist": 1536, "cifar10": 1626},
+    "inception_v1_improved": {"mnist": 2003, "cifar10": 6662},
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run depends on; its hash names the run for records and --resume."""
+
+    model: str
+    dataset: str
+    seed: int
+    preset: str
+    recipe: Recipe
+    epochs: int
+    batch_size: int
+    precision: str
+    channels_last: bool
+    compile_mode: str | None
+    synthetic: bool
+    synthetic_train: int
+    synthetic_test: int
+    target_accuracy: float | None
+    warmup_steps: int
+    num_workers: int
+    lr: float | None = None  # explicit override of the recipe's peak learning rate
+    data_dir: str | None = field(default=None, compare=False)
+
+    @property
+    def run_id(self) -> str:
+        """Readable prefix plus a hash of every setting that changes the result."""
+        identity = dataclasses.asdict(self)
+        identity.pop("data_dir")
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
+        return f"{self.preset}_{source}_{self.model}_{self.recipe.name}_{self.precision}_b{self.batch_size}_s{self.seed}_{digest}"
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    runs: tuple[RunConfig, ...]
+    preset: str
+    auto_reason: str | None
+    results_dir: Path
+    cache_dir: Path | None
+    resume: bool
+    keep_checkpoints: bool
+    profile: bool
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option prints a single `error:` line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def accuracy_fraction(text: str) -> float:
+    """Accept 0.85 or 85 (percent) and return a fraction."""
+    value = positive_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected an accuracy in (0, 1] or a percentage in (1, 100], got {text!r}")
+    return value / 100 if value > 1 else value
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="bench/run.py",
+        description="Train and measure CNNs on FFCV-encoded 64x64 MNIST / CIFAR-10 under Accelerate.",
+        epilog="Launch with `accelerate launch bench/run.py ...` for several processes/GPUs; "
+        "plain `python bench/run.py` runs one process.",
+    )
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), metavar="MODEL",
+                        help=f"models to run (default: all). Valid: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--datasets", nargs="+", choices=DATASET_NAMES, default=list(DATASET_NAMES), metavar="DATASET",
+                        help=f"datasets (default: both). Valid: {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO,
+                        help="auto (default): 'fast' on real data when a GPU is present, else 'smoke'")
+    parser.add_argument("--recipe", choices=(PAIRED, *RECIPES), default=None,
+                        help="training recipe (default: the preset's). 'paired' = the study's pairing: "
+                        "vanilla models with paper-vanilla, improved ones with paper-improved")
+    parser.add_argument("--epochs", type=positive_int, help="epochs per run (default: the recipe's)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="batch size PER PROCESS (global batch = this x number of processes)")
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's, scaled to the batch)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="mixed precision (default: the launcher's --mixed_precision if fp16/bf16, else the preset's)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last memory format (default: the preset's)")
+    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
+                        dest="compile_mode", help="torch.compile the model (mode 'reduce-overhead' uses CUDA graphs)")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed (default: 0)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="directory with the raw datasets (default: $DEEPNETS_DATA_DIR, else download)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where .beton files go (default: data/cache)")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="records and tables (default: results/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip runs that already have a record and continue unfinished ones from their checkpoint")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint of finished runs")
+    parser.add_argument("--target-accuracy", type=accuracy_fraction,
+                        help="validation accuracy for time-to-target, as 0.99 or 99 (default: the study's test "
+                        "accuracy for that model and dataset; none on synthetic data)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, help="training steps excluded from throughput")
+    parser.add_argument("--num-workers", type=positive_int, default=None,
+                        help="FFCV loader threads per process (default: CPU cores / processes)")
+    parser.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=None,
+                        help="use the learnable synthetic data instead of the real datasets (default: the preset's)")
+    parser.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
+                        help="images in the synthetic train(+val) and test sets (default: the preset's)")
+    parser.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+    return parser
+
+
+def launcher_precision() -> str | None:
+    """The launcher's mixed precision when it asked for one (accelerate launch exports it)."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    return value if value in ("fp16", "bf16") else None
+
+
+def resolve_preset(requested: str, synthetic_override: bool | None, gpu_available: bool) -> tuple[Preset, str | None]:
+    """Pick the preset; for `auto`, also say why in one line."""
+    if requested != AUTO:
+        return PRESETS[requested], None
+    if gpu_available and synthetic_override is not True:
+        return PRESETS["fast"], "preset auto -> fast: a GPU is present; training on the real datasets"
+    return PRESETS["smoke"], (
+        "preset auto -> smoke: no GPU here, so a short run on synthetic data "
+        "(use --preset paper or --preset fast for the real job)"
+    )
+
+
+def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int) -> SuiteConfig:
+    """Command line -> the list of runs, every value resolved (CLI over preset over recipe)."""
+    args = build_parser().parse_args(argv)
+    preset, auto_reason = resolve_preset(args.preset, args.synthetic, gpu_available)
+    synthetic = preset.synthetic if args.synthetic is None else args.synthetic
+    precision = args.precision or launcher_precision() or preset.precision or "no"
+    channels_last = preset.channels_last if args.channels_last is None else args.channels_last
+    warmup_steps = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
+    num_workers = args.num_workers or max(1, (os.cpu_count() or 1) // num_processes)
+    recipe_choice = args.recipe or preset.recipe
+    synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
+    runs = []
+    for dataset in args.datasets:
+        for model in args.models:
+            recipe = RECIPES[paired_recipe(model) if recipe_choice == PAIRED else recipe_choice]
+            if args.target_accuracy is not None:
+                target = args.target_accuracy
+            else:
+                target = None if synthetic else STUDY_TEST_ACCURACY[model][dataset]
+            for seed in args.seeds:
+                runs.append(RunConfig(
+                    model=model, dataset=dataset, seed=seed, preset=preset.name, recipe=recipe,
+                    epochs=args.epochs or preset.epochs or recipe.epochs,
+                    batch_size=args.batch_size or preset.batch_size or recipe.batch_size,
+                    precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
+                    synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
+                    target_accuracy=target,
+                    warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
+                    data_dir=str(args.data_dir) if args.data_dir else None,
+                ))
+    return SuiteConfig(
+        runs=tuple(runs), preset=preset.name, auto_reason=auto_reason, results_dir=args.results_dir,
+        cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        profile=args.profile,
+    )

@@ -1,0 +1,51 @@
+"""What a result was measured on: versions, device, world size, git commit."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from bench.measure import device_name
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's commit, with '+dirty' when it has uncommitted changes; None outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
+def environment(accelerator: Accelerator) -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "torchvision": package_version("torchvision"),
+        "accelerate": package_version("accelerate"),
+        "ffcv": package_version("ffcv"),
+        "device_type": accelerator.device.type,
+        "device_name": device_name(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "mixed_precision": accelerator.mixed_precision,
+        "hostname": platform.node(),
+        "git_commit": git_commit(),
+    }

@@ -1,0 +1,164 @@
+"""Measurement conventions (after timm's benchmark.py): time only synchronised windows after warm-up,
+count images per window, and keep per-step work free of host syncs.
+
+Definitions used in records and reports:
+- throughput: images / seconds inside the timed window, per process; the suite sums over processes.
+- data stall: share of the timed window the host spent blocked in `next(loader)`.
+- MFU: achieved training FLOP/s (model facts x images/s) over the devices' peak FLOP/s.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, TFLOP/s, by precision.
+# "no" means fp32 weights and activations; matmuls then run as TF32 only when the user enables it,
+# so the plain fp32 peak is the honest denominator.
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "no": 66.9},
+    "H100 NVL": {"bf16": 835.0, "fp16": 835.0, "no": 60.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "no": 51.2},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "no": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "no": 19.5},
+    "A10G": {"bf16": 70.0, "fp16": 70.0, "no": 31.2},
+    "L40S": {"bf16": 362.0, "fp16": 362.0, "no": 91.6},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "no": 30.3},
+    "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "no": 82.6},
+    "V100": {"bf16": 0.0, "fp16": 125.0, "no": 15.7},
+    "T4": {"bf16": 0.0, "fp16": 65.0, "no": 8.1},
+}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that host clocks bracket it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return f"CPU: {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return "CPU"
+
+
+@lru_cache(maxsize=None)
+def peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
+    """(peak TFLOP/s of one device, where the number comes from): datasheet for known GPUs, else measured."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in GPU_PEAK_TFLOPS.items():
+            if key in name and peaks.get(precision, 0.0) > 0:
+                return peaks[precision], f"datasheet ({key})"
+    return measured_matmul_tflops(device, precision), "measured matmul"
+
+
+def measured_matmul_tflops(device: torch.device, precision: str, size: int = 1024, repeats: int = 10) -> float:
+    """Best-of-several square matmul rate: a practical peak for devices without a datasheet entry."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> tuple[int, int]:
+    """(peak allocated, peak reserved) device memory since the last reset; on CPU both are peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return rss, rss
+
+
+@dataclass
+class WindowTimer:
+    """A timed window of steps: images counted, host time blocked on data, device-synchronised ends."""
+
+    device: torch.device
+    images: int = 0
+    data_wait_s: float = 0.0
+    seconds: float = 0.0
+    _start: float | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self._start is not None
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is None:
+            return
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+        self._start = None
+
+    def elapsed(self) -> float:
+        """Seconds so far, including the running window (host clock, no sync: for progress only)."""
+        return self.seconds + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def count(self, images: int, data_wait_s: float) -> None:
+        if self.running:
+            self.images += images
+            self.data_wait_s += data_wait_s
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def data_stall(self) -> float:
+        return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
+
+
+def time_to_target(history: list[dict], target: float | None) -> tuple[float | None, int | None]:
+    """Training seconds and epochs until validation accuracy first reaches the target (None if never)."""
+    if target is None:
+        return None, None
+    elapsed = 0.0
+    for row in history:
+        elapsed += row["train_time_s"]
+        if row["val_acc"] >= target:
+            return elapsed, row["epoch"]
+    return None, None
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (cost, value) pairs: True where no other point is at most as costly and at least as good
+    with one of the two strictly better."""
+    flags = []
+    for i, (cost_i, value_i) in enumerate(points):
+        dominated = any(
+            cost_j <= cost_i and value_j >= value_i and (cost_j < cost_i or value_j > value_i)
+            for j, (cost_j, value_j) in enumerate(points) if j != i
+        )
+        flags.append(not dominated)
+    return flags

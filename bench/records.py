@@ -1,0 +1,100 @@
+"""Run records and checkpoints on disk.
+
+A record is one JSON file per run under `results/runs/`, written whole (temp file + rename), so a
+killed suite never leaves a half-written record. Unfinished runs live in `results/checkpoints/<run_id>/`
+as Accelerate state folders plus `progress.json`, which names the last complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RECORD_SCHEMA = 1
+STATUSES = ("finished", "diverged", "oom", "failed")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync it, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def runs_dir(results_dir: Path) -> Path:
+    return results_dir / "runs"
+
+
+def record_path(results_dir: Path, run_id: str) -> Path:
+    return runs_dir(results_dir) / f"{run_id}.json"
+
+
+def checkpoint_dir(results_dir: Path, run_id: str) -> Path:
+    return results_dir / "checkpoints" / run_id
+
+
+def write_record(results_dir: Path, record: dict) -> Path:
+    path = record_path(results_dir, record["run_id"])
+    write_json_atomic(path, record)
+    return path
+
+
+def existing_record(results_dir: Path, run_id: str) -> dict | None:
+    """The stored record of a run, or None when there is none or it cannot be read."""
+    try:
+        return json.loads(record_path(results_dir, run_id).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_records(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Every readable record under results_dir/runs, and (path, reason) for each unreadable one."""
+    good, bad = [], []
+    for path in sorted(runs_dir(results_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
+            bad.append((path, f"not valid JSON ({error})"))
+            continue
+        if not isinstance(record, dict):
+            bad.append((path, "not a JSON object"))
+            continue
+        missing = [key for key in ("run_id", "status", "model", "dataset", "metrics") if key not in record]
+        if missing:
+            bad.append((path, f"missing fields {missing}"))
+            continue
+        good.append(record)
+    return good, bad
+
+
+def read_progress(results_dir: Path, run_id: str) -> dict | None:
+    """The progress of an unfinished run (last complete epoch, history, state folder), if any."""
+    path = checkpoint_dir(results_dir, run_id) / "progress.json"
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    state = checkpoint_dir(results_dir, run_id) / progress.get("state", "")
+    return progress if state.is_dir() else None
+
+
+def prune_states(folder: Path, keep: str) -> None:
+    """Remove every epoch state folder but `keep` (after progress.json names it)."""
+    for old in folder.glob("epoch-*"):
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_checkpoints(results_dir: Path, run_id: str) -> None:
+    shutil.rmtree(checkpoint_dir(results_dir, run_id), ignore_errors=True)

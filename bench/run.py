@@ -1,0 +1,78 @@
+"""The benchmark suite: `accelerate launch bench/run.py [options]` (or `python -m bench.run`).
+
+Parses the command line into runs, trains and measures each one, writes one record per run, and
+ends with the comparison tables. A run that diverges or runs out of memory is recorded as such and
+the suite goes on; the exit status is non-zero when any run did not finish.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator, PartialState
+
+from bench import records
+from bench.config import parse_suite
+from bench.report import write_report
+from bench.train import train_run
+from data.errors import DataError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Without CUDA, processes started by torchrun-style launchers (`accelerate launch --multi_gpu`,
+    # `torchrun`) must ask for CPU explicitly, or Accelerate treats each one as a lone process.
+    cpu = not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    suite = parse_suite(argv, gpu_available=torch.cuda.is_available(), num_processes=state.num_processes)
+    precision = suite.runs[0].precision
+    if precision == "fp16" and state.device.type != "cuda":
+        print("bench/run.py: error: --precision fp16 needs a CUDA GPU; use bf16 (or no) on this device",
+              file=sys.stderr)
+        return 2
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
+    if suite.auto_reason:
+        accelerator.print(suite.auto_reason)
+    accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device.type}, precision {precision}, results in {suite.results_dir}/")
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    outcomes: list[tuple[str, str]] = []
+    for cfg in suite.runs:
+        if suite.resume and (done := records.existing_record(suite.results_dir, cfg.run_id)) is not None:
+            accelerator.print(f"skip {cfg.run_id}: already recorded ({done['status']})")
+            outcomes.append((cfg.run_id, done["status"]))
+            continue
+        accelerator.print(f"run {cfg.run_id}")
+        try:
+            record = train_run(cfg, accelerator, suite.results_dir, suite.cache_dir, resume=suite.resume,
+                               keep_checkpoints=suite.keep_checkpoints, profile=suite.profile)
+        except DataError as error:
+            accelerator.print(f"bench/run.py: error: {error}")
+            return 2
+        except Exception as error:  # a broken run is a result; the suite goes on
+            accelerator.print(f"run {cfg.run_id} failed: {error!r}")
+            record = {"run_id": cfg.run_id, "status": "failed", "error": repr(error),
+                      "traceback": traceback.format_exc(), "model": cfg.model, "dataset": cfg.dataset, "metrics": {}}
+        if accelerator.is_main_process:
+            records.write_record(suite.results_dir, record)
+        accelerator.print(f"{record['status']}: {cfg.run_id}"
+                          + (f" ({record['error']})" if record.get("error") else ""))
+        outcomes.append((cfg.run_id, record["status"]))
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        report = write_report(suite.results_dir)
+        print(report.summary_markdown)
+    failed = [(run_id, status) for run_id, status in outcomes if status != "finished"]
+    accelerator.print(f"suite done: {len(outcomes) - len(failed)} finished, {len(failed)} not finished")
+    for run_id, status in failed:
+        accelerator.print(f"  {status}: {run_id}")
+    accelerator.end_training()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""One training run under Accelerate: data, model, loop, evaluation, checkpoints, measurements.
+
+Read top to bottom like torchvision's reference script: `train_run` sets up, `train_one_epoch` and
+`evaluate` are plain functions. Per step the loop does no host sync (metrics accumulate on the device
+and are read every `LOG_EVERY` steps and at epoch end).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from bench import records
+from bench.config import RunConfig
+from bench.environment import environment
+from bench.measure import (WindowTimer, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize,
+                           time_to_target)
+from bench.profiling import StepProfiler
+from data.augment import CIFAR10_PAPER_AUG, MNIST_PAPER_AUG, AugmentConfig, DevicePreprocess
+from data.encode import prepare_dataset
+from data.loaders import make_loader, set_loader_epoch
+from models import build_model
+from models.facts import model_facts
+
+LOG_EVERY = 50  # steps between host reads of the running loss (progress bar, divergence check)
+
+AUGMENTATIONS: dict[str, dict[str, AugmentConfig | None]] = {
+    "none": {"mnist": None, "cifar10": None},
+    "paper": {"mnist": MNIST_PAPER_AUG, "cifar10": CIFAR10_PAPER_AUG},
+    # Cheap shifts (and flips where the classes allow it): what fast CIFAR-10 training uses.
+    "fast": {
+        "mnist": AugmentConfig(degrees=10.0, translate=(0.1, 0.1)),
+        "cifar10": AugmentConfig(hflip_p=0.5, translate=(0.125, 0.125)),
+    },
+}
+
+
+class RunDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    acc: float
+    images: int  # in the timed window, all processes
+    images_per_s: float  # summed over processes
+    images_per_s_per_process: list[float]
+    data_stall: float
+    seconds: float  # wall time of the whole epoch's training (timed window or not)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    images_per_s: float
+    seconds: float
+
+
+def is_oom(error: BaseException) -> bool:
+    message = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in message or "not enough memory" in message
+
+
+def gather_rows(accelerator: Accelerator, values: list[float]) -> torch.Tensor:
+    """One row of floats per process, as a (world, len(values)) CPU tensor."""
+    local = torch.tensor([values], dtype=torch.float64, device=accelerator.device)
+    return accelerator.gather(local).cpu()
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
+    """(scheduler, per_step): the recipe's LR schedule, stepped by the loop, never by Accelerate."""
+    recipe = cfg.recipe
+    if recipe.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma), False
+    if recipe.schedule == "warmup-cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warm = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+
+
+def train_one_epoch(
+    model: torch.nn.Module, loader, preprocess: Callable, criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler, per_step_schedule: bool, accelerator: Accelerator,
+    generator: torch.Generator, timer: WindowTimer, start_timing_at: int, step: int,
+    profiler: StepProfiler | None, description: str,
+) -> tuple[EpochResult, int]:
+    """Train for one pass over `loader`; returns the epoch's result and the updated step counter."""
+    model.train()
+    device = accelerator.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    bar = tqdm(total=len(loader), desc=description, disable=not accelerator.is_main_process,
+               leave=False, mininterval=2.0, dynamic_ncols=True)
+    epoch_start = time.perf_counter()
+    batches = iter(loader)
+    while True:
+        wait_start = time.perf_counter()
+        try:
+            images, labels, _ = next(batches)
+        except StopIteration:
+            break
+        data_wait = time.perf_counter() - wait_start
+        if step >= start_timing_at and not timer.running:
+            timer.start()
+        timer.count(labels.shape[0], data_wait)
+        inputs = preprocess(images, generator)
+        outputs = model(inputs)
+        loss = criterion(outputs, labels)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if per_step_schedule:
+            scheduler.step()
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (outputs.detach().argmax(dim=1) == labels).sum()
+        seen += labels.shape[0]
+        step += 1
+        if profiler is not None:
+            profiler.step(step)
+        bar.update(1)
+        if step % LOG_EVERY == 0:
+            running = loss_sum.item() / seen
+            if not math.isfinite(running):
+                raise RunDiverged(f"training loss became {running} at step {step}")
+            if accelerator.is_main_process:
+                elapsed = timer.elapsed()
+                rate = timer.images / elapsed * accelerator.num_processes if elapsed > 0 else 0.0
+                bar.set_postfix(loss=f"{running:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
+    timer.stop()
+    synchronize(device)
+    seconds = time.perf_counter() - epoch_start
+    bar.close()
+    totals = torch.stack([loss_sum, correct.to(torch.float64), torch.tensor(float(seen), device=device, dtype=torch.float64)])
+    totals = accelerator.reduce(totals, reduction="sum").cpu()
+    if not math.isfinite(float(totals[0])):
+        raise RunDiverged(f"training loss became {float(totals[0])} in the epoch ending at step {step}")
+    per_process = gather_rows(accelerator, [timer.images, timer.seconds, timer.data_wait_s])
+    rates = [float(row[0] / row[1]) if row[1] > 0 else 0.0 for row in per_process]
+    stall = float((per_process[:, 2] / per_process[:, 1].clamp_min(1e-9)).mean())
+    count = max(1.0, float(totals[2]))
+    return EpochResult(loss=float(totals[0]) / count, acc=float(totals[1]) / count, images=int(per_process[:, 0].sum()),
+                       images_per_s=sum(rates), images_per_s_per_process=rates, data_stall=stall,
+                       seconds=seconds), step
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator) -> EvalResult:
+    """Loss and accuracy over a split, each sample counted exactly once across processes.
+
+    Every rank writes its per-sample results into tensors indexed by the sample's stored index; the
+    distributed loader's padding repeats samples, which then just rewrite the same slot. A max-reduce
+    merges the ranks. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
+    """
+    model.eval()
+    device = accelerator.device
+    losses = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    correct = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    covered = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    timer = WindowTimer(device)
+    timer.start()
+    for images, labels, indices in loader:
+        timer.count(labels.shape[0], 0.0)
+        outputs = model(preprocess(images)).float()
+        losses[indices] = F.cross_entropy(outputs, labels, reduction="none")
+        correct[indices] = (outputs.argmax(dim=1) == labels).float()
+        covered[indices] = 1.0
+    timer.stop()
+    for tensor in (losses, correct, covered):
+        all_reduce_max_(tensor)
+    missing = int(num_samples - covered.sum().item())
+    if missing:
+        raise RuntimeError(f"evaluation missed {missing} of {num_samples} samples")
+    per_process = gather_rows(accelerator, [timer.images, timer.seconds])
+    images_per_s = sum(float(row[0] / row[1]) for row in per_process if row[1] > 0)
+    return EvalResult(loss=losses.mean().item(), acc=correct.mean().item(), images_per_s=images_per_s, seconds=timer.seconds)
+
+
+def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, epoch: int, scheduler,
+                    history: list[dict], totals: dict) -> None:
+    """Save the state of a completed epoch; progress.json is renamed into place last, so it always
+    names a complete state folder, and older folders are removed only after that."""
+    folder = records.checkpoint_dir(results_dir, run_id)
+    state_name = f"epoch-{epoch:04d}"
+    accelerator.save_state(str(folder / state_name))
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), folder / state_name / "lr_scheduler.pt")
+        records.write_json_atomic(folder / "progress.json",
+                                  {"epoch": epoch, "state": state_name, "history": history, "totals": totals})
+        records.prune_states(folder, keep=state_name)
+    accelerator.wait_for_everyone()
+
+
+def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
+              resume: bool, keep_checkpoints: bool, profile: bool) -> dict:
+    """Train and measure one configuration; returns its record (the caller writes it)."""
+    started = time.time()
+    record = {
+        "schema": records.RECORD_SCHEMA, "run_id": cfg.run_id, "status": "failed", "error": None,
+        "model": cfg.model, "dataset": cfg.dataset, "data_source": "synthetic" if cfg.synthetic else "real",
+        "preset": cfg.preset, "recipe": cfg.recipe.name, "seed": cfg.seed, "precision": cfg.precision,
+        "batch_size": cfg.batch_size, "global_batch_size": cfg.batch_size * accelerator.num_processes,
+        "world_size": accelerator.num_processes, "config": asdict(cfg),
+        "env": environment(accelerator), "history": [], "metrics": {},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+    }
+    record["device"] = record["env"]["device_name"]
+    try:
+        _train(cfg, accelerator, results_dir, cache_dir, resume, profile, record)
+        record["status"] = "finished"
+        if not keep_checkpoints:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                records.remove_checkpoints(results_dir, cfg.run_id)
+    except RunDiverged as error:
+        record["status"], record["error"] = "diverged", str(error)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_oom(error):
+            raise
+        record["status"], record["error"] = "oom", str(error).splitlines()[0]
+    finally:
+        accelerator.free_memory()
+        gc.collect()
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["metrics"]["wall_time_s"] = time.time() - started
+    return record
+
+
+def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
+           resume: bool, profile: bool, record: dict) -> None:
+    device = accelerator.device
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():
+        encoded = prepare_dataset(cfg.dataset, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+                                  cache_dir=cache_dir, synthetic=cfg.synthetic,
+                                  synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
+    spec = encoded.spec
+    distributed = accelerator.num_processes > 1
+    loaders = {
+        split: make_loader(encoded.paths[split], batch_size=cfg.batch_size, train=(split == "train"), device=device,
+                           seed=cfg.seed, distributed=distributed, num_workers=cfg.num_workers)
+        for split in ("train", "val", "test")
+    }
+    facts = model_facts(cfg.model, spec.channels)
+    record["facts"] = asdict(facts)
+
+    model = build_model(cfg.model, spec.channels, spec.num_classes)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    recipe = cfg.recipe
+    global_batch = cfg.batch_size * accelerator.num_processes
+    peak_lr = cfg.lr or recipe.lr_for(cfg.model, global_batch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.compile_mode:
+        model = torch.compile(model, mode=cfg.compile_mode)
+    scheduler, per_step = make_schedule(optimizer, cfg, len(loaders["train"]))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    augment = AUGMENTATIONS[recipe.augment][cfg.dataset]
+    train_preprocess = DevicePreprocess(spec.mean, spec.std, augment, cfg.channels_last)
+    eval_preprocess = DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last)
+    record["metrics"]["peak_lr"] = peak_lr
+
+    history: list[dict] = []
+    # Timed-window sums over epochs: images, seconds at the global rate, and seconds stalled on data.
+    totals = {"timed_images": 0, "timed_seconds": 0.0, "stall_seconds": 0.0}
+    start_epoch = 0
+    progress = records.read_progress(results_dir, cfg.run_id) if resume else None
+    if progress:
+        state = records.checkpoint_dir(results_dir, cfg.run_id) / progress["state"]
+        accelerator.load_state(str(state))
+        scheduler.load_state_dict(torch.load(state / "lr_scheduler.pt", weights_only=True))
+        history, totals, start_epoch = progress["history"], progress["totals"], progress["epoch"]
+        accelerator.print(f"resuming {cfg.run_id} after epoch {start_epoch}")
+    elif accelerator.is_main_process:
+        records.remove_checkpoints(results_dir, cfg.run_id)
+
+    reset_peak_memory(device)
+    generator = torch.Generator(device=device)
+    profiler = None
+    if profile and accelerator.is_main_process:
+        profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, device, cfg.warmup_steps)
+    start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
+    step = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        set_loader_epoch(loaders["train"], epoch)
+        # Augmentation randomness per (seed, epoch, rank): reproducible, and the same after a resume.
+        generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
+        timer = WindowTimer(device)
+        train, step = train_one_epoch(
+            model, loaders["train"], train_preprocess, criterion, optimizer, scheduler, per_step, accelerator,
+            generator, timer, start_timing_at, step, profiler,
+            description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
+        )
+        lr = optimizer.param_groups[0]["lr"]
+        if not per_step:
+            scheduler.step()
+        val = evaluate(model, loaders["val"], eval_preprocess, encoded.counts["val"], accelerator)
+        if train.images:
+            timed = train.images / train.images_per_s
+            totals["timed_images"] += train.images
+            totals["timed_seconds"] += timed
+            totals["stall_seconds"] += train.data_stall * timed
+        history.append({
+            "epoch": epoch + 1, "train_loss": train.loss, "train_acc": train.acc, "val_loss": val.loss,
+            "val_acc": val.acc, "train_time_s": train.seconds, "eval_time_s": val.seconds,
+            "train_images_per_s": train.images_per_s, "train_images_per_s_per_process": train.images_per_s_per_process,
+            "eval_images_per_s": val.images_per_s,
+            "data_stall": train.data_stall, "lr": lr,
+        })
+        accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epoch + 1}/{cfg.epochs}: train loss {train.loss:.4f} "
+                          f"acc {train.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
+                          f"{train.images_per_s:,.0f} img/s, stall {train.data_stall:.1%}")
+        record["history"] = history
+        save_checkpoint(accelerator, results_dir, cfg.run_id, epoch + 1, scheduler, history, totals)
+
+    if profiler is not None:
+        profiler.close()
+    test = evaluate(model, loaders["test"], eval_preprocess, encoded.counts["test"], accelerator)
+    allocated, reserved = peak_memory_bytes(device)
+    memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
+    record["metrics"].update(summarise(cfg, accelerator, history, totals, test, facts.train_gflops,
+                                       int(memory[0]), int(memory[1])))
+
+
+def summarise(cfg: RunConfig, accelerator: Accelerator, history: list[dict], totals: dict, test: EvalResult,
+              train_gflops: float, peak_allocated: int, peak_reserved: int) -> dict:
+    """The run's headline numbers from its per-epoch history and timed totals."""
+    best = max(history, key=lambda row: row["val_acc"])
+    timed_seconds = totals["timed_seconds"]
+    images_per_s = totals["timed_images"] / timed_seconds if timed_seconds > 0 else 0.0
+    peak, peak_source = peak_tflops(accelerator.device, cfg.precision)
+    achieved = train_gflops * images_per_s / 1e3  # TFLOP/s
+    seconds_to_target, epochs_to_target = time_to_target(history, cfg.target_accuracy)
+    eval_rates = [row["eval_images_per_s"] for row in history[1:]] or [history[0]["eval_images_per_s"]]
+    return {
+        "epochs_completed": len(history),
+        "train_loss": history[-1]["train_loss"], "train_acc": history[-1]["train_acc"],
+        "val_loss": history[-1]["val_loss"], "val_acc": history[-1]["val_acc"],
+        "best_val_acc": best["val_acc"], "best_val_epoch": best["epoch"],
+        "test_loss": test.loss, "test_acc": test.acc,
+        "train_images_per_s": images_per_s,
+        "eval_images_per_s": (sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
+        "train_time_s": sum(row["train_time_s"] for row in history),
+        "eval_time_s": sum(row["eval_time_s"] for row in history) + test.seconds,
+        "epoch_time_s": sum(row["train_time_s"] for row in history) / len(history),
+        "data_stall": totals["stall_seconds"] / timed_seconds if timed_seconds > 0 else 0.0,
+        "target_accuracy": cfg.target_accuracy,
+        "time_to_target_s": seconds_to_target, "epochs_to_target": epochs_to_target,
+        "achieved_tflops": achieved, "peak_tflops": peak * accelerator.num_processes, "peak_tflops_source": peak_source,
+        "mfu": achieved / (peak * accelerator.num_processes) if peak > 0 else None,
+        "peak_mem_allocated_bytes": peak_allocated, "peak_mem_reserved_bytes": peak_reserved,
+    }

@@ -1,0 +1,192 @@
+"""End-to-end tests of the benchmark runner: real subprocesses, real FFCV files, real accelerate launches."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import MODEL_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1"]
+
+
+def run_bench(args: list[str], results: Path, cache: Path, launcher: list[str] | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable, "-m", "bench.run"]) + args + ["--results-dir", str(results), "--cache-dir", str(cache)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def records_in(results: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(tmp_path, cache_dir):
+    done = run_bench(TINY + ["--epochs", "1"], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "preset" in done.stdout  # the auto/explicit preset line or the suite header
+    records = records_in(tmp_path)
+    assert sorted((r["model"], r["dataset"]) for r in records) == sorted(
+        (m, d) for m in MODEL_NAMES for d in ("mnist", "cifar10"))
+    for record in records:
+        metrics = record["metrics"]
+        assert record["status"] == "finished", record.get("error")
+        assert record["data_source"] == "synthetic"
+        for key in ("train_acc", "val_acc", "best_val_acc", "test_acc"):
+            assert 0.0 <= metrics[key] <= 1.0, key
+        for key in ("train_loss", "val_loss", "test_loss"):
+            assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+        for key in ("train_images_per_s", "eval_images_per_s", "epoch_time_s", "train_time_s", "eval_time_s",
+                    "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "achieved_tflops", "peak_tflops", "mfu"):
+            assert metrics[key] > 0, key
+        assert 0.0 <= metrics["data_stall"] < 1.0
+        assert metrics["best_val_epoch"] == 1 and metrics["epochs_completed"] == 1
+        assert record["facts"]["params"] > 1_000_000 and record["facts"]["train_gflops"] > record["facts"]["forward_gflops"]
+        env = record["env"]
+        for key in ("torch", "accelerate", "ffcv", "device_name", "num_processes", "mixed_precision"):
+            assert env[key], key
+        assert record["config"]["batch_size"] == 16 and record["global_batch_size"] == 16
+        assert len(record["history"]) == 1
+    tables = (tmp_path / "REPORT.md").read_text()
+    assert "resnet18_improved" in tables and "Test accuracy" in tables
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_learning_is_real_on_synthetic_data(tmp_path, cache_dir):
+    done = run_bench(["--preset", "smoke", "--models", "resnet18_improved", "--datasets", "cifar10"], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = records_in(tmp_path)
+    # Ten balanced classes: chance is 10 %.
+    assert record["metrics"]["test_acc"] > 0.5, record["metrics"]
+    assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
+
+
+def evaluate_in_one_process(state_dir: Path, model_name: str, cache: Path) -> float:
+    """Test accuracy of saved weights, evaluated by a single process with no distributed loader."""
+    code = f"""
+import sys
+from pathlib import Path
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from bench.train import evaluate
+from data.augment import DevicePreprocess
+from data.encode import prepare_dataset
+from data.loaders import make_loader
+from models import build_model
+encoded = prepare_dataset("mnist", cache_dir=Path({str(cache)!r}), synthetic=True, synthetic_train=64, synthetic_test=21)
+accelerator = Accelerator(cpu=True)
+model = build_model({model_name!r}, 1)
+model.load_state_dict(load_file(str(Path({str(state_dir)!r}) / "model.safetensors")))
+loader = make_loader(encoded.paths["test"], batch_size=7, train=False, device=accelerator.device)
+result = evaluate(model, loader, DevicePreprocess(encoded.spec.mean, encoded.spec.std), encoded.counts["test"], accelerator)
+print(repr(result.acc))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_two_process_launch_counts_every_test_sample_once(tmp_path, cache_dir):
+    # Accelerate's own `--cpu` launcher starts several processes only through MPI; its torchrun launcher
+    # (`--multi_gpu`) starts them on CPU too, and the runner then asks Accelerate for gloo on the CPU.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                str(REPO / "bench" / "run.py")]
+    # 21 test images over 2 ranks with batch 5: the distributed loader pads, de-duplication must undo it.
+    done = run_bench(TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5",
+                             "--keep-checkpoints"], tmp_path, cache_dir, launcher=launcher)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (record,) = records_in(tmp_path)
+    assert record["world_size"] == 2 and record["global_batch_size"] == 10
+    per_process = record["history"][0]["train_images_per_s_per_process"]
+    assert len(per_process) == 2 and all(rate > 0 for rate in per_process)
+    assert record["history"][0]["train_images_per_s"] == pytest.approx(sum(per_process))
+    state = next((tmp_path / "checkpoints" / record["run_id"]).glob("epoch-*"))
+    single = evaluate_in_one_process(state, "resnet18", cache_dir)
+    assert record["metrics"]["test_acc"] == pytest.approx(single, abs=1e-9)
+
+
+def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir):
+    args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "3", "--synthetic-size", "240", "32"]
+    command = [sys.executable, "-m", "bench.run", *args, "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress_files = tmp_path / "checkpoints"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            found = list(progress_files.glob("*/progress.json"))
+            if found and json.loads(found[0].read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    progress = json.loads(next(progress_files.glob("*/progress.json")).read_text())
+    assert progress["epoch"] < 3, "the run finished before it could be killed"
+    assert records_in(tmp_path) == []  # a killed run leaves no record
+
+    resumed = run_bench(args + ["--resume"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {progress['epoch']}" in resumed.stdout
+    (record,) = records_in(tmp_path)
+    assert record["status"] == "finished"
+    assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
+    assert record["history"][: progress["epoch"]] == progress["history"]
+    assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
+
+    path = tmp_path / "runs" / f"{record['run_id']}.json"
+    before = path.stat().st_mtime_ns
+    again = run_bench(args + ["--resume"], tmp_path, cache_dir)
+    assert again.returncode == 0 and "skip" in again.stdout
+    assert path.stat().st_mtime_ns == before
+
+
+def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
+    done = run_bench(TINY + ["--models", "resnet18", "inception_v1", "--datasets", "mnist", "--epochs", "2",
+                             "--lr", "1e30"], tmp_path, cache_dir)
+    assert done.returncode == 1
+    records = records_in(tmp_path)
+    assert sorted(r["model"] for r in records) == ["inception_v1", "resnet18"]
+    assert {r["status"] for r in records} == {"diverged"}
+    assert "diverged" in done.stdout and "not finished" in done.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--models", "resnet99"], "invalid choice: 'resnet99'"),
+    (["--datasets", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--preset", "turbo"], "invalid choice: 'turbo'"),
+    (["--epochs", "-1"], "expected a positive integer"),
+    (["--batch-size", "0"], "expected a positive integer"),
+])
+def test_bad_options_fail_fast_with_one_line(args, expected, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench.run", *args, "--results-dir", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    if "invalid choice" in expected and "models" in args[0]:
+        assert "resnet18_improved" in lines[0]  # the valid names are listed
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fp16_on_cpu_is_refused_clearly(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is valid on a GPU")
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--precision", "fp16", "--results-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "fp16 needs a CUDA GPU" in done.stderr
