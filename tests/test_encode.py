@@ -1,0 +1,236 @@
+"""Encoding to .beton: splits, resize, manifests, the cache, bounded/atomic writes and the prepare CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data.encode as encode
+from data.encode import (SPLITS, beton_path, check_beton, manifest_path, prepare_dataset, resize_images,
+                         split_train_val, write_beton, write_fields)
+from data.errors import DataError
+from data.prepare import parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"synthetic_train": 120, "synthetic_test": 30}  # -> train 100, val 20, test 30
+
+
+def leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def shm_segments() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_split_is_fixed_disjoint_and_ordered():
+    train, val = split_train_val(60, 10)
+    assert len(train) == 50 and len(val) == 10
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(60))
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
+    again = split_train_val(60, 10)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    with pytest.raises(DataError, match="more than the 10"):
+        split_train_val(10, 10)
+
+
+@pytest.mark.parametrize("native,channels", [(28, 1), (32, 3)])
+def test_resize_equals_the_studys_pil_resize(native, channels):
+    """torchvision's Resize((64, 64)) on the study's PIL images is PIL's bilinear resize: bit-identical."""
+    images = np.random.default_rng(0).integers(0, 256, (3, native, native, channels), dtype=np.uint8)
+    out = resize_images(images)
+    assert out.shape == (3, 64, 64, channels) and out.dtype == np.uint8 and out.flags.c_contiguous
+    for image, resized in zip(images, out):
+        pil = Image.fromarray(image[..., 0] if channels == 1 else image).resize((64, 64), Image.BILINEAR)
+        assert np.array_equal(np.asarray(pil).reshape(64, 64, channels), resized)
+
+
+@pytest.mark.parametrize("name,channels", [("mnist", 1), ("cifar10", 3)])
+def test_prepare_writes_files_and_manifests(tmp_path, name, channels):
+    encoded = prepare_dataset(name, cache_dir=tmp_path, synthetic=True, **SMALL)
+    assert encoded.key == f"{name}-synthetic" and encoded.written == SPLITS
+    assert encoded.counts == {"train": 100, "val": 20, "test": 30}
+    for split in SPLITS:
+        path = encoded.paths[split]
+        assert path == tmp_path / f"{name}-synthetic_{split}_64.beton"
+        assert check_beton(path) == encoded.counts[split]
+        manifest = json.loads(manifest_path(tmp_path, encoded.key, split).read_text())
+        assert manifest["count"] == encoded.counts[split] == sum(manifest["class_counts"])
+        assert manifest["recipe"]["shape"] == [64, 64, channels]
+        assert manifest["recipe"]["ffcv_version"] == "1.0.2"
+        assert manifest["beton"]["size"] == path.stat().st_size
+        assert manifest["beton"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not leftovers(tmp_path)
+
+
+def test_cache_is_reused_and_a_truncated_file_rebuilt(tmp_path):
+    first = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, **SMALL)
+    stamps = {s: p.stat().st_mtime_ns for s, p in first.paths.items()}
+    digest = hashlib.sha256(first.paths["train"].read_bytes()).hexdigest()
+
+    second = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, **SMALL)
+    assert second.written == () and second.counts == first.counts
+    assert {s: p.stat().st_mtime_ns for s, p in second.paths.items()} == stamps
+
+    train = first.paths["train"]
+    train.write_bytes(train.read_bytes()[: train.stat().st_size // 2])
+    third = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, **SMALL)
+    assert third.written == ("train",)
+    assert hashlib.sha256(train.read_bytes()).hexdigest() == digest  # the writer is deterministic
+
+    # different source data (here: a different synthetic size) makes every split stale
+    assert prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, synthetic_train=60,
+                           synthetic_test=30).written == SPLITS
+
+
+def _prepare_in_child(cache: str) -> None:
+    prepare_dataset("cifar10", cache_dir=Path(cache), synthetic=True, **SMALL)
+
+
+def test_concurrent_prepares_do_not_corrupt(tmp_path):
+    import ffcv  # noqa: F401  -- imported once here rather than in each forked child
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_prepare_in_child, args=(str(tmp_path),)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(300)
+    assert [c.exitcode for c in children] == [0, 0]
+    assert prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, **SMALL).written == ()
+    assert not leftovers(tmp_path)
+
+
+def test_damaged_manifest_triggers_a_rebuild(tmp_path):
+    prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, **SMALL)
+    manifest_path(tmp_path, "cifar10-synthetic", "val").write_text("{not json")
+    assert prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, **SMALL).written == ("val",)
+
+
+def _damaged(tmp_path: Path, how: str) -> Path:
+    encoded = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, **SMALL)
+    path = encoded.paths["test"]
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[:-4096])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # garbage header
+        path.write_bytes(b"\xff" * 64 + data[64:])
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_check_beton_rejects_damaged_files(tmp_path, how):
+    path = _damaged(tmp_path, how)
+    with pytest.raises(DataError) as err:
+        check_beton(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_check_beton_missing_and_wrong_count(tmp_path):
+    with pytest.raises(DataError, match="no such .beton"):
+        check_beton(tmp_path / "nope.beton")
+    encoded = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, **SMALL)
+    with pytest.raises(DataError, match="expected 31"):
+        check_beton(encoded.paths["test"], expected_count=31)
+
+
+def test_write_beton_validates_before_writing(tmp_path):
+    target = tmp_path / "x.beton"
+    labels = np.zeros(4, np.int64)
+    with pytest.raises(DataError, match="expected uint8"):
+        write_beton(target, np.zeros((4, 64, 64, 1), np.float32), labels)
+    with pytest.raises(DataError, match="expected uint8"):
+        write_beton(target, np.zeros((4, 32, 32, 3), np.uint8), labels)
+    with pytest.raises(DataError, match=r"expected 0\.\.9"):
+        write_beton(target, np.zeros((4, 64, 64, 1), np.uint8), np.array([0, 1, 2, 10]))
+    assert list(tmp_path.iterdir()) == []
+
+
+class _FailingSamples:
+    """A sample source whose 5th item raises inside ffcv's writer worker (which would hang ffcv)."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        if i == 5:
+            raise ValueError("broken sample")
+        return self.images[i], 0, i
+
+
+def test_a_failing_writer_worker_is_reported_not_hung(tmp_path, monkeypatch):
+    monkeypatch.setattr(encode, "WRITER_GRACE_S", 1.0)
+    before = shm_segments()
+    start = time.monotonic()
+    with pytest.raises(DataError, match="writing the .beton failed") as err:
+        write_fields(tmp_path / "x.beton", encode.beton_fields(1), _FailingSamples(np.zeros((10, 64, 64, 1), np.uint8)),
+                     timeout_s=120)
+    assert time.monotonic() - start < 60
+    assert str(tmp_path / "x.beton") in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no temp file, no half-written .beton
+    assert shm_segments() <= before  # ffcv's shared memory was released
+
+
+def test_write_timeout_kills_the_writer(tmp_path):
+    # timeout_s=0 gives up at once: the writer is terminated and nothing is left behind
+    with pytest.raises(DataError, match="timed out|writer exited"):
+        write_beton(tmp_path / "x.beton", np.zeros((10, 64, 64, 3), np.uint8), np.zeros(10, np.int64), timeout_s=0)
+    time.sleep(0.5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_failure_leaves_no_files(tmp_path):
+    bad = tmp_path / "mnist"
+    bad.mkdir()
+    for base in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (bad / base).write_bytes(b"\x00" * 32)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="magic number 0"):
+        prepare_dataset("mnist", data_dir=bad, cache_dir=cache, download=False)
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def _prepare_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DEEPNETS_DATA_DIR", "DEEPNETS_CACHE_DIR")}
+    return subprocess.run([sys.executable, "-m", "data.prepare", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_cli_reports_one_error_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = _prepare_cli("--datasets", "mnist", "--data-dir", str(tmp_path / "empty"),
+                          "--cache-dir", str(tmp_path / "cache"), "--no-download")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: MNIST not found in") and "--data-dir" in lines[0]
+
+
+def test_prepare_cli_lists_valid_dataset_names(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--datasets", "imagenet"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'imagenet' (choose from 'mnist', 'cifar10')" in capsys.readouterr().err
+
+
+def test_prepare_cli_encodes_and_lists_splits(tmp_path):
+    result = _prepare_cli("--datasets", "cifar10", "--synthetic", "--cache-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for split, line in zip(SPLITS, lines):
+        path = beton_path(tmp_path, "cifar10-synthetic", split)
+        assert line.startswith(str(path)) and "image,label,index" in line
+        assert f"  {check_beton(path)} images" in line
