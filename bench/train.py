@@ -68,9 +68,12 @@ class EvalResult:
     seconds: float
 
 
+OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")  # CUDA, and the CPU allocator's
+
+
 def is_oom(error: BaseException) -> bool:
     message = str(error).lower()
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in message or "not enough memory" in message
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(text in message for text in OOM_MESSAGES)
 
 
 def gather_rows(accelerator: Accelerator, values: list[float]) -> torch.Tensor:
@@ -239,7 +242,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
                 records.remove_checkpoints(results_dir, cfg.run_id)
     except RunDiverged as error:
         record["status"], record["error"] = "diverged", str(error)
-    except (torch.OutOfMemoryError, RuntimeError) as error:
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
         if not is_oom(error):
             raise
         record["status"], record["error"] = "oom", str(error).splitlines()[0]

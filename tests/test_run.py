@@ -67,9 +67,11 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(tmp_path, ca
 
 
 def test_learning_is_real_on_synthetic_data(tmp_path, cache_dir):
-    done = run_bench(["--preset", "smoke", "--models", "resnet18_improved", "--datasets", "cifar10"], tmp_path, cache_dir)
+    done = run_bench(["--preset", "smoke", "--models", "resnet18_improved", "--datasets", "cifar10", "--profile"],
+                     tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records_in(tmp_path)
+    assert (tmp_path / "profiles" / record["run_id"] / "trace.json").stat().st_size > 0
     # Ten balanced classes: chance is 10 %.
     assert record["metrics"]["test_acc"] > 0.5, record["metrics"]
     assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]

@@ -1,0 +1,123 @@
+"""Overhead benchmark: what does the harness's loop cost over a bare PyTorch loop?
+
+`python -m bench.overhead --model resnet18_improved --batch-size 1024 --precision bf16 --channels-last`
+runs the same model, batch and precision through (a) the harness's `train_one_epoch` (Accelerate's
+wrapped model and backward, device-side normalisation, LR schedule, metric accumulation, timers,
+progress bar) and (b) a bare loop (autocast forward, backward, SGD step) on device-resident tensors,
+alternating the two several times, and prints both throughputs and their ratio (target >= 0.97).
+Both read the same device-resident batch, so the input pipeline is out of the picture; compare
+`bench.speed --data synthetic` with `--data ffcv` for that.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator
+
+from bench.config import DATASET_NAMES, PRECISIONS, RECIPES, OneLineParser, RunConfig, positive_int
+from bench.measure import WindowTimer, synchronize
+from bench.speed import AUTOCAST_DTYPES
+from bench.train import make_schedule, train_one_epoch
+from data.augment import DevicePreprocess
+from data.sources import get_spec
+from models import MODEL_NAMES, build_model
+
+
+class RepeatedBatch:
+    """A loader stand-in: the same device-resident batch `steps` times (with the loader's index field)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, steps: int) -> None:
+        self.batch = (images, labels, torch.arange(labels.shape[0], device=labels.device))
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return (self.batch for _ in range(self.steps))
+
+
+def bare_loop(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+              steps: int, precision: str, device: torch.device) -> float:
+    """Images/s of the plainest training loop PyTorch allows (after one untimed step)."""
+    criterion = torch.nn.CrossEntropyLoss()
+    dtype = AUTOCAST_DTYPES.get(precision)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss = criterion(model(inputs).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * labels.shape[0] / (time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="bench/overhead.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet18_improved")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="cifar10")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--steps", type=positive_int, default=30, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="alternations of harness and bare loop")
+    args = parser.parse_args(argv)
+
+    accelerator = Accelerator(mixed_precision=args.precision)
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    spec = get_spec(args.dataset)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (args.batch_size, 64, 64, spec.channels), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    preprocess = DevicePreprocess(spec.mean, spec.std, None, args.channels_last)
+    inputs = preprocess(images)
+
+    bare_model = build_model(args.model, spec.channels).to(device, memory_format=memory_format)
+    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=1e-3, momentum=0.9)
+    harness_model = build_model(args.model, spec.channels).to(memory_format=memory_format)
+    recipe = replace(RECIPES["paper-improved"], lr=1e-3)
+    harness_optimizer = torch.optim.SGD(harness_model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    harness_model, harness_optimizer = accelerator.prepare(harness_model, harness_optimizer)
+    cfg = RunConfig(model=args.model, dataset=args.dataset, seed=0, preset="overhead", recipe=recipe, epochs=1,
+                    batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
+                    compile_mode=None, synthetic=True, synthetic_train=0, synthetic_test=0, target_accuracy=None,
+                    warmup_steps=1, num_workers=1)
+    scheduler, per_step = make_schedule(harness_optimizer, cfg, args.steps + 1)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    generator = torch.Generator(device=device)
+
+    harness_rates, bare_rates = [], []
+    for round_number in range(args.rounds):
+        timer = WindowTimer(device)
+        train_one_epoch(harness_model, RepeatedBatch(images, labels, args.steps + 1), preprocess, criterion,
+                        harness_optimizer, scheduler, per_step, accelerator, generator, timer, start_timing_at=1,
+                        step=0, profiler=None, description="harness")
+        harness_rates.append(timer.images_per_s)
+        bare_rates.append(bare_loop(bare_model, inputs, labels, bare_optimizer, args.steps, args.precision, device))
+        accelerator.print(f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "
+                          f"bare {bare_rates[-1]:,.1f} img/s")
+    harness, bare = statistics.median(harness_rates), statistics.median(bare_rates)
+    accelerator.print(f"{args.model} {args.dataset} batch {args.batch_size} {args.precision} "
+                      f"channels_last={args.channels_last} on {device}: harness {harness:,.1f} img/s, bare {bare:,.1f} "
+                      f"img/s, ratio {harness / bare:.3f} (target >= 0.97)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

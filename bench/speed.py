@@ -1,0 +1,258 @@
+"""Throughput and memory sweeps without full training, in the manner of timm's benchmark.py.
+
+`python -m bench.speed` (or `accelerate launch bench/speed.py`) measures, for each model x precision x
+channels_last x torch.compile x batch size, training and inference images/s (warm-up excluded, device
+synchronised, median of several timed windows), step time, peak memory and MFU. Inputs are either
+device-resident synthetic batches (`--data synthetic`) or the real FFCV loader (`--data ffcv`), so the
+difference between the two is the input pipeline's cost. A batch size that runs out of memory is
+recorded as `oom` and the sweep goes on. One JSON record per point under `<results>/speed/`.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+import torch
+from accelerate import Accelerator
+
+from bench.config import DATASET_NAMES, PRECISIONS, OneLineParser, positive_int
+from bench.environment import environment
+from bench.measure import peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
+from bench.profiling import StepProfiler
+from bench.records import write_json_atomic
+from bench.train import is_oom
+from data.augment import DevicePreprocess
+from data.sources import get_spec
+from models import MODEL_NAMES, build_model
+from models.facts import model_facts
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SpeedPoint:
+    model: str
+    dataset: str
+    mode: str  # "train" or "infer"
+    precision: str
+    channels_last: bool
+    compile: bool
+    batch_size: int  # per process
+    data: str  # "synthetic" (device-resident tensors) or "ffcv"
+
+    @property
+    def key(self) -> str:
+        return (f"{self.model}_{self.dataset}_{self.mode}_{self.precision}_{'cl' if self.channels_last else 'cf'}_"
+                f"{'compiled' if self.compile else 'eager'}_b{self.batch_size}_{self.data}")
+
+
+def synthetic_batches(batch_size: int, channels: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same uint8 batch forever, already on the device: no input pipeline at all."""
+    images = torch.randint(0, 256, (batch_size, 64, 64, channels), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    while True:
+        yield images, labels
+
+
+def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distributed: bool, num_workers: int,
+                 data_dir: Path | None, cache_dir: Path | None, synthetic: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches from the real FFCV loader, epoch after epoch."""
+    from data.encode import prepare_dataset
+    from data.loaders import make_loader
+
+    encoded = prepare_dataset(dataset, data_dir=data_dir, cache_dir=cache_dir, synthetic=synthetic)
+    loader = make_loader(encoded.paths["train"], batch_size=batch_size, train=True, device=device,
+                         distributed=distributed, num_workers=num_workers)
+    while True:
+        for images, labels, _ in loader:
+            yield images, labels
+
+
+def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator, warmup: int, steps: int,
+                  windows: int, profile_dir: Path | None) -> dict:
+    """Time `windows` windows of `steps` steps after `warmup` steps; return the point's record fields."""
+    device = accelerator.device
+    spec = get_spec(point.dataset)
+    model = build_model(point.model, spec.channels, spec.num_classes)
+    if point.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if point.mode == "train" else None
+    model, optimizer = accelerator.prepare(model, optimizer) if optimizer else (accelerator.prepare(model), None)
+    if point.compile:
+        model = torch.compile(model)
+    model.train(point.mode == "train")
+    preprocess = DevicePreprocess(spec.mean, spec.std, None, point.channels_last)
+    dtype = AUTOCAST_DTYPES.get(point.precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler(device.type) if point.precision == "fp16" and optimizer else None
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        images, labels = next(batches)
+        inputs = preprocess(images)
+        if optimizer is None:
+            with torch.no_grad(), autocast:
+                model(inputs)
+            return
+        with autocast:
+            loss = criterion(model(inputs).float(), labels)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            accelerator.backward(loss)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak_memory(device)
+    for _ in range(warmup):
+        step()
+    window_times = []
+    for window in range(windows):
+        profiler = StepProfiler(profile_dir, device, 0) if profile_dir and window == 0 and accelerator.is_main_process else None
+        synchronize(device)
+        start = time.perf_counter()
+        for done in range(1, steps + 1):
+            step()
+            if profiler:
+                profiler.step(done)
+        synchronize(device)
+        window_times.append((time.perf_counter() - start) / steps)
+        if profiler:
+            profiler.close()
+    step_time = statistics.median(window_times)
+    # Every process runs the same steps in lock-step: the global rate is the per-process rate x world.
+    images_per_s = point.batch_size * accelerator.num_processes / step_time
+    allocated, reserved = peak_memory_bytes(device)
+    facts = model_facts(point.model, spec.channels)
+    gflops = facts.train_gflops if point.mode == "train" else facts.forward_gflops
+    peak, _ = peak_tflops(device, point.precision)
+    achieved = gflops * images_per_s / 1e3
+    return {
+        "status": "ok", "images_per_s": images_per_s, "step_time_ms": step_time * 1e3,
+        "window_step_times_ms": [t * 1e3 for t in window_times],
+        "peak_mem_allocated_bytes": allocated, "peak_mem_reserved_bytes": reserved,
+        "achieved_tflops": achieved, "mfu": achieved / (peak * accelerator.num_processes) if peak else None,
+        "params": facts.params, "gflops_per_image": gflops,
+    }
+
+
+def limit_memory(gigabytes: float, device: torch.device) -> None:
+    """Pretend the device has only this much memory: a per-process cap on CUDA, an address-space cap on
+    CPU (above what the process already maps). Lets a sweep preview a smaller card, and tests force OOM."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gigabytes * 2**30 / total), device)
+        return
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + int(gigabytes * 2**30), resource.RLIM_INFINITY))
+
+
+def on_off(text: str) -> list[bool]:
+    return {"on": [True], "off": [False], "both": [False, True]}[text]
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="bench/speed.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), metavar="MODEL",
+                        help=f"valid: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="cifar10", help="input shape (and data, with --data ffcv)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["no", "bf16"])
+    parser.add_argument("--channels-last", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--compile", choices=("on", "off", "both"), default="off")
+    parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[64, 256], help="per process")
+    parser.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
+    parser.add_argument("--data", choices=("synthetic", "ffcv"), default="synthetic")
+    parser.add_argument("--synthetic-source", action="store_true",
+                        help="with --data ffcv: encode the learnable synthetic dataset instead of the real one")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (compile happens here)")
+    parser.add_argument("--steps", type=positive_int, default=10, help="steps per timed window")
+    parser.add_argument("--windows", type=positive_int, default=3, help="timed windows; the median is reported")
+    parser.add_argument("--num-workers", type=positive_int, default=None, help="FFCV loader threads")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="cap the memory the sweep may use (per process), to preview a smaller device")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--profile", action="store_true", help="torch.profiler trace of the first window of each point")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    accelerator = Accelerator()
+    device = accelerator.device
+    if "fp16" in args.precisions and device.type != "cuda":
+        print("bench/speed.py: error: --precisions fp16 needs a CUDA GPU; use bf16 or no here", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    env = environment(accelerator)
+    if args.memory_limit_gb:
+        limit_memory(args.memory_limit_gb, device)
+    out_dir = args.results_dir / "speed"
+    num_workers = args.num_workers or max(1, (torch.get_num_threads()) // accelerator.num_processes)
+    points = [
+        SpeedPoint(model, args.dataset, mode, precision, channels_last, compiled, batch, args.data)
+        for model, mode, precision, channels_last, compiled, batch in itertools.product(
+            args.models, args.modes, args.precisions, on_off(args.channels_last), on_off(args.compile), args.batch_sizes)
+    ]
+    rows = []
+    for point in points:
+        if args.data == "synthetic":
+            batches = synthetic_batches(point.batch_size, get_spec(point.dataset).channels, device)
+        else:
+            batches = ffcv_batches(point.dataset, point.batch_size, device, accelerator.num_processes > 1,
+                                   num_workers, args.data_dir, args.cache_dir, args.synthetic_source)
+        record = {"schema": 1, **asdict(point), "in_channels": get_spec(point.dataset).channels,
+                  "world_size": accelerator.num_processes, "global_batch_size": point.batch_size * accelerator.num_processes,
+                  "device": env["device_name"], "env": env,
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warmup": args.warmup, "steps": args.steps,
+                  "windows": args.windows}
+        profile_dir = args.results_dir / "profiles" / f"speed-{point.key}" if args.profile else None
+        try:
+            record.update(measure_point(point, accelerator, batches, args.warmup, args.steps, args.windows, profile_dir))
+        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(error):
+                raise
+            record.update({"status": "oom", "error": str(error).splitlines()[0] if str(error) else "MemoryError"})
+        finally:
+            accelerator.free_memory()
+            batches = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if accelerator.is_main_process:
+            write_json_atomic(out_dir / f"{point.key}.json", record)
+        rows.append(record)
+        if record["status"] == "ok":
+            accelerator.print(f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "
+                              f"peak {record['peak_mem_allocated_bytes'] / 2**20:,.0f} MiB")
+        else:
+            accelerator.print(f"{point.key}: oom ({record['error']})")
+    accelerator.end_training()
+    if accelerator.is_main_process and rows:
+        table = pd.DataFrame(rows).reindex(columns=["model", "mode", "precision", "channels_last", "compile", "batch_size",
+                                                    "status", "images_per_s", "step_time_ms", "peak_mem_allocated_bytes", "mfu"])
+        table["peak_mem_allocated_bytes"] /= 2**20
+        table["mfu"] *= 100
+        table = table.rename(columns={"images_per_s": "img/s", "step_time_ms": "ms/step",
+                                      "peak_mem_allocated_bytes": "peak alloc MiB", "mfu": "MFU %"})
+        print(table.to_markdown(index=False, floatfmt=",.2f"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

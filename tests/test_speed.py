@@ -1,0 +1,71 @@
+"""Speed sweeps and the overhead benchmark, run for real on the CPU (tiny sizes; no timing asserted)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_sweep_over_models_precisions_and_batches_writes_a_record_per_point(tmp_path):
+    done = run_module("bench.speed", "--models", "resnet18", "inception_v1", "--precisions", "no", "bf16",
+                      "--batch-sizes", "2", "4", "--channels-last", "on", "--modes", "train", "infer",
+                      "--warmup", "1", "--steps", "1", "--windows", "2", "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "speed").glob("*.json")]
+    assert len(records) == 2 * 2 * 2 * 2
+    for record in records:
+        assert record["status"] == "ok"
+        assert record["images_per_s"] > 0 and record["step_time_ms"] > 0 and record["mfu"] > 0
+        assert record["peak_mem_allocated_bytes"] > 0 and len(record["window_step_times_ms"]) == 2
+        assert record["channels_last"] is True and record["device"]
+    assert {(r["model"], r["precision"], r["batch_size"], r["mode"]) for r in records} == {
+        (m, p, b, mode) for m in ("resnet18", "inception_v1") for p in ("no", "bf16") for b in (2, 4)
+        for mode in ("train", "infer")}
+    report = run_module("bench.report", "--results-dir", str(tmp_path))
+    assert report.returncode == 0, report.stderr
+    plots = list((tmp_path / "plots").glob("throughput_*.png"))
+    assert plots and all(p.stat().st_size > 0 for p in plots)
+    assert plots[0].name in (tmp_path / "REPORT.md").read_text()
+
+
+def test_out_of_memory_batch_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # A 1 GiB cap on the process makes batch 2048 fail to allocate for real; 2 and 4 still fit.
+    done = run_module("bench.speed", "--models", "resnet18", "--precisions", "no", "--batch-sizes", "2", "2048", "4",
+                      "--channels-last", "off", "--modes", "train", "--warmup", "1", "--steps", "1", "--windows", "1",
+                      "--memory-limit-gb", "1", "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = {json.loads(p.read_text())["batch_size"]: json.loads(p.read_text())["status"]
+              for p in (tmp_path / "speed").glob("*.json")}
+    assert status == {2: "ok", 2048: "oom", 4: "ok"}
+
+
+def test_sweep_through_the_ffcv_loader(tmp_path):
+    done = run_module("bench.speed", "--models", "resnet18", "--dataset", "mnist", "--precisions", "no",
+                      "--batch-sizes", "8", "--channels-last", "off", "--modes", "train", "--data", "ffcv",
+                      "--synthetic-source", "--cache-dir", str(tmp_path / "cache"), "--warmup", "1", "--steps", "2",
+                      "--windows", "1", "--profile", "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "speed").glob("*.json")]
+    assert record["data"] == "ffcv" and record["in_channels"] == 1 and record["images_per_s"] > 0
+    (trace,) = (tmp_path / "profiles").glob("speed-*/trace.json")
+    assert json.loads(trace.read_text())["traceEvents"]  # a Chrome/Perfetto trace
+    assert "Self CPU" in done.stdout  # the top-ops table in the log
+
+
+def test_overhead_benchmark_prints_both_throughputs_and_their_ratio():
+    done = run_module("bench.overhead", "--model", "resnet18", "--dataset", "mnist", "--batch-size", "4",
+                      "--precision", "no", "--steps", "2", "--rounds", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    match = re.search(r"harness ([\d,.]+) img/s, bare ([\d,.]+) img/s, ratio ([\d.]+)", done.stdout)
+    assert match, done.stdout
+    harness, bare, ratio = (float(group.replace(",", "")) for group in match.groups())
+    assert harness > 0 and bare > 0 and abs(ratio - harness / bare) < 0.01
+    assert len(re.findall(r"^round \d", done.stdout, flags=re.M)) == 2
