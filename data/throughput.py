@@ -1,0 +1,167 @@
+"""Input-pipeline throughput: the FFCV loader against a plain torch DataLoader on the same images.
+
+`python -m data.throughput [--datasets mnist cifar10] [--device cuda] ...` measures, per dataset and
+pipeline, the images/s that reach the training device ready for the model (normalised float, and for
+`train` augmented), with nothing else running:
+
+- `ffcv`: our loader (.beton -> uint8 batch on the device) + the batched device-side preprocessing;
+- `dataloader`: torch.utils.data.DataLoader over the same decoded uint8 arrays held in memory
+  (per-sample indexing, default collate, pinned memory), then the same device-side preprocessing;
+- `dataloader+cpu-aug` (train only): the study's way, torchvision transforms per sample in the
+  DataLoader workers, then normalisation on the device.
+
+It prints the three and the ratios ffcv/dataloader. A benchmark, not a test: numbers vary by machine.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from data.augment import CIFAR10_PAPER_AUG, MNIST_PAPER_AUG, AugmentConfig, DevicePreprocess
+from data.encode import EncodedDataset, prepare_dataset
+from data.errors import DataError
+from data.loaders import default_num_workers, make_loader
+
+PAPER_AUG = {"mnist": MNIST_PAPER_AUG, "cifar10": CIFAR10_PAPER_AUG}
+
+
+class ArrayImages(Dataset):
+    """Decoded uint8 HWC images in memory, one sample per index, optionally with per-sample transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None) -> None:
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:  # torchvision works on CHW; hand the batch back as HWC
+            image = self.transform(image.permute(2, 0, 1)).permute(1, 2, 0)
+        return image, self.labels[index]
+
+
+def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
+    """The study's per-sample CPU augmentation for a config (torchvision's own classes)."""
+    steps: list = []
+    if cfg.hflip_p:
+        steps.append(v2.RandomHorizontalFlip(cfg.hflip_p))
+    if cfg.has_affine:
+        steps.append(v2.RandomAffine(degrees=cfg.degrees, translate=cfg.translate, scale=cfg.scale,
+                                     shear=cfg.shear or None))
+    if cfg.has_color_jitter:
+        steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation))
+    return v2.Compose(steps)
+
+
+def read_split(path: Path, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Every image and label of a .beton, in file order, as host arrays."""
+    images, labels = [], []
+    for batch_images, batch_labels, _ in make_loader(path, batch_size=1024, train=False, device=torch.device("cpu")):
+        images.append(batch_images.numpy().copy())
+        labels.append(batch_labels.numpy().copy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def images_per_second(batches: Iterable, preprocess: DevicePreprocess, device: torch.device, limit: int,
+                      warmup: int = 3) -> float:
+    """Rate of preprocessed batches on the device over `limit` batches after `warmup` untimed ones."""
+    count, start, generator = 0, 0.0, torch.Generator(device=device)
+    for number, (images, _labels, *_rest) in enumerate(batches):
+        if number == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        out = preprocess(images.to(device, non_blocking=True), generator)
+        if number >= warmup:
+            count += out.shape[0]
+        if number + 1 >= warmup + limit:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start) if count else 0.0
+
+
+@dataclass
+class Measurement:
+    dataset: str
+    pipeline: str
+    ffcv: float
+    dataloader: float
+    dataloader_cpu_aug: float | None
+
+
+def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_size: int, batches: int,
+            workers: int) -> Measurement:
+    train = pipeline == "train"
+    spec = encoded.spec
+    augment = PAPER_AUG[spec.name] if train else None
+    preprocess = DevicePreprocess(spec.mean, spec.std, augment, channels_last=True)
+    path = encoded.paths["train" if train else "test"]
+
+    def repeat(make: Callable[[], Iterable]) -> Iterable:
+        while True:
+            yield from make()
+
+    loader = make_loader(path, batch_size=batch_size, train=train, device=device, num_workers=workers)
+    ffcv_rate = images_per_second(repeat(lambda: loader), preprocess, device, batches)
+
+    images, labels = read_split(path, device)
+    torch.set_num_threads(workers)  # ffcv changed it; give the DataLoader's process the same cores
+
+    def plain(transform: Callable | None) -> float:
+        dataloader = DataLoader(ArrayImages(images, labels, transform), batch_size=batch_size, shuffle=train,
+                                num_workers=workers, pin_memory=device.type == "cuda", drop_last=train,
+                                persistent_workers=True)
+        return images_per_second(repeat(lambda: dataloader), preprocess if transform is None else
+                                 DevicePreprocess(spec.mean, spec.std, None, channels_last=True), device, batches)
+
+    return Measurement(spec.name, pipeline, ffcv_rate, plain(None),
+                       plain(torchvision_transform(augment)) if train else None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=("mnist", "cifar10"), default=["mnist", "cifar10"])
+    parser.add_argument("--pipelines", nargs="+", choices=("train", "eval"), default=["train", "eval"])
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--synthetic", action="store_true", help="use the synthetic datasets")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
+    parser.add_argument("--workers", type=int, default=default_num_workers(), help="loader threads/processes")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    try:
+        for name in args.datasets:
+            encoded = prepare_dataset(name, data_dir=args.data_dir, cache_dir=args.cache_dir, synthetic=args.synthetic)
+            for pipeline in args.pipelines:
+                rows.append(measure(encoded, pipeline, device, args.batch_size, args.batches, args.workers))
+    except DataError as error:
+        print(f"python -m data.throughput: error: {error}", file=sys.stderr)
+        return 2
+    table = pd.DataFrame([vars(row) for row in rows])
+    table["ffcv / dataloader"] = table["ffcv"] / table["dataloader"]
+    table["ffcv / cpu-aug"] = table["ffcv"] / table["dataloader_cpu_aug"]
+    print(f"images/s reaching {device} ready for the model; batch {args.batch_size}, {args.workers} workers, "
+          f"{'synthetic' if args.synthetic else 'real'} data")
+    print(table.to_markdown(index=False, floatfmt=",.2f"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
