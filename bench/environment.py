@@ -7,7 +7,9 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import parse_flag_from_env
 
 from bench.measure import device_name
 
@@ -32,6 +34,16 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit
+
+
+def use_cpu() -> bool:
+    """Whether Accelerate must be told to run on the CPU.
+
+    Without CUDA, processes started by torchrun-style launchers (`accelerate launch --multi_gpu`,
+    `torchrun`) must ask for the CPU explicitly, or Accelerate treats each one as a lone process;
+    `accelerate launch --cpu` says so through the environment.
+    """
+    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
 def environment(accelerator: Accelerator) -> dict:

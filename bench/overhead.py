@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from bench.config import DATASET_NAMES, PRECISIONS, RECIPES, OneLineParser, RunConfig, positive_int
+from bench.environment import use_cpu
 from bench.measure import WindowTimer, synchronize
 from bench.speed import AUTOCAST_DTYPES
 from bench.train import make_schedule, train_one_epoch
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=5, help="alternations of harness and bare loop")
     args = parser.parse_args(argv)
 
-    accelerator = Accelerator(mixed_precision=args.precision)
+    accelerator = Accelerator(mixed_precision=args.precision, cpu=use_cpu())
     device = accelerator.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -15,17 +15,16 @@ from accelerate import Accelerator, PartialState
 
 from bench import records
 from bench.config import parse_suite
+from bench.environment import use_cpu
 from bench.report import write_report
 from bench.train import train_run
 from data.errors import DataError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Without CUDA, processes started by torchrun-style launchers (`accelerate launch --multi_gpu`,
-    # `torchrun`) must ask for CPU explicitly, or Accelerate treats each one as a lone process.
-    cpu = not torch.cuda.is_available()
+    cpu = use_cpu()
     state = PartialState(cpu=cpu)
-    suite = parse_suite(argv, gpu_available=torch.cuda.is_available(), num_processes=state.num_processes)
+    suite = parse_suite(argv, gpu_available=state.device.type == "cuda", num_processes=state.num_processes)
     precision = suite.runs[0].precision
     if precision == "fp16" and state.device.type != "cuda":
         print("bench/run.py: error: --precision fp16 needs a CUDA GPU; use bf16 (or no) on this device",

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 
 from bench.config import DATASET_NAMES, PRECISIONS, OneLineParser, positive_int
-from bench.environment import environment
+from bench.environment import environment, use_cpu
 from bench.measure import peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
 from bench.records import write_json_atomic
@@ -192,7 +192,7 @@ def build_parser() -> OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=use_cpu())
     device = accelerator.device
     if "fp16" in args.precisions and device.type != "cuda":
         print("bench/speed.py: error: --precisions fp16 needs a CUDA GPU; use bf16 or no here", file=sys.stderr)
