@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from data.loaders import default_num_workers
 from models import MODEL_NAMES
 
 DATASET_NAMES = ("mnist", "cifar10")
@@ -144,16 +145,18 @@ class RunConfig:
     synthetic_train: int
     synthetic_test: int
     target_accuracy: float | None
-    warmup_steps: int
-    num_workers: int
+    world_size: int
     lr: float | None = None  # explicit override of the recipe's peak learning rate
+    # How a run is measured or where its files are, not what it computes: left out of its identity.
+    warmup_steps: int = field(default=20, compare=False)
+    num_workers: int = field(default=1, compare=False)
     data_dir: str | None = field(default=None, compare=False)
 
     @property
     def run_id(self) -> str:
         """Readable prefix plus a hash of every setting that changes the result."""
-        identity = dataclasses.asdict(self)
-        identity.pop("data_dir")
+        identity = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        identity["recipe"] = dataclasses.asdict(self.recipe)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
         return f"{self.preset}_{source}_{self.model}_{self.recipe.name}_{self.precision}_b{self.batch_size}_s{self.seed}_{digest}"
@@ -225,7 +228,8 @@ def build_parser() -> OneLineParser:
                         "vanilla models with paper-vanilla, improved ones with paper-improved")
     parser.add_argument("--epochs", type=positive_int, help="epochs per run (default: the recipe's)")
     parser.add_argument("--batch-size", type=positive_int,
-                        help="batch size PER PROCESS (global batch = this x number of processes)")
+                        help="batch size PER PROCESS (global batch = this x number of processes; default: the "
+                        "preset's, else the recipe's; the study's recipes split their global 128 across processes)")
     parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's, scaled to the batch)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="mixed precision (default: the launcher's --mixed_precision if fp16/bf16, else the preset's)")
@@ -273,6 +277,17 @@ def resolve_preset(requested: str, synthetic_override: bool | None, gpu_availabl
     )
 
 
+def recipe_batch(recipe: Recipe, num_processes: int) -> int:
+    """Default batch per process. A recipe that does not rescale its learning rate (the study's) keeps
+    its global batch, split across the processes."""
+    if recipe.scale_lr:
+        return recipe.batch_size
+    if recipe.batch_size % num_processes:
+        raise SystemExit(f"bench/run.py: error: recipe {recipe.name} trains with a global batch of {recipe.batch_size}, "
+                         f"which {num_processes} processes cannot split evenly; pass --batch-size")
+    return recipe.batch_size // num_processes
+
+
 def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int) -> SuiteConfig:
     """Command line -> the list of runs, every value resolved (CLI over preset over recipe)."""
     args = build_parser().parse_args(argv)
@@ -281,7 +296,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     precision = args.precision or launcher_precision() or preset.precision or "no"
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
     warmup_steps = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
-    num_workers = args.num_workers or max(1, (os.cpu_count() or 1) // num_processes)
+    num_workers = args.num_workers or default_num_workers()
     recipe_choice = args.recipe or preset.recipe
     synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
     runs = []
@@ -296,10 +311,10 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                 runs.append(RunConfig(
                     model=model, dataset=dataset, seed=seed, preset=preset.name, recipe=recipe,
                     epochs=args.epochs or preset.epochs or recipe.epochs,
-                    batch_size=args.batch_size or preset.batch_size or recipe.batch_size,
+                    batch_size=args.batch_size or preset.batch_size or recipe_batch(recipe, num_processes),
                     precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
-                    target_accuracy=target,
+                    target_accuracy=target, world_size=num_processes,
                     warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))

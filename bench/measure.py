@@ -8,6 +8,7 @@ Definitions used in records and reports:
 """
 from __future__ import annotations
 
+import re
 import resource
 import time
 from dataclasses import dataclass, field
@@ -15,22 +16,29 @@ from functools import lru_cache
 
 import torch
 
-# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, TFLOP/s, by precision.
-# "no" means fp32 weights and activations; matmuls then run as TF32 only when the user enables it,
-# so the plain fp32 peak is the honest denominator.
+# Dense (no sparsity) peaks from the vendors' datasheets, TFLOP/s: bf16/fp16 and TF32 tensor cores,
+# and plain fp32. Keys are matched as whole words of the device name, most specific first.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.4, "fp16": 989.4, "no": 66.9},
-    "H100 NVL": {"bf16": 835.0, "fp16": 835.0, "no": 60.0},
-    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "no": 51.2},
-    "H100": {"bf16": 989.4, "fp16": 989.4, "no": 66.9},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "no": 19.5},
-    "A10G": {"bf16": 70.0, "fp16": 70.0, "no": 31.2},
-    "L40S": {"bf16": 362.0, "fp16": 362.0, "no": 91.6},
-    "L4": {"bf16": 121.0, "fp16": 121.0, "no": 30.3},
-    "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "no": 82.6},
-    "V100": {"bf16": 0.0, "fp16": 125.0, "no": 15.7},
-    "T4": {"bf16": 0.0, "fp16": 65.0, "no": 8.1},
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 NVL": {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "A10G": {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2},
+    "L40S": {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6},
+    "V100": {"fp16": 125.0, "fp32": 15.7},
+    "T4": {"fp16": 65.0, "fp32": 8.1},
 }
+
+
+def math_mode(device: torch.device, precision: str) -> str:
+    """What the convolutions and matmuls really run in: precision "no" is TF32 on CUDA when cuDNN
+    allows it (PyTorch's default for convolutions), plain fp32 otherwise."""
+    if precision in ("bf16", "fp16"):
+        return precision
+    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
 
 
 def synchronize(device: torch.device) -> None:
@@ -57,12 +65,13 @@ def device_name(device: torch.device) -> str:
 @lru_cache(maxsize=None)
 def peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
     """(peak TFLOP/s of one device, where the number comes from): datasheet for known GPUs, else measured."""
+    mode = math_mode(device, precision)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peaks in GPU_PEAK_TFLOPS.items():
-            if key in name and peaks.get(precision, 0.0) > 0:
-                return peaks[precision], f"datasheet ({key})"
-    return measured_matmul_tflops(device, precision), "measured matmul"
+            if re.search(rf"\b{re.escape(key)}\b", name) and mode in peaks:
+                return peaks[mode], f"datasheet {key} {mode}"
+    return measured_matmul_tflops(device, precision), f"measured {mode} matmul"
 
 
 def measured_matmul_tflops(device: torch.device, precision: str, size: int = 1024, repeats: int = 10) -> float:
@@ -84,14 +93,29 @@ def measured_matmul_tflops(device: torch.device, precision: str, size: int = 102
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on CPU the kernel's RSS high-water mark."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # Linux: reset VmHWM to the current RSS
+    except OSError:
+        pass  # elsewhere the peak runs from the process's start
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, int]:
     """(peak allocated, peak reserved) device memory since the last reset; on CPU both are peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) * 1024
+                    return rss, rss
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return rss, rss
 

@@ -49,12 +49,14 @@ def bare_loop(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     """Images/s of the plainest training loop PyTorch allows (after one untimed step)."""
     criterion = torch.nn.CrossEntropyLoss()
     dtype = AUTOCAST_DTYPES.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # as the harness has for fp16
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss = criterion(model(inputs).float(), labels)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     step()
@@ -90,15 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = preprocess(images)
 
     bare_model = build_model(args.model, spec.channels).to(device, memory_format=memory_format)
-    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=1e-3, momentum=0.9)
+    fused = device.type == "cuda" or None  # as the harness's optimizer
+    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=1e-3, momentum=0.9, fused=fused)
     harness_model = build_model(args.model, spec.channels).to(memory_format=memory_format)
     recipe = replace(RECIPES["paper-improved"], lr=1e-3)
-    harness_optimizer = torch.optim.SGD(harness_model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    harness_optimizer = torch.optim.SGD(harness_model.parameters(), lr=recipe.lr, momentum=recipe.momentum, fused=fused)
     harness_model, harness_optimizer = accelerator.prepare(harness_model, harness_optimizer)
     cfg = RunConfig(model=args.model, dataset=args.dataset, seed=0, preset="overhead", recipe=recipe, epochs=1,
                     batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
                     compile_mode=None, synthetic=True, synthetic_train=0, synthetic_test=0, target_accuracy=None,
-                    warmup_steps=1, num_workers=1)
+                    world_size=accelerator.num_processes)
     scheduler, per_step = make_schedule(harness_optimizer, cfg, args.steps + 1)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     generator = torch.Generator(device=device)

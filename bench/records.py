@@ -15,6 +15,7 @@ from typing import Any
 
 RECORD_SCHEMA = 1
 STATUSES = ("finished", "diverged", "oom", "failed")
+FINAL_STATUSES = ("finished", "diverged", "oom")  # --resume skips these; a crashed ("failed") run is retried
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     outcomes: list[tuple[str, str]] = []
     for cfg in suite.runs:
-        if suite.resume and (done := records.existing_record(suite.results_dir, cfg.run_id)) is not None:
+        done = records.existing_record(suite.results_dir, cfg.run_id) if suite.resume else None
+        if done is not None and done["status"] in records.FINAL_STATUSES:
             accelerator.print(f"skip {cfg.run_id}: already recorded ({done['status']})")
             outcomes.append((cfg.run_id, done["status"]))
             continue

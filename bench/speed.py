@@ -86,7 +86,8 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
     model = build_model(point.model, spec.channels, spec.num_classes)
     if point.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if point.mode == "train" else None
+    optimizer = (torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=device.type == "cuda" or None)
+                 if point.mode == "train" else None)
     model, optimizer = accelerator.prepare(model, optimizer) if optimizer else (accelerator.prepare(model), None)
     if point.compile:
         model = torch.compile(model)
@@ -192,7 +193,7 @@ def build_parser() -> OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    accelerator = Accelerator(cpu=use_cpu())
+    accelerator = Accelerator(mixed_precision="no", cpu=use_cpu())  # each point autocasts itself
     device = accelerator.device
     if "fp16" in args.precisions and device.type != "cuda":
         print("bench/speed.py: error: --precisions fp16 needs a CUDA GPU; use bf16 or no here", file=sys.stderr)
@@ -230,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             record.update({"status": "oom", "error": str(error).splitlines()[0] if str(error) else "MemoryError"})
         finally:
             accelerator.free_memory()
+            if point.compile:
+                torch.compiler.reset()  # no recompile limits or CUDA-graph pools carried to the next point
             batches = None
             gc.collect()
             if device.type == "cuda":

@@ -26,6 +26,7 @@ from bench.environment import environment
 from bench.measure import (WindowTimer, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize,
                            time_to_target)
 from bench.profiling import StepProfiler
+from data.errors import DataError
 from data.augment import CIFAR10_PAPER_AUG, MNIST_PAPER_AUG, AugmentConfig, DevicePreprocess
 from data.encode import prepare_dataset
 from data.loaders import make_loader, set_loader_epoch
@@ -118,20 +119,20 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    bar = tqdm(total=len(loader), desc=description, disable=not accelerator.is_main_process,
+    # Main process only, and only on a terminal (disable=None): logs get the per-epoch line instead.
+    bar = tqdm(total=len(loader), desc=description, disable=None if accelerator.is_main_process else True,
                leave=False, mininterval=2.0, dynamic_ncols=True)
     epoch_start = time.perf_counter()
     batches = iter(loader)
     while True:
+        if step >= start_timing_at and not timer.running:
+            timer.start()  # before the wait, so the window and the stall cover the same time
         wait_start = time.perf_counter()
         try:
             images, labels, _ = next(batches)
         except StopIteration:
             break
-        data_wait = time.perf_counter() - wait_start
-        if step >= start_timing_at and not timer.running:
-            timer.start()
-        timer.count(labels.shape[0], data_wait)
+        timer.count(labels.shape[0], time.perf_counter() - wait_start)
         inputs = preprocess(images, generator)
         outputs = model(inputs)
         loss = criterion(outputs, labels)
@@ -148,7 +149,8 @@ def train_one_epoch(
             profiler.step(step)
         bar.update(1)
         if step % LOG_EVERY == 0:
-            running = loss_sum.item() / seen
+            # Reduced, so that every rank sees the same value and stops together.
+            running = accelerator.reduce(loss_sum.clone(), reduction="mean").item() / seen
             if not math.isfinite(running):
                 raise RunDiverged(f"training loss became {running} at step {step}")
             if accelerator.is_main_process:
@@ -211,6 +213,7 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, ep
     folder = records.checkpoint_dir(results_dir, run_id)
     state_name = f"epoch-{epoch:04d}"
     accelerator.save_state(str(folder / state_name))
+    accelerator.wait_for_everyone()  # every rank's part of the state is on disk before progress.json names it
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), folder / state_name / "lr_scheduler.pt")
         records.write_json_atomic(folder / "progress.json",
@@ -234,12 +237,8 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     }
     record["device"] = record["env"]["device_name"]
     try:
-        _train(cfg, accelerator, results_dir, cache_dir, resume, profile, record)
+        _train(cfg, accelerator, results_dir, cache_dir, resume, profile, record, started)
         record["status"] = "finished"
-        if not keep_checkpoints:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                records.remove_checkpoints(results_dir, cfg.run_id)
     except RunDiverged as error:
         record["status"], record["error"] = "diverged", str(error)
     except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
@@ -248,18 +247,25 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         record["status"], record["error"] = "oom", str(error).splitlines()[0]
     finally:
         accelerator.free_memory()
+        if cfg.compile_mode:
+            torch.compiler.reset()  # the next run must not inherit compiled frames or CUDA-graph pools
         gc.collect()
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
+    # Finished, diverged and OOM runs are final (--resume skips them): their checkpoints are done with.
+    if not keep_checkpoints:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            records.remove_checkpoints(results_dir, cfg.run_id)
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    record["metrics"]["wall_time_s"] = time.time() - started
+    record["metrics"]["wall_time_s"] = record["metrics"].get("wall_time_before_resume_s", 0.0) + time.time() - started
     return record
 
 
 def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
-           resume: bool, profile: bool, record: dict) -> None:
+           resume: bool, profile: bool, record: dict, started: float) -> None:
     device = accelerator.device
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # rank 0 keeps the seed; DDP copies its weights to the others
     with accelerator.main_process_first():
         encoded = prepare_dataset(cfg.dataset, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
                                   cache_dir=cache_dir, synthetic=cfg.synthetic,
@@ -271,6 +277,9 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
                            seed=cfg.seed, distributed=distributed, num_workers=cfg.num_workers)
         for split in ("train", "val", "test")
     }
+    if len(loaders["train"]) == 0:
+        raise DataError(f"--batch-size {cfg.batch_size} is larger than the {encoded.counts['train']} training images "
+                        f"each of the {accelerator.num_processes} process(es) would share; use a smaller batch")
     facts = model_facts(cfg.model, spec.channels)
     record["facts"] = asdict(facts)
 
@@ -280,8 +289,11 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
     recipe = cfg.recipe
     global_batch = cfg.batch_size * accelerator.num_processes
     peak_lr = cfg.lr or recipe.lr_for(cfg.model, global_batch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    # Fused SGD on CUDA: one kernel for the update, and fp16 loss scaling without a host sync per step.
+    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                weight_decay=recipe.weight_decay, fused=device.type == "cuda" or None)
+    if accelerator.scaler is not None:  # fp16: a fresh loss scale per run, not the previous run's
+        accelerator.scaler = torch.amp.GradScaler(device.type)
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.compile_mode:
         model = torch.compile(model, mode=cfg.compile_mode)
@@ -293,8 +305,9 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
     record["metrics"]["peak_lr"] = peak_lr
 
     history: list[dict] = []
-    # Timed-window sums over epochs: images, seconds at the global rate, and seconds stalled on data.
-    totals = {"timed_images": 0, "timed_seconds": 0.0, "stall_seconds": 0.0}
+    # Timed-window sums over epochs: images, seconds at the global rate, and seconds stalled on data;
+    # and the run's wall time so far, carried across resumes.
+    totals = {"timed_images": 0, "timed_seconds": 0.0, "stall_seconds": 0.0, "wall_time_s": 0.0}
     start_epoch = 0
     progress = records.read_progress(results_dir, cfg.run_id) if resume else None
     if progress:
@@ -302,9 +315,12 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
         accelerator.load_state(str(state))
         scheduler.load_state_dict(torch.load(state / "lr_scheduler.pt", weights_only=True))
         history, totals, start_epoch = progress["history"], progress["totals"], progress["epoch"]
+        record["history"] = history
+        record["metrics"]["wall_time_before_resume_s"] = totals.get("wall_time_s", 0.0)
         accelerator.print(f"resuming {cfg.run_id} after epoch {start_epoch}")
     elif accelerator.is_main_process:
         records.remove_checkpoints(results_dir, cfg.run_id)
+    wall_before = totals.get("wall_time_s", 0.0)
 
     reset_peak_memory(device)
     generator = torch.Generator(device=device)
@@ -313,45 +329,57 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
         profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, device, cfg.warmup_steps)
     start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
     step = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        set_loader_epoch(loaders["train"], epoch)
-        # Augmentation randomness per (seed, epoch, rank): reproducible, and the same after a resume.
-        generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
-        timer = WindowTimer(device)
-        train, step = train_one_epoch(
-            model, loaders["train"], train_preprocess, criterion, optimizer, scheduler, per_step, accelerator,
-            generator, timer, start_timing_at, step, profiler,
-            description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
-        )
-        lr = optimizer.param_groups[0]["lr"]
-        if not per_step:
-            scheduler.step()
-        val = evaluate(model, loaders["val"], eval_preprocess, encoded.counts["val"], accelerator)
-        if train.images:
-            timed = train.images / train.images_per_s
-            totals["timed_images"] += train.images
-            totals["timed_seconds"] += timed
-            totals["stall_seconds"] += train.data_stall * timed
-        history.append({
-            "epoch": epoch + 1, "train_loss": train.loss, "train_acc": train.acc, "val_loss": val.loss,
-            "val_acc": val.acc, "train_time_s": train.seconds, "eval_time_s": val.seconds,
-            "train_images_per_s": train.images_per_s, "train_images_per_s_per_process": train.images_per_s_per_process,
-            "eval_images_per_s": val.images_per_s,
-            "data_stall": train.data_stall, "lr": lr,
-        })
-        accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epoch + 1}/{cfg.epochs}: train loss {train.loss:.4f} "
-                          f"acc {train.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
-                          f"{train.images_per_s:,.0f} img/s, stall {train.data_stall:.1%}")
-        record["history"] = history
-        save_checkpoint(accelerator, results_dir, cfg.run_id, epoch + 1, scheduler, history, totals)
-
-    if profiler is not None:
-        profiler.close()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            step = _run_epoch(cfg, accelerator, epoch, step, start_timing_at, model, loaders, encoded.counts,
+                              train_preprocess, eval_preprocess, criterion, optimizer, scheduler, per_step,
+                              generator, profiler, history, totals)
+            totals["wall_time_s"] = wall_before + time.time() - started
+            record["history"] = history
+            save_checkpoint(accelerator, results_dir, cfg.run_id, epoch + 1, scheduler, history, totals)
+    finally:
+        if profiler is not None:
+            profiler.close()
     test = evaluate(model, loaders["test"], eval_preprocess, encoded.counts["test"], accelerator)
     allocated, reserved = peak_memory_bytes(device)
     memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
     record["metrics"].update(summarise(cfg, accelerator, history, totals, test, facts.train_gflops,
                                        int(memory[0]), int(memory[1])))
+
+
+def _run_epoch(cfg: RunConfig, accelerator: Accelerator, epoch: int, step: int, start_timing_at: int, model, loaders,
+               counts: dict[str, int], train_preprocess, eval_preprocess, criterion, optimizer, scheduler,
+               per_step: bool, generator: torch.Generator, profiler, history: list[dict], totals: dict) -> int:
+    """Train one epoch, validate, and append to history/totals; returns the step counter."""
+    set_loader_epoch(loaders["train"], epoch)
+    # Augmentation randomness per (seed, epoch, rank): reproducible, and the same after a resume.
+    generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
+    timer = WindowTimer(accelerator.device)
+    lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
+    train, step = train_one_epoch(
+        model, loaders["train"], train_preprocess, criterion, optimizer, scheduler, per_step, accelerator,
+        generator, timer, start_timing_at, step, profiler,
+        description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
+    )
+    if not per_step:
+        scheduler.step()
+    val = evaluate(model, loaders["val"], eval_preprocess, counts["val"], accelerator)
+    if train.images:
+        timed = train.images / train.images_per_s
+        totals["timed_images"] += train.images
+        totals["timed_seconds"] += timed
+        totals["stall_seconds"] += train.data_stall * timed
+    history.append({
+        "epoch": epoch + 1, "train_loss": train.loss, "train_acc": train.acc, "val_loss": val.loss,
+        "val_acc": val.acc, "train_time_s": train.seconds, "eval_time_s": val.seconds,
+        "train_images_per_s": train.images_per_s, "train_images_per_s_per_process": train.images_per_s_per_process,
+        "eval_images_per_s": val.images_per_s,
+        "data_stall": train.data_stall, "lr": lr,
+    })
+    accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epoch + 1}/{cfg.epochs}: train loss {train.loss:.4f} "
+                      f"acc {train.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
+                      f"{train.images_per_s:,.0f} img/s, stall {train.data_stall:.1%}")
+    return step
 
 
 def summarise(cfg: RunConfig, accelerator: Accelerator, history: list[dict], totals: dict, test: EvalResult,

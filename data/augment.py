@@ -10,7 +10,8 @@ study's `RandomHorizontalFlip -> RandomRotation -> RandomAffine -> ColorJitter` 
   likewise with H; half-to-even rounding, as Python's ``round``), scale ~ U(scale), x-shear ~
   U(-shear, shear), no y-shear, about the image centre, fill 0. The rotation is applied first, as
   ``F.rotate`` does (counter-clockwise), then shear/scale/translation as ``F.affine`` with angle 0;
-  both compose into ONE per-sample matrix and ONE ``grid_sample``, where torchvision resamples twice.
+  with ``separate_rotation`` (CIFAR-10) they are two batched ``grid_sample`` passes, as torchvision's
+  RandomRotation then RandomAffine, so corners the rotation drops stay black; otherwise one matrix.
   Without shear (MNIST) this is exactly ``RandomAffine(degrees, translate, scale)`` (whose angle
   runs clockwise, a sign flip that a symmetric range makes irrelevant).
 * Interpolation is NEAREST, torchvision's default for RandomAffine/RandomRotation and so what the
@@ -49,6 +50,9 @@ class AugmentConfig:
     brightness: float = 0
     contrast: float = 0
     saturation: float = 0
+    # The rotation as its own RandomRotation before a RandomAffine (CIFAR-10's recipe): two resamplings,
+    # so what the rotation moves out of the frame stays black, exactly as torchvision does.
+    separate_rotation: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -83,7 +87,7 @@ class AugmentConfig:
 MNIST_PAPER_AUG = AugmentConfig(degrees=15, translate=(0.1, 0.1), scale=(0.8, 1.2))
 CIFAR10_PAPER_AUG = AugmentConfig(
     degrees=10, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10,
-    hflip_p=0.5, brightness=0.2, contrast=0.2, saturation=0.2,
+    hflip_p=0.5, brightness=0.2, contrast=0.2, saturation=0.2, separate_rotation=True,
 )
 
 
@@ -152,12 +156,23 @@ def affine_theta(params: AffineParams, height: int, width: int) -> Tensor:
     return torch.stack((row0, row1), dim=1)
 
 
+def warp(x: Tensor, params: AffineParams) -> Tensor:
+    """One batched resampling of a (B, C, H, W) batch with per-sample geometry, fill 0."""
+    theta = affine_theta(params, x.shape[2], x.shape[3]).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=INTERPOLATION, padding_mode="zeros", align_corners=False)
+
+
 def random_affine(x: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Rotate, shear, scale and translate each image of a (B, C, H, W) float batch, fill 0, one resampling."""
+    """Rotate, shear, scale and translate each image of a (B, C, H, W) float batch, fill 0: one
+    resampling, or two (rotation first) when ``cfg.separate_rotation``."""
     batch, _, height, width = x.shape
     params = sample_affine(cfg, batch, height, width, device=x.device, generator=generator)
-    grid = F.affine_grid(affine_theta(params, height, width).to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode=INTERPOLATION, padding_mode="zeros", align_corners=False)
+    if not (cfg.separate_rotation and cfg.degrees):
+        return warp(x, params)
+    zeros, ones = torch.zeros_like(params.angle), torch.ones_like(params.scale)
+    rotated = warp(x, AffineParams(params.angle, torch.zeros_like(params.translate), ones, zeros))
+    return warp(rotated, params._replace(angle=zeros))
 
 
 def _grayscale(x: Tensor) -> Tensor:
@@ -246,7 +261,9 @@ class DevicePreprocess:
                 f"DevicePreprocess: expected a uint8 batch shaped (B, H, W, {channels}), "
                 f"got {images.dtype} {tuple(images.shape)}"
             )
-        if generator is not None and generator.device.type != images.device.type:
+        if generator is not None and generator.device != images.device and not (
+                generator.device.type == images.device.type == "cuda"
+                and generator.device.index in (None, images.device.index)):
             raise ValueError(f"DevicePreprocess: generator is on {generator.device}, images on {images.device}")
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:

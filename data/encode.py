@@ -48,8 +48,12 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent / "cache"
 
 
-def dataset_key(name: str, synthetic: bool) -> str:
-    return f"{name}-synthetic" if synthetic else name
+def dataset_key(name: str, synthetic_sizes: tuple[int, int] | None = None) -> str:
+    """File-name stem: the dataset, or for synthetic data the dataset and its sizes (so that different
+    sizes never overwrite each other's files)."""
+    if synthetic_sizes is None:
+        return name
+    return f"{name}-synthetic-{synthetic_sizes[0]}x{synthetic_sizes[1]}"
 
 
 def beton_path(cache_dir: Path, key: str, split: str) -> Path:
@@ -324,7 +328,7 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cache directory {cache}: cannot create it ({e.strerror}); expected a writable directory") from None
-    key = dataset_key(spec.name, synthetic)
+    key = dataset_key(spec.name, (synthetic_train, synthetic_test) if synthetic else None)
     load: Callable[[], RawDataset]
     if synthetic:
         checksum = synthetic_checksum(spec.name, synthetic_train, synthetic_test, 0)

@@ -91,7 +91,9 @@ def make_loader(path: Path, *, batch_size: int, train: bool, device: torch.devic
     decoder = NDArrayDecoder() if isinstance(image_field, NDArrayField) else SimpleRGBImageDecoder()
 
     def to_device() -> ToDevice:
-        return ToDevice(device, non_blocking=True)
+        # Blocking copies, on ffcv's own stream and thread: its pinned host buffers are reused a few
+        # batches later, and a non-blocking copy still queued behind a lagging GPU would read a newer batch.
+        return ToDevice(device, non_blocking=False)
 
     return Loader(
         str(path),

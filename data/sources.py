@@ -254,7 +254,9 @@ def _cifar_source(container: Path) -> SourceFiles:
 
 def _find_cifar(directory: Path) -> SourceFiles | None:
     """The official binary or python distribution, extracted or not, in `directory` or one level down."""
-    for base in (directory, *sorted(p for p in directory.iterdir() if p.is_dir())):
+    # Hidden folders are skipped: an interrupted download leaves its unverified files in one.
+    subfolders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for base in (directory, *subfolders):
         for name in (CIFAR_BIN_DIR, CIFAR_BIN_TAR, CIFAR_PY_DIR, CIFAR_PY_TAR):
             if (base / name).exists():
                 return _cifar_source(base / name)

@@ -66,7 +66,7 @@ def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def read_split(path: Path, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every image and label of a .beton, in file order, as host arrays."""
     images, labels = [], []
     for batch_images, batch_labels, _ in make_loader(path, batch_size=1024, train=False, device=torch.device("cpu")):
@@ -118,7 +118,7 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
     loader = make_loader(path, batch_size=batch_size, train=train, device=device, num_workers=workers)
     ffcv_rate = images_per_second(repeat(lambda: loader), preprocess, device, batches)
 
-    images, labels = read_split(path, device)
+    images, labels = read_split(path)
     torch.set_num_threads(workers)  # ffcv changed it; give the DataLoader's process the same cores
 
     def plain(transform: Callable | None) -> float:

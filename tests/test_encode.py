@@ -57,11 +57,11 @@ def test_resize_equals_the_studys_pil_resize(native, channels):
 @pytest.mark.parametrize("name,channels", [("mnist", 1), ("cifar10", 3)])
 def test_prepare_writes_files_and_manifests(tmp_path, name, channels):
     encoded = prepare_dataset(name, cache_dir=tmp_path, synthetic=True, **SMALL)
-    assert encoded.key == f"{name}-synthetic" and encoded.written == SPLITS
+    assert encoded.key == f"{name}-synthetic-120x30" and encoded.written == SPLITS
     assert encoded.counts == {"train": 100, "val": 20, "test": 30}
     for split in SPLITS:
         path = encoded.paths[split]
-        assert path == tmp_path / f"{name}-synthetic_{split}_64.beton"
+        assert path == tmp_path / f"{name}-synthetic-120x30_{split}_64.beton"
         assert check_beton(path) == encoded.counts[split]
         manifest = json.loads(manifest_path(tmp_path, encoded.key, split).read_text())
         assert manifest["count"] == encoded.counts[split] == sum(manifest["class_counts"])
@@ -87,9 +87,9 @@ def test_cache_is_reused_and_a_truncated_file_rebuilt(tmp_path):
     assert third.written == ("train",)
     assert hashlib.sha256(train.read_bytes()).hexdigest() == digest  # the writer is deterministic
 
-    # different source data (here: a different synthetic size) makes every split stale
-    assert prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, synthetic_train=60,
-                           synthetic_test=30).written == SPLITS
+    # a different synthetic size is a different dataset, with files of its own beside the first
+    other = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, synthetic_train=60, synthetic_test=30)
+    assert other.written == SPLITS and other.paths["train"] != train and train.exists()
 
 
 def _prepare_in_child(cache: str) -> None:
@@ -110,8 +110,8 @@ def test_concurrent_prepares_do_not_corrupt(tmp_path):
 
 
 def test_damaged_manifest_triggers_a_rebuild(tmp_path):
-    prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, **SMALL)
-    manifest_path(tmp_path, "cifar10-synthetic", "val").write_text("{not json")
+    encoded = prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, **SMALL)
+    manifest_path(tmp_path, encoded.key, "val").write_text("{not json")
     assert prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, **SMALL).written == ("val",)
 
 
@@ -231,6 +231,6 @@ def test_prepare_cli_encodes_and_lists_splits(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3
     for split, line in zip(SPLITS, lines):
-        path = beton_path(tmp_path, "cifar10-synthetic", split)
+        path = beton_path(tmp_path, "cifar10-synthetic-2400x400", split)  # the default sizes
         assert line.startswith(str(path)) and "image,label,index" in line
         assert f"  {check_beton(path)} images" in line

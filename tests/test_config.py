@@ -1,0 +1,89 @@
+"""Option resolution, run identity and measurement helpers (pure functions, no training)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.config import RECIPES, STUDY_TEST_ACCURACY, parse_suite
+from bench.measure import GPU_PEAK_TFLOPS, WindowTimer, math_mode, peak_memory_bytes, reset_peak_memory, time_to_target
+
+
+def test_auto_preset_is_smoke_without_gpu_and_fast_with_one():
+    smoke = parse_suite(["--models", "resnet18"], gpu_available=False, num_processes=1)
+    fast = parse_suite(["--models", "resnet18"], gpu_available=True, num_processes=1)
+    assert smoke.preset == "smoke" and "smoke" in smoke.auto_reason and smoke.runs[0].synthetic
+    assert fast.preset == "fast" and not fast.runs[0].synthetic and fast.runs[0].precision == "bf16"
+    assert len(smoke.runs) == 2  # both datasets by default
+
+
+def test_paper_preset_pairs_recipes_and_targets_the_study():
+    suite = parse_suite(["--preset", "paper", "--datasets", "cifar10"], gpu_available=True, num_processes=1)
+    recipes = {run.model: run.recipe.name for run in suite.runs}
+    assert recipes["vgg16"] == "paper-vanilla" and recipes["vgg16_improved"] == "paper-improved"
+    for run in suite.runs:
+        assert run.epochs == 50 and run.batch_size == 128
+        assert run.target_accuracy == STUDY_TEST_ACCURACY[run.model]["cifar10"]
+
+
+def test_cli_overrides_preset_and_recipe_can_be_ablated():
+    (run,) = parse_suite(["--preset", "paper", "--models", "resnet18", "--datasets", "mnist", "--recipe",
+                          "paper-improved", "--epochs", "3", "--batch-size", "64", "--precision", "bf16",
+                          "--target-accuracy", "97.5"], gpu_available=False, num_processes=1).runs
+    assert (run.recipe.name, run.epochs, run.batch_size, run.precision) == ("paper-improved", 3, 64, "bf16")
+    assert run.target_accuracy == pytest.approx(0.975)
+
+
+def test_study_recipes_split_their_global_batch_across_processes():
+    runs = parse_suite(["--preset", "paper", "--models", "resnet18"], gpu_available=True, num_processes=4).runs
+    assert {run.batch_size for run in runs} == {32} and {run.world_size for run in runs} == {4}
+    with pytest.raises(SystemExit, match="cannot split evenly"):
+        parse_suite(["--preset", "paper", "--models", "resnet18"], gpu_available=True, num_processes=3)
+
+
+def test_fast_recipe_scales_learning_rate_with_global_batch():
+    fast = RECIPES["fast"]
+    assert fast.lr_for("resnet18", 1024) == pytest.approx(2 * fast.lr_for("resnet18", 512))
+    assert fast.lr_for("vgg16", 512) == pytest.approx(0.1 * fast.lr_for("resnet18", 512))
+    assert RECIPES["paper-improved"].lr_for("resnet18", 4096) == 0.01  # the study's rate, never rescaled
+
+
+def test_run_id_names_what_changes_results_and_nothing_else():
+    (run,) = parse_suite(["--models", "resnet18", "--datasets", "mnist"], gpu_available=False, num_processes=1).runs
+    assert run.run_id == dataclasses.replace(run, num_workers=7, warmup_steps=99, data_dir="/elsewhere").run_id
+    for change in ({"world_size": 2}, {"seed": 1}, {"batch_size": 8}, {"precision": "bf16"}, {"epochs": 9}):
+        assert dataclasses.replace(run, **change).run_id != run.run_id, change
+
+
+def test_time_to_target_counts_training_seconds_until_first_hit():
+    history = [{"epoch": 1, "train_time_s": 10.0, "val_acc": 0.5}, {"epoch": 2, "train_time_s": 12.0, "val_acc": 0.9},
+               {"epoch": 3, "train_time_s": 11.0, "val_acc": 0.95}]
+    assert time_to_target(history, 0.9) == (22.0, 2)
+    assert time_to_target(history, 0.99) == (None, None)
+    assert time_to_target(history, None) == (None, None)
+
+
+def test_window_timer_counts_only_inside_the_window():
+    timer = WindowTimer(torch.device("cpu"))
+    timer.count(100, 1.0)  # before start: ignored
+    timer.start()
+    timer.count(32, 0.001)
+    timer.stop()
+    assert timer.images == 32 and timer.seconds > 0 and timer.data_wait_s == 0.001
+    assert timer.images_per_s == pytest.approx(32 / timer.seconds)
+
+
+def test_peak_table_matches_whole_names_and_tf32_is_the_fp32_denominator_on_cuda():
+    assert math_mode(torch.device("cpu"), "no") == "fp32" and math_mode(torch.device("cpu"), "bf16") == "bf16"
+    assert list(GPU_PEAK_TFLOPS).index("H100 PCIe") < list(GPU_PEAK_TFLOPS).index("H100")
+    assert list(GPU_PEAK_TFLOPS).index("L40S") < list(GPU_PEAK_TFLOPS).index("L4")
+
+
+def test_cpu_peak_memory_resets_between_runs():
+    device = torch.device("cpu")
+    big = torch.ones(64 * 2**20)  # 256 MiB
+    high = peak_memory_bytes(device)[0]
+    del big
+    reset_peak_memory(device)
+    assert peak_memory_bytes(device)[0] < high - 128 * 2**20
