@@ -46,6 +46,23 @@ AUGMENTATIONS: dict[str, dict[str, AugmentConfig | None]] = {
 }
 
 
+@dataclass
+class Training:
+    """The prepared pieces of one run that every epoch uses."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_step_schedule: bool
+    criterion: torch.nn.Module
+    loaders: dict
+    counts: dict[str, int]
+    train_preprocess: DevicePreprocess
+    eval_preprocess: DevicePreprocess
+    generator: torch.Generator
+    profiler: StepProfiler | None = None
+
+
 class RunDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -278,8 +295,8 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
         for split in ("train", "val", "test")
     }
     if len(loaders["train"]) == 0:
-        raise DataError(f"--batch-size {cfg.batch_size} is larger than the {encoded.counts['train']} training images "
-                        f"each of the {accelerator.num_processes} process(es) would share; use a smaller batch")
+        raise DataError(f"--batch-size {cfg.batch_size}: no full training batch from {encoded.counts['train']} images "
+                        f"over {accelerator.num_processes} process(es); expected a smaller batch size")
     facts = model_facts(cfg.model, spec.channels)
     record["facts"] = asdict(facts)
 
@@ -298,10 +315,14 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
     if cfg.compile_mode:
         model = torch.compile(model, mode=cfg.compile_mode)
     scheduler, per_step = make_schedule(optimizer, cfg, len(loaders["train"]))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     augment = AUGMENTATIONS[recipe.augment][cfg.dataset]
-    train_preprocess = DevicePreprocess(spec.mean, spec.std, augment, cfg.channels_last)
-    eval_preprocess = DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last)
+    parts = Training(
+        model=model, optimizer=optimizer, scheduler=scheduler, per_step_schedule=per_step,
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), loaders=loaders,
+        counts=encoded.counts, train_preprocess=DevicePreprocess(spec.mean, spec.std, augment, cfg.channels_last),
+        eval_preprocess=DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last),
+        generator=torch.Generator(device=device),
+    )
     record["metrics"]["peak_lr"] = peak_lr
 
     history: list[dict] = []
@@ -323,47 +344,42 @@ def _train(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_di
     wall_before = totals.get("wall_time_s", 0.0)
 
     reset_peak_memory(device)
-    generator = torch.Generator(device=device)
-    profiler = None
     if profile and accelerator.is_main_process:
-        profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, device, cfg.warmup_steps)
+        parts.profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, device, cfg.warmup_steps)
     start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
     step = 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            step = _run_epoch(cfg, accelerator, epoch, step, start_timing_at, model, loaders, encoded.counts,
-                              train_preprocess, eval_preprocess, criterion, optimizer, scheduler, per_step,
-                              generator, profiler, history, totals)
+            step = _run_epoch(cfg, accelerator, parts, epoch, step, start_timing_at, history, totals)
             totals["wall_time_s"] = wall_before + time.time() - started
             record["history"] = history
             save_checkpoint(accelerator, results_dir, cfg.run_id, epoch + 1, scheduler, history, totals)
     finally:
-        if profiler is not None:
-            profiler.close()
-    test = evaluate(model, loaders["test"], eval_preprocess, encoded.counts["test"], accelerator)
+        if parts.profiler is not None:
+            parts.profiler.close()
+    test = evaluate(model, loaders["test"], parts.eval_preprocess, encoded.counts["test"], accelerator)
     allocated, reserved = peak_memory_bytes(device)
     memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
     record["metrics"].update(summarise(cfg, accelerator, history, totals, test, facts.train_gflops,
                                        int(memory[0]), int(memory[1])))
 
 
-def _run_epoch(cfg: RunConfig, accelerator: Accelerator, epoch: int, step: int, start_timing_at: int, model, loaders,
-               counts: dict[str, int], train_preprocess, eval_preprocess, criterion, optimizer, scheduler,
-               per_step: bool, generator: torch.Generator, profiler, history: list[dict], totals: dict) -> int:
+def _run_epoch(cfg: RunConfig, accelerator: Accelerator, parts: Training, epoch: int, step: int, start_timing_at: int,
+               history: list[dict], totals: dict) -> int:
     """Train one epoch, validate, and append to history/totals; returns the step counter."""
-    set_loader_epoch(loaders["train"], epoch)
+    set_loader_epoch(parts.loaders["train"], epoch)
     # Augmentation randomness per (seed, epoch, rank): reproducible, and the same after a resume.
-    generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
+    parts.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
     timer = WindowTimer(accelerator.device)
-    lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
+    lr = parts.optimizer.param_groups[0]["lr"]  # at the epoch's first step
     train, step = train_one_epoch(
-        model, loaders["train"], train_preprocess, criterion, optimizer, scheduler, per_step, accelerator,
-        generator, timer, start_timing_at, step, profiler,
-        description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
+        parts.model, parts.loaders["train"], parts.train_preprocess, parts.criterion, parts.optimizer,
+        parts.scheduler, parts.per_step_schedule, accelerator, parts.generator, timer, start_timing_at, step,
+        parts.profiler, description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
     )
-    if not per_step:
-        scheduler.step()
-    val = evaluate(model, loaders["val"], eval_preprocess, counts["val"], accelerator)
+    if not parts.per_step_schedule:
+        parts.scheduler.step()
+    val = evaluate(parts.model, parts.loaders["val"], parts.eval_preprocess, parts.counts["val"], accelerator)
     if train.images:
         timed = train.images / train.images_per_s
         totals["timed_images"] += train.images
