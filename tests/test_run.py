@@ -166,6 +166,11 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
     assert sorted(r["model"] for r in records) == ["inception_v1", "resnet18"]
     assert {r["status"] for r in records} == {"diverged"}
     assert "diverged" in done.stdout and "not finished" in done.stdout
+    assert not list((tmp_path / "checkpoints").glob("*/progress.json"))  # final runs leave no checkpoint
+
+    again = run_bench(TINY + ["--models", "resnet18", "inception_v1", "--datasets", "mnist", "--epochs", "2",
+                              "--lr", "1e30", "--resume"], tmp_path, cache_dir)
+    assert again.returncode == 1 and again.stdout.count("already recorded (diverged)") == 2
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -192,3 +197,14 @@ def test_fp16_on_cpu_is_refused_clearly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench.run", "--precision", "fp16", "--results-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "fp16 needs a CUDA GPU" in done.stderr
+
+
+def test_resume_retries_a_run_that_crashed(tmp_path, cache_dir):
+    args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1"]
+    assert run_bench(args, tmp_path, cache_dir).returncode == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    crashed = json.loads(path.read_text()) | {"status": "failed", "error": "RuntimeError('simulated crash')"}
+    path.write_text(json.dumps(crashed))
+    again = run_bench(args + ["--resume"], tmp_path, cache_dir)
+    assert again.returncode == 0 and "already recorded" not in again.stdout
+    assert json.loads(path.read_text())["status"] == "finished"
