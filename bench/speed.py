@@ -9,7 +9,6 @@ recorded as `oom` and the sweep goes on. One JSON record per point under `<resul
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import resource
