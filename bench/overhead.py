@@ -13,7 +13,6 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from typing import Sequence
 
@@ -23,7 +22,7 @@ from accelerate import Accelerator
 from bench.config import DATASET_NAMES, PRECISIONS, RECIPES, OneLineParser, RunConfig, positive_int
 from bench.environment import use_cpu
 from bench.measure import WindowTimer, synchronize
-from bench.speed import AUTOCAST_DTYPES
+from bench.speed import bare_train_step
 from bench.train import make_schedule, train_one_epoch
 from data.augment import DevicePreprocess
 from data.sources import get_spec
@@ -47,23 +46,12 @@ class RepeatedBatch:
 def bare_loop(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
               steps: int, precision: str, device: torch.device) -> float:
     """Images/s of the plainest training loop PyTorch allows (after one untimed step)."""
-    criterion = torch.nn.CrossEntropyLoss()
-    dtype = AUTOCAST_DTYPES.get(precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # as the harness has for fp16
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            loss = criterion(model(inputs).float(), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
+    step = bare_train_step(model, optimizer, precision, device)
+    step(inputs, labels)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        step(inputs, labels)
     synchronize(device)
     return steps * labels.shape[0] / (time.perf_counter() - start)
 

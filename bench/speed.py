@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -77,6 +77,24 @@ def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distribute
             yield images, labels
 
 
+def bare_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str,
+                    device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The plainest training step PyTorch allows: autocast forward, (fp16: scaled) backward, optimizer step."""
+    criterion = torch.nn.CrossEntropyLoss()
+    dtype = AUTOCAST_DTYPES.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss = criterion(model(inputs).float(), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator, warmup: int, steps: int,
                   windows: int, profile_dir: Path | None) -> dict:
     """Time `windows` windows of `steps` steps after `warmup` steps; return the point's record fields."""
@@ -93,27 +111,16 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
     model.train(point.mode == "train")
     preprocess = DevicePreprocess(spec.mean, spec.std, None, point.channels_last)
     dtype = AUTOCAST_DTYPES.get(point.precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    scaler = torch.amp.GradScaler(device.type) if point.precision == "fp16" and optimizer else None
-    criterion = torch.nn.CrossEntropyLoss()
+    train_step = bare_train_step(model, optimizer, point.precision, device) if optimizer else None
 
     def step() -> None:
         images, labels = next(batches)
         inputs = preprocess(images)
-        if optimizer is None:
-            with torch.no_grad(), autocast:
-                model(inputs)
+        if train_step is not None:
+            train_step(inputs, labels)
             return
-        with autocast:
-            loss = criterion(model(inputs).float(), labels)
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            accelerator.backward(loss)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            model(inputs)
 
     reset_peak_memory(device)
     for _ in range(warmup):
