@@ -23,7 +23,7 @@ from bench.config import DATASET_NAMES, PRECISIONS, RECIPES, OneLineParser, RunC
 from bench.environment import use_cpu
 from bench.measure import WindowTimer, synchronize
 from bench.speed import bare_train_step
-from bench.train import make_schedule, train_one_epoch
+from bench.train import Training, make_schedule, train_one_epoch
 from data.augment import DevicePreprocess
 from data.sources import get_spec
 from models import MODEL_NAMES, build_model
@@ -91,23 +91,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     compile_mode=None, synthetic=True, synthetic_train=0, synthetic_test=0, target_accuracy=None,
                     world_size=accelerator.num_processes)
     scheduler, per_step = make_schedule(harness_optimizer, cfg, args.steps + 1)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    generator = torch.Generator(device=device)
+    harness = Training(
+        model=harness_model, optimizer=harness_optimizer, scheduler=scheduler, per_step_schedule=per_step,
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+        loaders={"train": RepeatedBatch(images, labels, args.steps + 1)}, counts={}, train_preprocess=preprocess,
+        eval_preprocess=preprocess, generator=torch.Generator(device=device),
+    )
 
     harness_rates, bare_rates = [], []
     for round_number in range(args.rounds):
         timer = WindowTimer(device)
-        train_one_epoch(harness_model, RepeatedBatch(images, labels, args.steps + 1), preprocess, criterion,
-                        harness_optimizer, scheduler, per_step, accelerator, generator, timer, start_timing_at=1,
-                        step=0, profiler=None, description="harness")
+        train_one_epoch(harness, accelerator, timer, start_timing_at=1, step=0, description="harness")
         harness_rates.append(timer.images_per_s)
         bare_rates.append(bare_loop(bare_model, inputs, labels, bare_optimizer, args.steps, args.precision, device))
         accelerator.print(f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "
                           f"bare {bare_rates[-1]:,.1f} img/s")
-    harness, bare = statistics.median(harness_rates), statistics.median(bare_rates)
+    harness_rate, bare_rate = statistics.median(harness_rates), statistics.median(bare_rates)
     accelerator.print(f"{args.model} {args.dataset} batch {args.batch_size} {args.precision} "
-                      f"channels_last={args.channels_last} on {device}: harness {harness:,.1f} img/s, bare {bare:,.1f} "
-                      f"img/s, ratio {harness / bare:.3f} (target >= 0.97)")
+                      f"channels_last={args.channels_last} on {device}: harness {harness_rate:,.1f} img/s, "
+                      f"bare {bare_rate:,.1f} img/s, ratio {harness_rate / bare_rate:.3f} (target >= 0.97)")
     return 0
 
 

@@ -100,6 +100,11 @@ def gather_rows(accelerator: Accelerator, values: list[float]) -> torch.Tensor:
     return accelerator.gather(local).cpu()
 
 
+def rates(per_process: torch.Tensor) -> list[float]:
+    """Images/s of each process from gathered (images, seconds, ...) rows."""
+    return [float(row[0] / row[1]) if row[1] > 0 else 0.0 for row in per_process]
+
+
 def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
@@ -124,13 +129,10 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_ep
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
 
 
-def train_one_epoch(
-    model: torch.nn.Module, loader, preprocess: Callable, criterion: torch.nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler, per_step_schedule: bool, accelerator: Accelerator,
-    generator: torch.Generator, timer: WindowTimer, start_timing_at: int, step: int,
-    profiler: StepProfiler | None, description: str,
-) -> tuple[EpochResult, int]:
-    """Train for one pass over `loader`; returns the epoch's result and the updated step counter."""
+def train_one_epoch(parts: Training, accelerator: Accelerator, timer: WindowTimer, start_timing_at: int, step: int,
+                    description: str) -> tuple[EpochResult, int]:
+    """Train for one pass over the training loader; returns the epoch's result and the updated step counter."""
+    model, loader, optimizer, scheduler = parts.model, parts.loaders["train"], parts.optimizer, parts.scheduler
     model.train()
     device = accelerator.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -150,20 +152,20 @@ def train_one_epoch(
         except StopIteration:
             break
         timer.count(labels.shape[0], time.perf_counter() - wait_start)
-        inputs = preprocess(images, generator)
+        inputs = parts.train_preprocess(images, parts.generator)
         outputs = model(inputs)
-        loss = criterion(outputs, labels)
+        loss = parts.criterion(outputs, labels)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if per_step_schedule:
+        if parts.per_step_schedule:
             scheduler.step()
         loss_sum += loss.detach() * labels.shape[0]
         correct += (outputs.detach().argmax(dim=1) == labels).sum()
         seen += labels.shape[0]
         step += 1
-        if profiler is not None:
-            profiler.step(step)
+        if parts.profiler is not None:
+            parts.profiler.step(step)
         bar.update(1)
         if step % LOG_EVERY == 0:
             # Reduced, so that every rank sees the same value and stops together.
@@ -183,11 +185,11 @@ def train_one_epoch(
     if not math.isfinite(float(totals[0])):
         raise RunDiverged(f"training loss became {float(totals[0])} in the epoch ending at step {step}")
     per_process = gather_rows(accelerator, [timer.images, timer.seconds, timer.data_wait_s])
-    rates = [float(row[0] / row[1]) if row[1] > 0 else 0.0 for row in per_process]
+    process_rates = rates(per_process)
     stall = float((per_process[:, 2] / per_process[:, 1].clamp_min(1e-9)).mean())
     count = max(1.0, float(totals[2]))
     return EpochResult(loss=float(totals[0]) / count, acc=float(totals[1]) / count, images=int(per_process[:, 0].sum()),
-                       images_per_s=sum(rates), images_per_s_per_process=rates, data_stall=stall,
+                       images_per_s=sum(process_rates), images_per_s_per_process=process_rates, data_stall=stall,
                        seconds=seconds), step
 
 
@@ -218,8 +220,7 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
     missing = int(num_samples - covered.sum().item())
     if missing:
         raise RuntimeError(f"evaluation missed {missing} of {num_samples} samples")
-    per_process = gather_rows(accelerator, [timer.images, timer.seconds])
-    images_per_s = sum(float(row[0] / row[1]) for row in per_process if row[1] > 0)
+    images_per_s = sum(rates(gather_rows(accelerator, [timer.images, timer.seconds])))
     return EvalResult(loss=losses.mean().item(), acc=correct.mean().item(), images_per_s=images_per_s, seconds=timer.seconds)
 
 
@@ -372,11 +373,8 @@ def _run_epoch(cfg: RunConfig, accelerator: Accelerator, parts: Training, epoch:
     parts.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
     timer = WindowTimer(accelerator.device)
     lr = parts.optimizer.param_groups[0]["lr"]  # at the epoch's first step
-    train, step = train_one_epoch(
-        parts.model, parts.loaders["train"], parts.train_preprocess, parts.criterion, parts.optimizer,
-        parts.scheduler, parts.per_step_schedule, accelerator, parts.generator, timer, start_timing_at, step,
-        parts.profiler, description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
-    )
+    train, step = train_one_epoch(parts, accelerator, timer, start_timing_at, step,
+                                  description=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}")
     if not parts.per_step_schedule:
         parts.scheduler.step()
     val = evaluate(parts.model, parts.loaders["val"], parts.eval_preprocess, parts.counts["val"], accelerator)
@@ -408,6 +406,7 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, history: list[dict], tot
     achieved = train_gflops * images_per_s / 1e3  # TFLOP/s
     seconds_to_target, epochs_to_target = time_to_target(history, cfg.target_accuracy)
     eval_rates = [row["eval_images_per_s"] for row in history[1:]] or [history[0]["eval_images_per_s"]]
+    train_seconds = sum(row["train_time_s"] for row in history)
     return {
         "epochs_completed": len(history),
         "train_loss": history[-1]["train_loss"], "train_acc": history[-1]["train_acc"],
@@ -416,9 +415,9 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, history: list[dict], tot
         "test_loss": test.loss, "test_acc": test.acc,
         "train_images_per_s": images_per_s,
         "eval_images_per_s": (sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
-        "train_time_s": sum(row["train_time_s"] for row in history),
+        "train_time_s": train_seconds,
         "eval_time_s": sum(row["eval_time_s"] for row in history) + test.seconds,
-        "epoch_time_s": sum(row["train_time_s"] for row in history) / len(history),
+        "epoch_time_s": train_seconds / len(history),
         "data_stall": totals["stall_seconds"] / timed_seconds if timed_seconds > 0 else 0.0,
         "target_accuracy": cfg.target_accuracy,
         "time_to_target_s": seconds_to_target, "epochs_to_target": epochs_to_target,
