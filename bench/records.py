@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 RECORD_SCHEMA = 1
-STATUSES = ("finished", "diverged", "oom", "failed")
-FINAL_STATUSES = ("finished", "diverged", "oom")  # --resume skips these; a crashed ("failed") run is retried
+# A record's status is one of finished, diverged, oom, failed. --resume skips the final ones and retries
+# a crashed ("failed") run.
+FINAL_STATUSES = ("finished", "diverged", "oom")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
