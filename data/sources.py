@@ -18,7 +18,7 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -75,7 +75,7 @@ class SourceFiles:
     origin: str
     parse: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # -> train/test images/labels
 
-    @property
+    @cached_property  # hashed once: prepare_dataset compares it, then read() stores it
     def checksum(self) -> str:
         digest = hashlib.sha256()
         for path in self.paths:
