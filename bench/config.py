@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from data.cli import OneLineParser, non_negative_int, positive_float, positive_int
+from data.datasets import dataset_names
 from data.loaders import default_num_workers
-from models import MODEL_NAMES
+from models import model_entry, model_names, study_datasets, study_result
 
-DATASET_NAMES = ("mnist", "cifar10")
 PRECISIONS = ("no", "fp16", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -37,23 +39,23 @@ class Recipe:
     schedule: str  # "constant", "multistep" (stepped per epoch) or "warmup-cosine" (stepped per step)
     epochs: int
     batch_size: int
-    augment: str  # "none", "paper" (SPEC.md's paper-improved augmentations) or "fast"
+    augment: str  # the dataset's augmentation family: "none", "paper" (the study's) or "fast"
     nesterov: bool = False
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     scale_lr: bool = False
     lr_batch: int = 128
-    lr_scale_by_model: tuple[tuple[str, float], ...] = ()
+    per_model_lr: bool = False  # multiply by the model entry's fast_lr_scale
 
     def lr_for(self, model: str, global_batch: int) -> float:
         """Peak learning rate for this model and global batch size."""
-        lr = self.lr * dict(self.lr_scale_by_model).get(model, 1.0)
+        lr = self.lr * (model_entry(model).fast_lr_scale if self.per_model_lr else 1.0)
         return lr * global_batch / self.lr_batch if self.scale_lr else lr
 
 
 RECIPES: dict[str, Recipe] = {
-    # SPEC.md, exactly: the study's recipes.
+    # docs/STUDY.md, exactly: the study's recipes.
     "paper-vanilla": Recipe(
         name="paper-vanilla", lr=0.001, momentum=0.9, weight_decay=0.0, label_smoothing=0.0,
         schedule="constant", epochs=50, batch_size=128, augment="none",
@@ -65,12 +67,11 @@ RECIPES: dict[str, Recipe] = {
     ),
     # Ours, for time to accuracy on a GPU: a large batch with the linear scaling rule, a short
     # warm-up then cosine decay per step, Nesterov momentum, label smoothing, and cheap device-side
-    # flips/shifts. VGG16 without batch norm does not survive a large learning rate, so it gets a
-    # tenth of it (Simonyan & Zisserman trained it at 0.01 for batch 256).
+    # flips/shifts. A model entry can scale the rate (VGG16 without batch norm gets a tenth).
     "fast": Recipe(
         name="fast", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.1,
         schedule="warmup-cosine", warmup_epochs=1.0, epochs=12, batch_size=512, augment="fast",
-        scale_lr=True, lr_batch=512, lr_scale_by_model=(("vgg16", 0.1),),
+        scale_lr=True, lr_batch=512, per_model_lr=True,
     ),
 }
 
@@ -79,7 +80,7 @@ PAIRED = "paired"
 
 
 def paired_recipe(model: str) -> str:
-    return "paper-improved" if model.endswith("_improved") else "paper-vanilla"
+    return "paper-improved" if model_entry(model).is_improved else "paper-vanilla"
 
 
 @dataclass(frozen=True)
@@ -108,24 +109,6 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 AUTO = "auto"
-
-# SPEC.md's table of the study's results: test accuracy (%) after epoch 50 on MNIST and CIFAR-10, and
-# seconds of training on one Colab GPU. The accuracy is also the default time-to-target goal.
-STUDY_RESULTS: dict[str, tuple[float, float, float, float]] = {
-    "vgg16": (99.19, 75.98, 3223, 11172),
-    "vgg16_improved": (99.65, 79.02, 5016, 5918),
-    "resnet18": (98.99, 65.53, 1804, 1884),
-    "resnet18_improved": (99.63, 81.87, 2319, 3738),
-    "inception_v1": (99.51, 83.15, 1536, 1626),
-    "inception_v1_improved": (99.65, 85.85, 2003, 6662),
-}
-STUDY_TEST_ACCURACY: dict[str, dict[str, float]] = {
-    model: {"mnist": mnist / 100, "cifar10": cifar / 100} for model, (mnist, cifar, _, _) in STUDY_RESULTS.items()
-}
-STUDY_TRAIN_SECONDS: dict[str, dict[str, float]] = {
-    model: {"mnist": mnist_s, "cifar10": cifar_s} for model, (_, _, mnist_s, cifar_s) in STUDY_RESULTS.items()
-}
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -165,41 +148,12 @@ class RunConfig:
 @dataclass(frozen=True)
 class SuiteConfig:
     runs: tuple[RunConfig, ...]
-    preset: str
     auto_reason: str | None
     results_dir: Path
     cache_dir: Path | None
     resume: bool
     keep_checkpoints: bool
     profile: bool
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad option prints a single `error:` line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-def number_type(cast: Callable[[str], float], description: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
-    """An argparse `type` that parses with `cast` and rejects values outside `accept` in one line."""
-
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value) or value != value:  # value != value: NaN
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = number_type(int, "a positive integer", lambda value: value >= 1)
-non_negative_int = number_type(int, "an integer >= 0", lambda value: value >= 0)
-positive_float = number_type(float, "a positive number", lambda value: value > 0)
 
 
 def accuracy_fraction(text: str) -> float:
@@ -210,17 +164,45 @@ def accuracy_fraction(text: str) -> float:
     return value / 100 if value > 1 else value
 
 
+def load_plugins(argv: Sequence[str] | None, prog: str) -> None:
+    """Import the `--plugin MODULE` modules before the options are read, so that the models and datasets
+    they register are valid choices. A module that cannot be imported is a one-line error."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    for module in known.plugin:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # an import can fail in any way; the user needs the one line
+            raise SystemExit(f"{prog}: error: --plugin {module}: cannot import it ({error.__class__.__name__}: {error})")
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): a module that registers models with "
+                        "models.register_model or datasets with data.datasets.register_dataset")
+
+
+def results_folder(text: str) -> Path:
+    """A folder for results: absent (created later) or a directory, never an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder for the results")
+    return path
+
+
 def build_parser() -> OneLineParser:
+    models, datasets, study = model_names(), dataset_names(), study_datasets()
     parser = OneLineParser(
         prog="bench/run.py",
-        description="Train and measure CNNs on FFCV-encoded 64x64 MNIST / CIFAR-10 under Accelerate.",
+        description="Train and measure image-classification CNNs on FFCV-encoded 64x64 datasets under Accelerate.",
         epilog="Launch with `accelerate launch bench/run.py ...` for several processes/GPUs; "
         "plain `python bench/run.py` runs one process.",
     )
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), metavar="MODEL",
-                        help=f"models to run (default: all). Valid: {', '.join(MODEL_NAMES)}")
-    parser.add_argument("--datasets", nargs="+", choices=DATASET_NAMES, default=list(DATASET_NAMES), metavar="DATASET",
-                        help=f"datasets (default: both). Valid: {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--models", nargs="+", choices=models, default=list(models), metavar="MODEL",
+                        help=f"models to run (default: all). Valid: {', '.join(models)}")
+    parser.add_argument("--datasets", nargs="+", choices=datasets, default=list(study), metavar="DATASET",
+                        help=f"datasets (default: the study's, {', '.join(study)}). Valid: {', '.join(datasets)}")
     parser.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO,
                         help="auto (default): 'fast' on real data when a GPU is present, else 'smoke'")
     parser.add_argument("--recipe", choices=(PAIRED, *RECIPES), default=None,
@@ -241,13 +223,14 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="directory with the raw datasets (default: $DEEPNETS_DATA_DIR, else download)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where .beton files go (default: data/cache)")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="records and tables (default: results/)")
+    parser.add_argument("--results-dir", type=results_folder, default=Path("results"),
+                        help="records and tables (default: results/)")
     parser.add_argument("--resume", action="store_true",
                         help="skip runs that already have a record and continue unfinished ones from their checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint of finished runs")
     parser.add_argument("--target-accuracy", type=accuracy_fraction,
                         help="validation accuracy for time-to-target, as 0.99 or 99 (default: the study's test "
-                        "accuracy for that model and dataset; none on synthetic data)")
+                        "accuracy for that model and dataset when it has one; none on synthetic data)")
     parser.add_argument("--warmup-steps", type=non_negative_int, help="training steps excluded from throughput")
     parser.add_argument("--num-workers", type=positive_int, default=None,
                         help="FFCV loader threads per process (default: CPU cores / processes)")
@@ -256,6 +239,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
                         help="images in the synthetic train(+val) and test sets (default: the preset's)")
     parser.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+    add_plugin_option(parser)
     return parser
 
 
@@ -290,6 +274,7 @@ def recipe_batch(recipe: Recipe, num_processes: int) -> int:
 
 def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int) -> SuiteConfig:
     """Command line -> the list of runs, every value resolved (CLI over preset over recipe)."""
+    load_plugins(argv, "bench/run.py")
     args = build_parser().parse_args(argv)
     preset, auto_reason = resolve_preset(args.preset, args.synthetic, gpu_available)
     synthetic = preset.synthetic if args.synthetic is None else args.synthetic
@@ -303,10 +288,9 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     for dataset in args.datasets:
         for model in args.models:
             recipe = RECIPES[paired_recipe(model) if recipe_choice == PAIRED else recipe_choice]
-            if args.target_accuracy is not None:
-                target = args.target_accuracy
-            else:
-                target = None if synthetic else STUDY_TEST_ACCURACY[model][dataset]
+            study = None if synthetic else study_result(model, dataset)
+            target = args.target_accuracy if args.target_accuracy is not None else (
+                study.test_acc_pct / 100 if study else None)
             for seed in args.seeds:
                 runs.append(RunConfig(
                     model=model, dataset=dataset, seed=seed, preset=preset.name, recipe=recipe,
@@ -319,7 +303,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(
-        runs=tuple(runs), preset=preset.name, auto_reason=auto_reason, results_dir=args.results_dir,
+        runs=tuple(runs), auto_reason=auto_reason, results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         profile=args.profile,
     )

@@ -1,6 +1,7 @@
 """What a result was measured on: versions, device, world size, git commit."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -44,6 +45,22 @@ def use_cpu() -> bool:
     `accelerate launch --cpu` says so through the environment.
     """
     return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def cpu_launch_error() -> str | None:
+    """Why this process is a lone survivor of a multi-process CPU launch, or None.
+
+    `accelerate launch --cpu --num_processes N` starts N processes only through MPI; without it, it
+    starts one process and exports MASTER_ADDR/MASTER_PORT as if there were N. Running on would
+    record a one-process result the user did not ask for.
+    """
+    env = os.environ
+    launched_by_mpi = any(key in env for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if parse_flag_from_env("ACCELERATE_USE_CPU") and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
+            and not launched_by_mpi:
+        return ("accelerate launch --cpu with several processes starts only one without MPI; for several CPU "
+                "processes use: accelerate launch --multi_gpu --num_processes N bench/run.py ...")
+    return None
 
 
 def environment(accelerator: Accelerator) -> dict:

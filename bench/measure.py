@@ -62,15 +62,21 @@ def device_name(device: torch.device) -> str:
     return "CPU"
 
 
+def datasheet_peak(device_name: str, mode: str) -> tuple[float, str] | None:
+    """(TFLOP/s, source) from the datasheet table for a GPU name and math mode, or None when unknown.
+    Keys match whole words, most specific first ("H100 PCIe" before "H100", "L40S" before "L4")."""
+    for key, peaks in GPU_PEAK_TFLOPS.items():
+        if re.search(rf"\b{re.escape(key)}\b", device_name) and mode in peaks:
+            return peaks[mode], f"datasheet {key} {mode}"
+    return None
+
+
 @lru_cache(maxsize=None)
 def peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
     """(peak TFLOP/s of one device, where the number comes from): datasheet for known GPUs, else measured."""
     mode = math_mode(device, precision)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peaks in GPU_PEAK_TFLOPS.items():
-            if re.search(rf"\b{re.escape(key)}\b", name) and mode in peaks:
-                return peaks[mode], f"datasheet {key} {mode}"
+    if device.type == "cuda" and (known := datasheet_peak(torch.cuda.get_device_name(device), mode)):
+        return known
     return measured_matmul_tflops(device, precision), f"measured {mode} matmul"
 
 
@@ -90,6 +96,15 @@ def measured_matmul_tflops(device: torch.device, precision: str, size: int = 102
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e12
+
+
+OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")  # CUDA, and the CPU allocator's
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether an exception means the device (or host) ran out of memory: a result, not a crash."""
+    message = str(error).lower()
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(text in message for text in OOM_MESSAGES)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -158,10 +173,6 @@ class WindowTimer:
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def data_stall(self) -> float:
-        return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
-
 
 def time_to_target(history: list[dict], target: float | None) -> tuple[float | None, int | None]:
     """Training seconds and epochs until validation accuracy first reaches the target (None if never)."""
@@ -173,16 +184,3 @@ def time_to_target(history: list[dict], target: float | None) -> tuple[float | N
         if row["val_acc"] >= target:
             return elapsed, row["epoch"]
     return None, None
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
-    """For (cost, value) pairs: True where no other point is at most as costly and at least as good
-    with one of the two strictly better."""
-    flags = []
-    for i, (cost_i, value_i) in enumerate(points):
-        dominated = any(
-            cost_j <= cost_i and value_j >= value_i and (cost_j < cost_i or value_j > value_i)
-            for j, (cost_j, value_j) in enumerate(points) if j != i
-        )
-        flags.append(not dominated)
-    return flags

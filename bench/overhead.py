@@ -1,7 +1,7 @@
 """Overhead benchmark: what does the harness's loop cost over a bare PyTorch loop?
 
 `python -m bench.overhead --model resnet18_improved --batch-size 1024 --precision bf16 --channels-last`
-runs the same model, batch and precision through (a) the harness's `train_one_epoch` (Accelerate's
+runs the same model, batch and precision through (a) the harness's `train_steps` (Accelerate's
 wrapped model and backward, device-side normalisation, LR schedule, metric accumulation, timers,
 progress bar) and (b) a bare loop (autocast forward, backward, SGD step) on device-resident tensors,
 alternating the two several times, and prints both throughputs and their ratio (target >= 0.97).
@@ -19,14 +19,17 @@ from typing import Sequence
 import torch
 from accelerate import Accelerator
 
-from bench.config import DATASET_NAMES, PRECISIONS, RECIPES, OneLineParser, RunConfig, positive_int
+from bench.config import PRECISIONS, RECIPES, RunConfig
 from bench.environment import use_cpu
+from bench.loop import Training, make_schedule, train_steps
 from bench.measure import WindowTimer, synchronize
+from bench.runtime import build_model_and_optimizer, configure_backends, precision_error
 from bench.speed import bare_train_step
-from bench.train import Training, make_schedule, train_one_epoch
 from data.augment import DevicePreprocess
-from data.sources import get_spec
-from models import MODEL_NAMES, build_model
+from data.cli import OneLineParser, positive_int
+from data.datasets import dataset_names, get_spec
+from data.encode import IMAGE_SIZE
+from models import model_names
 
 
 class RepeatedBatch:
@@ -58,8 +61,8 @@ def bare_loop(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="bench/overhead.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=MODEL_NAMES, default="resnet18_improved")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default="cifar10")
+    parser.add_argument("--model", choices=model_names(), default="resnet18_improved")
+    parser.add_argument("--dataset", choices=dataset_names(), default="cifar10")
     parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
     parser.add_argument("--channels-last", action="store_true")
@@ -69,23 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     accelerator = Accelerator(mixed_precision=args.precision, cpu=use_cpu())
     device = accelerator.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if error := precision_error(args.precision, device):
+        parser.error(f"--precision {args.precision}: {error}")
+    configure_backends(device)
     spec = get_spec(args.dataset)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (args.batch_size, 64, 64, spec.channels), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    images = torch.randint(0, 256, (args.batch_size, IMAGE_SIZE, IMAGE_SIZE, spec.channels), dtype=torch.uint8,
+                           device=device)
+    labels = torch.randint(0, spec.num_classes, (args.batch_size,), device=device)
     preprocess = DevicePreprocess(spec.mean, spec.std, None, args.channels_last)
     inputs = preprocess(images)
 
-    bare_model = build_model(args.model, spec.channels).to(device, memory_format=memory_format)
-    fused = device.type == "cuda" or None  # as the harness's optimizer
-    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=1e-3, momentum=0.9, fused=fused)
-    harness_model = build_model(args.model, spec.channels).to(memory_format=memory_format)
+    # The same model builder and fused SGD for both loops: only the loop around them differs.
+    bare_model, bare_optimizer = build_model_and_optimizer(args.model, spec.channels, spec.num_classes, device,
+                                                           channels_last=args.channels_last)
+    harness_model, harness_optimizer = build_model_and_optimizer(args.model, spec.channels, spec.num_classes, device,
+                                                                 channels_last=args.channels_last,
+                                                                 accelerator=accelerator)
     recipe = replace(RECIPES["paper-improved"], lr=1e-3)
-    harness_optimizer = torch.optim.SGD(harness_model.parameters(), lr=recipe.lr, momentum=recipe.momentum, fused=fused)
-    harness_model, harness_optimizer = accelerator.prepare(harness_model, harness_optimizer)
     cfg = RunConfig(model=args.model, dataset=args.dataset, seed=0, preset="overhead", recipe=recipe, epochs=1,
                     batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
                     compile_mode=None, synthetic=True, synthetic_train=0, synthetic_test=0, target_accuracy=None,
@@ -101,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     harness_rates, bare_rates = [], []
     for round_number in range(args.rounds):
         timer = WindowTimer(device)
-        train_one_epoch(harness, accelerator, timer, start_timing_at=1, step=0, description="harness")
+        train_steps(harness, accelerator, iter(harness.loaders["train"]), timer, start_timing_at=1, step=0)
         harness_rates.append(timer.images_per_s)
         bare_rates.append(bare_loop(bare_model, inputs, labels, bare_optimizer, args.steps, args.precision, device))
         accelerator.print(f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "

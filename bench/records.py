@@ -1,41 +1,32 @@
-"""Run records and checkpoints on disk.
+"""Run records, speed-sweep records and checkpoints on disk.
 
-A record is one JSON file per run under `results/runs/`, written whole (temp file + rename), so a
-killed suite never leaves a half-written record. Unfinished runs live in `results/checkpoints/<run_id>/`
-as Accelerate state folders plus `progress.json`, which names the last complete one.
+A record is one JSON file per run under `results/runs/` (per sweep point under `results/speed/`),
+written whole (data/files.py), so a killed suite never leaves a half-written record. Unfinished runs
+live in `results/checkpoints/<run_id>/` as Accelerate state folders plus `progress.json`, which names
+the last complete one.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+
+from data.files import write_json_atomic
 
 RECORD_SCHEMA = 1
 # A record's status is one of finished, diverged, oom, failed. --resume skips the final ones and retries
 # a crashed ("failed") run.
 FINAL_STATUSES = ("finished", "diverged", "oom")
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync it, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+RUN_FIELDS = ("run_id", "status", "model", "dataset", "metrics")
+SWEEP_FIELDS = ("model", "mode", "batch_size", "status")
 
 
 def runs_dir(results_dir: Path) -> Path:
     return results_dir / "runs"
+
+
+def sweeps_dir(results_dir: Path) -> Path:
+    return results_dir / "speed"
 
 
 def record_path(results_dir: Path, run_id: str) -> Path:
@@ -47,9 +38,7 @@ def checkpoint_dir(results_dir: Path, run_id: str) -> Path:
 
 
 def write_record(results_dir: Path, record: dict) -> Path:
-    path = record_path(results_dir, record["run_id"])
-    write_json_atomic(path, record)
-    return path
+    return write_json_atomic(record_path(results_dir, record["run_id"]), record)
 
 
 def existing_record(results_dir: Path, run_id: str) -> dict | None:
@@ -60,10 +49,10 @@ def existing_record(results_dir: Path, run_id: str) -> dict | None:
         return None
 
 
-def load_records(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
-    """Every readable record under results_dir/runs, and (path, reason) for each unreadable one."""
+def load_folder(folder: Path, required: tuple[str, ...]) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Every readable JSON record in `folder` (none is fine), and (path, reason) for each unreadable one."""
     good, bad = [], []
-    for path in sorted(runs_dir(results_dir).glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
@@ -72,12 +61,24 @@ def load_records(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]
         if not isinstance(record, dict):
             bad.append((path, "not a JSON object"))
             continue
-        missing = [key for key in ("run_id", "status", "model", "dataset", "metrics") if key not in record]
+        missing = [key for key in required if key not in record]
         if missing:
             bad.append((path, f"missing fields {missing}"))
             continue
         good.append(record)
     return good, bad
+
+
+def load_records(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
+    return load_folder(runs_dir(results_dir), RUN_FIELDS)
+
+
+def load_sweeps(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
+    return load_folder(sweeps_dir(results_dir), SWEEP_FIELDS)
+
+
+def write_progress(results_dir: Path, run_id: str, progress: dict) -> Path:
+    return write_json_atomic(checkpoint_dir(results_dir, run_id) / "progress.json", progress)
 
 
 def read_progress(results_dir: Path, run_id: str) -> dict | None:

@@ -10,33 +10,34 @@ import sys
 import traceback
 from typing import Sequence
 
-import torch
 from accelerate import Accelerator, PartialState
 
 from bench import records
 from bench.config import parse_suite
-from bench.environment import use_cpu
+from bench.environment import cpu_launch_error, use_cpu
 from bench.report import write_report
+from bench.runtime import configure_backends, precision_error
 from bench.train import train_run
 from data.errors import DataError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if error := cpu_launch_error():
+        print(f"bench/run.py: error: {error}", file=sys.stderr)
+        return 2
     cpu = use_cpu()
     state = PartialState(cpu=cpu)
     suite = parse_suite(argv, gpu_available=state.device.type == "cuda", num_processes=state.num_processes)
     precision = suite.runs[0].precision
-    if precision == "fp16" and state.device.type != "cuda":
-        print("bench/run.py: error: --precision fp16 needs a CUDA GPU; use bf16 (or no) on this device",
-              file=sys.stderr)
+    if error := precision_error(precision, state.device):
+        print(f"bench/run.py: error: --precision {precision}: {error}", file=sys.stderr)
         return 2
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
     if suite.auto_reason:
         accelerator.print(suite.auto_reason)
     accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "
                       f"{accelerator.device.type}, precision {precision}, results in {suite.results_dir}/")
-    if accelerator.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_backends(accelerator.device)
 
     outcomes: list[tuple[str, str]] = []
     for cfg in suite.runs:

@@ -9,7 +9,6 @@ recorded as `oom` and the sweep goes on. One JSON record per point under `<resul
 """
 from __future__ import annotations
 
-import gc
 import itertools
 import resource
 import statistics
@@ -24,18 +23,19 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from bench.config import DATASET_NAMES, PRECISIONS, OneLineParser, positive_int
+from bench.config import PRECISIONS, add_plugin_option, load_plugins, results_folder
 from bench.environment import environment, use_cpu
-from bench.measure import peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
+from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
-from bench.records import write_json_atomic
-from bench.train import is_oom
+from bench.records import sweeps_dir
+from bench.runtime import AUTOCAST_DTYPES, build_model_and_optimizer, configure_backends, precision_error, release
 from data.augment import DevicePreprocess
-from data.sources import get_spec
-from models import MODEL_NAMES, build_model
+from data.cli import OneLineParser, positive_int
+from data.datasets import DatasetSpec, dataset_names, get_spec
+from data.encode import IMAGE_SIZE
+from data.files import write_json_atomic
+from models import model_names
 from models.facts import model_facts
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,10 @@ class SpeedPoint:
                 f"{'compiled' if self.compile else 'eager'}_b{self.batch_size}_{self.data}")
 
 
-def synthetic_batches(batch_size: int, channels: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The same uint8 batch forever, already on the device: no input pipeline at all."""
-    images = torch.randint(0, 256, (batch_size, 64, 64, channels), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
+def synthetic_batches(batch_size: int, spec: DatasetSpec, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same uint8 batch of the dataset's shape forever, already on the device: no input pipeline at all."""
+    images = torch.randint(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, spec.channels), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
     while True:
         yield images, labels
 
@@ -79,7 +79,11 @@ def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distribute
 
 def bare_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str,
                     device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The plainest training step PyTorch allows: autocast forward, (fp16: scaled) backward, optimizer step."""
+    """The plainest training step PyTorch allows: autocast forward, (fp16: scaled) backward, optimizer step.
+
+    `optimizer` must be the raw torch optimizer, not Accelerate's wrapper: GradScaler only skips its
+    per-step host sync for an optimizer that declares fused loss-scaling support itself.
+    """
     criterion = torch.nn.CrossEntropyLoss()
     dtype = AUTOCAST_DTYPES.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -100,18 +104,15 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
     """Time `windows` windows of `steps` steps after `warmup` steps; return the point's record fields."""
     device = accelerator.device
     spec = get_spec(point.dataset)
-    model = build_model(point.model, spec.channels, spec.num_classes)
-    if point.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = (torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=device.type == "cuda" or None)
-                 if point.mode == "train" else None)
-    model, optimizer = accelerator.prepare(model, optimizer) if optimizer else (accelerator.prepare(model), None)
-    if point.compile:
-        model = torch.compile(model)
-    model.train(point.mode == "train")
+    training = point.mode == "train"
+    model, optimizer = build_model_and_optimizer(point.model, spec.channels, spec.num_classes, device,
+                                                 channels_last=point.channels_last, train=training,
+                                                 compile_mode="default" if point.compile else None,
+                                                 accelerator=accelerator)
+    model.train(training)
     preprocess = DevicePreprocess(spec.mean, spec.std, None, point.channels_last)
     dtype = AUTOCAST_DTYPES.get(point.precision)
-    train_step = bare_train_step(model, optimizer, point.precision, device) if optimizer else None
+    train_step = bare_train_step(model, optimizer.optimizer, point.precision, device) if training else None
 
     def step() -> None:
         images, labels = next(batches)
@@ -142,7 +143,7 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
     # Every process runs the same steps in lock-step: the global rate is the per-process rate x world.
     images_per_s = point.batch_size * accelerator.num_processes / step_time
     allocated, reserved = peak_memory_bytes(device)
-    facts = model_facts(point.model, spec.channels)
+    facts = model_facts(point.model, spec.channels, num_classes=spec.num_classes)
     gflops = facts.train_gflops if point.mode == "train" else facts.forward_gflops
     peak, _ = peak_tflops(device, point.precision)
     achieved = gflops * images_per_s / 1e3
@@ -172,10 +173,12 @@ def on_off(text: str) -> list[bool]:
 
 
 def build_parser() -> OneLineParser:
+    models, datasets = model_names(), dataset_names()
     parser = OneLineParser(prog="bench/speed.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), metavar="MODEL",
-                        help=f"valid: {', '.join(MODEL_NAMES)}")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default="cifar10", help="input shape (and data, with --data ffcv)")
+    parser.add_argument("--models", nargs="+", choices=models, default=list(models), metavar="MODEL",
+                        help=f"valid: {', '.join(models)}")
+    parser.add_argument("--dataset", choices=datasets, default="cifar10",
+                        help=f"input shape and classes (and data, with --data ffcv); valid: {', '.join(datasets)}")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["no", "bf16"])
     parser.add_argument("--channels-last", choices=("on", "off", "both"), default="both")
     parser.add_argument("--compile", choices=("on", "off", "both"), default="off")
@@ -192,24 +195,26 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--num-workers", type=positive_int, default=None, help="FFCV loader threads")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="cap the memory the sweep may use (per process), to preview a smaller device")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--results-dir", type=results_folder, default=Path("results"))
     parser.add_argument("--profile", action="store_true", help="torch.profiler trace of the first window of each point")
+    add_plugin_option(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    load_plugins(argv, "bench/speed.py")
     args = build_parser().parse_args(argv)
     accelerator = Accelerator(mixed_precision="no", cpu=use_cpu())  # each point autocasts itself
     device = accelerator.device
-    if "fp16" in args.precisions and device.type != "cuda":
-        print("bench/speed.py: error: --precisions fp16 needs a CUDA GPU; use bf16 or no here", file=sys.stderr)
-        return 2
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    for precision in args.precisions:
+        if error := precision_error(precision, device):
+            print(f"bench/speed.py: error: --precisions {precision}: {error}", file=sys.stderr)
+            return 2
+    configure_backends(device)
     env = environment(accelerator)
     if args.memory_limit_gb:
         limit_memory(args.memory_limit_gb, device)
-    out_dir = args.results_dir / "speed"
+    out_dir = sweeps_dir(args.results_dir)
     num_workers = args.num_workers or max(1, (torch.get_num_threads()) // accelerator.num_processes)
     points = [
         SpeedPoint(model, args.dataset, mode, precision, channels_last, compiled, batch, args.data)
@@ -219,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for point in points:
         if args.data == "synthetic":
-            batches = synthetic_batches(point.batch_size, get_spec(point.dataset).channels, device)
+            batches = synthetic_batches(point.batch_size, get_spec(point.dataset), device)
         else:
             batches = ffcv_batches(point.dataset, point.batch_size, device, accelerator.num_processes > 1,
                                    num_workers, args.data_dir, args.cache_dir, args.synthetic_source)
@@ -236,13 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             record.update({"status": "oom", "error": str(error).splitlines()[0] if str(error) else "MemoryError"})
         finally:
-            accelerator.free_memory()
-            if point.compile:
-                torch.compiler.reset()  # no recompile limits or CUDA-graph pools carried to the next point
             batches = None
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release(accelerator, compiled=point.compile)
         if accelerator.is_main_process:
             write_json_atomic(out_dir / f"{point.key}.json", record)
         rows.append(record)

@@ -4,7 +4,8 @@ Everything is whole-batch tensor ops with per-sample random parameters drawn on 
 so augmentation costs the accelerator microseconds and never syncs with the host (airbench style).
 
 Semantics follow torchvision's tensor transforms (v0.29) so the `paper-improved` recipe matches the
-study's `RandomHorizontalFlip -> RandomRotation -> RandomAffine -> ColorJitter` pipeline:
+study's `RandomHorizontalFlip -> RandomRotation -> RandomAffine -> ColorJitter` pipeline (each dataset
+entry, data/datasets.py, declares its configs):
 
 * Geometry: angle ~ U(-degrees, degrees), tx = round(U(-translate[0] * W, translate[0] * W)) (ty
   likewise with H; half-to-even rounding, as Python's ``round``), scale ~ U(scale), x-shear ~
@@ -81,14 +82,6 @@ class AugmentConfig:
     def is_identity(self) -> bool:
         """True when no augmentation would change any image."""
         return not (self.has_affine or self.hflip_p or self.has_color_jitter)
-
-
-# The study's `paper-improved` augmentations (SPEC.md, Recipes).
-MNIST_PAPER_AUG = AugmentConfig(degrees=15, translate=(0.1, 0.1), scale=(0.8, 1.2))
-CIFAR10_PAPER_AUG = AugmentConfig(
-    degrees=10, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10,
-    hflip_p=0.5, brightness=0.2, contrast=0.2, saturation=0.2, separate_rotation=True,
-)
 
 
 def _uniform(u: Tensor, low: float, high: float) -> Tensor:

@@ -8,14 +8,12 @@ rebuilt. Files are written under a temporary name and moved into place with os.r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import version
@@ -27,13 +25,14 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from data.datasets import DatasetSpec, get_spec
 from data.errors import DataError
-from data.sources import DatasetSpec, RawDataset, get_spec, locate_source, make_synthetic, synthetic_checksum
+from data.files import atomic_write, sha256_files, write_json_atomic
+from data.sources import RawDataset, locate_source, make_synthetic, read_source, synthetic_checksum
 
 IMAGE_SIZE = 64
 SPLITS = ("train", "val", "test")
 FIELD_NAMES = ("image", "label", "index")
-SPLIT_SEED = 0  # fixed: the validation split must be the same image set on every machine and run
 SYNTHETIC_VAL_DIVISOR = 6  # synthetic data: val = n_train // 6 of the synthetic training set
 CACHE_DIR_ENV = "DEEPNETS_CACHE_DIR"
 MANIFEST_VERSION = 1
@@ -76,7 +75,7 @@ def resize_images(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.ascontiguousarray(out.permute(0, 2, 3, 1).numpy())
 
 
-def split_train_val(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the train and val images within the official training set, each in original order."""
     if not 0 < val_size < n:
         raise DataError(f"training set has {n} images; expected more than the {val_size} held out for validation")
@@ -85,7 +84,7 @@ def split_train_val(n: int, val_size: int, seed: int = SPLIT_SEED) -> tuple[np.n
 
 
 def _split_arrays(raw: RawDataset, val_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    train_idx, val_idx = split_train_val(len(raw.train_labels), val_size)
+    train_idx, val_idx = split_train_val(len(raw.train_labels), val_size, raw.spec.split_seed)
     return {
         "train": (raw.train_images[train_idx], raw.train_labels[train_idx]),
         "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
@@ -169,17 +168,14 @@ def _writer_host(writer: Any, samples: Any, report: Any) -> None:
     os._exit(0)
 
 
-def _temp_name(path: Path) -> Path:
-    """A hidden sibling, unique per process and call: concurrent writers never share a temp file."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
 def write_fields(path: Path, fields: dict[str, Any], samples: Any, timeout_s: float) -> None:
     """Write `samples` to `path` atomically, bounded by `timeout_s`; DataError (and no file) on failure."""
+    atomic_write(Path(path), partial(_write_in_child, fields=fields, samples=samples, timeout_s=timeout_s, path=path))
+
+
+def _write_in_child(tmp: Path, *, fields: dict[str, Any], samples: Any, timeout_s: float, path: Path) -> None:
     from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 
-    path = Path(path)
-    tmp = _temp_name(path)
     # One worker makes the output byte-identical for identical input (several race for pages);
     # 2 MiB pages (ffcv's minimum, default 8) hold ~160 64x64x3 images and keep small files small.
     writer = DatasetWriter(str(tmp), fields, page_size=MIN_PAGE_SIZE, num_workers=1)
@@ -193,11 +189,9 @@ def write_fields(path: Path, fields: dict[str, Any], samples: Any, timeout_s: fl
             _stop(host)
             reason = receive.recv() if receive.poll() else f"writer exited with code {host.exitcode}"
             raise DataError(f"{path}: writing the .beton failed ({reason}); nothing was written")
-        os.replace(tmp, path)
     finally:
         if host.pid is not None and host.exitcode is None:  # interrupted while waiting
             _stop(host)
-        tmp.unlink(missing_ok=True)
         receive.close()
         send.close()
 
@@ -212,7 +206,7 @@ def _stop(host: multiprocessing.process.BaseProcess) -> None:
     host.join()
 
 
-def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int = 10,
+def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int,
                 timeout_s: float | None = None) -> None:
     """Validate then write (N, 64, 64, C) uint8 images with labels and per-split indices 0..N-1."""
     _validate_samples(images, labels, num_classes, path)
@@ -252,14 +246,6 @@ def check_beton(path: Path, expected_count: int | None = None) -> int:
     return n
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- manifests and the cache
 
 def _recipe(key: str, split: str, spec: DatasetSpec, checksum: str, val_size: int) -> dict[str, Any]:
@@ -269,7 +255,7 @@ def _recipe(key: str, split: str, spec: DatasetSpec, checksum: str, val_size: in
         "manifest_version": MANIFEST_VERSION, "key": key, "split": split, "source_checksum": checksum,
         "shape": [IMAGE_SIZE, IMAGE_SIZE, spec.channels], "resize": RESIZE_METHOD,
         "fields": {"image": image_field, "label": "IntField", "index": "IntField (position in this split)"},
-        "split_seed": SPLIT_SEED, "val_size": val_size, "mean": list(spec.mean), "std": list(spec.std),
+        "split_seed": spec.split_seed, "val_size": val_size, "mean": list(spec.mean), "std": list(spec.std),
         "ffcv_version": version("ffcv"), "torchvision_version": version("torchvision"),
     }
 
@@ -293,15 +279,9 @@ def _write_split(cache_dir: Path, key: str, split: str, recipe: dict[str, Any], 
     manifest = {
         "recipe": recipe, "origin": origin, "count": int(len(labels)),
         "class_counts": np.bincount(labels, minlength=spec.num_classes).tolist(),
-        "beton": {"file": beton.name, "size": beton.stat().st_size, "sha256": _sha256(beton)},
+        "beton": {"file": beton.name, "size": beton.stat().st_size, "sha256": sha256_files([beton])},
     }
-    target = manifest_path(cache_dir, key, split)
-    tmp = _temp_name(target)
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(manifest_path(cache_dir, key, split), manifest)
     return len(labels)
 
 
@@ -336,7 +316,7 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
         val_size = synthetic_train // SYNTHETIC_VAL_DIVISOR
     else:
         source = locate_source(spec.name, data_dir, cache, download)
-        checksum, load, val_size = source.checksum, source.read, spec.val_size
+        checksum, load, val_size = source.checksum, partial(read_source, spec, source), spec.val_size
 
     recipes = {split: _recipe(key, split, spec, checksum, val_size) for split in SPLITS}
     counts = {split: _cached_count(cache, key, split, recipes[split]) for split in SPLITS}

@@ -24,11 +24,10 @@ Ordering (ffcv/traversal_order/random.py, sequential.py, loader/loader.py):
   r, r + world, ... So every rank sees ceil(n / world) samples, and `ceil(n / world) * world - n`
   samples are seen twice per epoch; drop_last then trims each rank's list to whole batches.
   Evaluation (sequential) pads the same way with the first samples of the file: de-duplicate by
-  `indices` (or count the padding, `padded_samples`) to score every test image exactly once.
+  `indices` to score every test image exactly once.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -45,23 +44,6 @@ def _world_size(distributed: bool) -> int:
         raise RuntimeError("make_loader(distributed=True) needs an initialised torch.distributed process group "
                            "(call torch.distributed.init_process_group, or let Accelerate do it, first)")
     return dist.get_world_size()
-
-
-def samples_per_rank(num_samples: int, world_size: int) -> int:
-    """Samples each rank sees per epoch in distributed mode before drop_last (DistributedSampler padding)."""
-    return math.ceil(num_samples / world_size)
-
-
-def padded_samples(num_samples: int, world_size: int) -> int:
-    """How many samples are seen twice per epoch across all ranks because of the padding."""
-    return samples_per_rank(num_samples, world_size) * world_size - num_samples
-
-
-def loader_length_hint(num_samples: int, *, batch_size: int, world_size: int = 1, drop_last: bool) -> tuple[int, int]:
-    """(batches, samples) that one rank gets per epoch: what `len(loader)` and the batches will add up to."""
-    per_rank = samples_per_rank(num_samples, world_size)
-    batches = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
-    return batches, min(per_rank, batches * batch_size)
 
 
 def default_num_workers() -> int:

@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 from data.encode import FIELD_NAMES, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
+from data.cli import OneLineParser
+from data.datasets import dataset_names
 from data.errors import DataError
-from data.sources import DATA_DIR_ENV, DATASETS
+from data.sources import DATA_DIR_ENV
+from models import study_datasets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
-                        help="datasets to encode (default: all)")
+    parser = OneLineParser(prog="python -m data.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", choices=dataset_names(), default=list(study_datasets()),
+                        help=f"datasets to encode (default: the study's, {', '.join(study_datasets())})")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"directory with the official dataset files (default: ${DATA_DIR_ENV}, else download)")
     parser.add_argument("--cache-dir", type=Path, default=None,

@@ -14,7 +14,6 @@ It prints the three and the ratios ffcv/dataloader. A benchmark, not a test: num
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -27,12 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from data.augment import CIFAR10_PAPER_AUG, MNIST_PAPER_AUG, AugmentConfig, DevicePreprocess
+from data.augment import AugmentConfig, DevicePreprocess
+from data.cli import OneLineParser, positive_int
+from data.datasets import dataset_names
 from data.encode import EncodedDataset, prepare_dataset
 from data.errors import DataError
 from data.loaders import default_num_workers, make_loader
-
-PAPER_AUG = {"mnist": MNIST_PAPER_AUG, "cifar10": CIFAR10_PAPER_AUG}
+from models import study_datasets
 
 
 class ArrayImages(Dataset):
@@ -107,7 +107,7 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
             workers: int) -> Measurement:
     train = pipeline == "train"
     spec = encoded.spec
-    augment = PAPER_AUG[spec.name] if train else None
+    augment = spec.augmentation("paper") if train else None
     preprocess = DevicePreprocess(spec.mean, spec.std, augment, channels_last=True)
     path = encoded.paths["train" if train else "test"]
 
@@ -133,16 +133,17 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.throughput", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", choices=("mnist", "cifar10"), default=["mnist", "cifar10"])
+    parser = OneLineParser(prog="python -m data.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=dataset_names(), default=list(study_datasets()),
+                        help=f"default: the study's, {', '.join(study_datasets())}")
     parser.add_argument("--pipelines", nargs="+", choices=("train", "eval"), default=["train", "eval"])
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic datasets")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
-    parser.add_argument("--workers", type=int, default=default_num_workers(), help="loader threads/processes")
+    parser.add_argument("--batch-size", type=positive_int, default=512)
+    parser.add_argument("--batches", type=positive_int, default=30, help="timed batches per measurement")
+    parser.add_argument("--workers", type=positive_int, default=default_num_workers(), help="loader threads/processes")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows = []

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import MODEL_NAMES, build_model
+from models.registry import build_model, model_names
 
 _BATCH = 2  # >1 so batch norm behaves as in training; FLOPs are linear in the batch.
 
@@ -55,7 +55,7 @@ def model_facts(name: str, in_channels: int, image_size: int = 64, num_classes: 
 def facts_table(in_channels_list: tuple[int, ...] = (1, 3)) -> pd.DataFrame:
     """One row per model: params and per-image forward / training GFLOPs for each input channel count."""
     rows = []
-    for name in MODEL_NAMES:
+    for name in model_names():
         row: dict[str, object] = {"model": name}
         for c in in_channels_list:
             facts = model_facts(name, c)

@@ -18,8 +18,6 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from data.augment import (
-    CIFAR10_PAPER_AUG,
-    MNIST_PAPER_AUG,
     AffineParams,
     AugmentConfig,
     DevicePreprocess,
@@ -32,7 +30,11 @@ from data.augment import (
     sample_affine,
     sample_color_jitter,
 )
+from data.datasets import get_spec
 from data.errors import DataError
+
+MNIST_PAPER_AUG = get_spec("mnist").augmentation("paper")
+CIFAR10_PAPER_AUG = get_spec("cifar10").augmentation("paper")
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)

@@ -6,16 +6,17 @@ import dataclasses
 import pytest
 import torch
 
-from bench.config import RECIPES, STUDY_TEST_ACCURACY, parse_suite
-from bench.measure import GPU_PEAK_TFLOPS, WindowTimer, math_mode, peak_memory_bytes, reset_peak_memory, time_to_target
+from bench.config import RECIPES, parse_suite
+from bench.measure import WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, reset_peak_memory, time_to_target
+from models import study_result
 
 
 def test_auto_preset_is_smoke_without_gpu_and_fast_with_one():
     smoke = parse_suite(["--models", "resnet18"], gpu_available=False, num_processes=1)
     fast = parse_suite(["--models", "resnet18"], gpu_available=True, num_processes=1)
-    assert smoke.preset == "smoke" and "smoke" in smoke.auto_reason and smoke.runs[0].synthetic
-    assert fast.preset == "fast" and not fast.runs[0].synthetic and fast.runs[0].precision == "bf16"
-    assert len(smoke.runs) == 2  # both datasets by default
+    assert smoke.runs[0].preset == "smoke" and "smoke" in smoke.auto_reason and smoke.runs[0].synthetic
+    assert fast.runs[0].preset == "fast" and not fast.runs[0].synthetic and fast.runs[0].precision == "bf16"
+    assert [run.dataset for run in smoke.runs] == ["mnist", "cifar10"]  # the study's datasets by default
 
 
 def test_paper_preset_pairs_recipes_and_targets_the_study():
@@ -24,7 +25,7 @@ def test_paper_preset_pairs_recipes_and_targets_the_study():
     assert recipes["vgg16"] == "paper-vanilla" and recipes["vgg16_improved"] == "paper-improved"
     for run in suite.runs:
         assert run.epochs == 50 and run.batch_size == 128
-        assert run.target_accuracy == STUDY_TEST_ACCURACY[run.model]["cifar10"]
+        assert run.target_accuracy == pytest.approx(study_result(run.model, "cifar10").test_acc_pct / 100)
 
 
 def test_cli_overrides_preset_and_recipe_can_be_ablated():
@@ -74,10 +75,16 @@ def test_window_timer_counts_only_inside_the_window():
     assert timer.images_per_s == pytest.approx(32 / timer.seconds)
 
 
-def test_peak_table_matches_whole_names_and_tf32_is_the_fp32_denominator_on_cuda():
+def test_datasheet_peaks_match_whole_device_names_most_specific_first():
+    assert datasheet_peak("NVIDIA H100 80GB HBM3", "bf16") == (989.4, "datasheet H100 bf16")
+    assert datasheet_peak("NVIDIA H100 PCIe", "bf16") == (756.0, "datasheet H100 PCIe bf16")
+    assert datasheet_peak("NVIDIA H100 PCIe", "tf32") == (378.0, "datasheet H100 PCIe tf32")
+    assert datasheet_peak("NVIDIA L4", "fp16") == (121.0, "datasheet L4 fp16")
+    assert datasheet_peak("NVIDIA L40S", "fp16") == (362.0, "datasheet L40S fp16")
+    assert datasheet_peak("NVIDIA A100-SXM4-80GB", "bf16") == (312.0, "datasheet A100 bf16")
+    assert datasheet_peak("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 on a V100: no made-up peak
+    assert datasheet_peak("NVIDIA GH100X", "bf16") is None  # a key inside another word does not match
     assert math_mode(torch.device("cpu"), "no") == "fp32" and math_mode(torch.device("cpu"), "bf16") == "bf16"
-    assert list(GPU_PEAK_TFLOPS).index("H100 PCIe") < list(GPU_PEAK_TFLOPS).index("H100")
-    assert list(GPU_PEAK_TFLOPS).index("L40S") < list(GPU_PEAK_TFLOPS).index("L4")
 
 
 def test_cpu_peak_memory_resets_between_runs():

@@ -33,14 +33,15 @@ def shm_segments() -> set[str]:
 
 
 def test_split_is_fixed_disjoint_and_ordered():
-    train, val = split_train_val(60, 10)
+    train, val = split_train_val(60, 10, seed=0)
     assert len(train) == 50 and len(val) == 10
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(60))
     assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
-    again = split_train_val(60, 10)
+    again = split_train_val(60, 10, seed=0)
+    assert not np.array_equal(val, split_train_val(60, 10, seed=1)[1])  # the dataset entry's seed decides
     assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
     with pytest.raises(DataError, match="more than the 10"):
-        split_train_val(10, 10)
+        split_train_val(10, 10, seed=0)
 
 
 @pytest.mark.parametrize("native,channels", [(28, 1), (32, 3)])
@@ -148,11 +149,11 @@ def test_write_beton_validates_before_writing(tmp_path):
     target = tmp_path / "x.beton"
     labels = np.zeros(4, np.int64)
     with pytest.raises(DataError, match="expected uint8"):
-        write_beton(target, np.zeros((4, 64, 64, 1), np.float32), labels)
+        write_beton(target, np.zeros((4, 64, 64, 1), np.float32), labels, 10)
     with pytest.raises(DataError, match="expected uint8"):
-        write_beton(target, np.zeros((4, 32, 32, 3), np.uint8), labels)
+        write_beton(target, np.zeros((4, 32, 32, 3), np.uint8), labels, 10)
     with pytest.raises(DataError, match=r"expected 0\.\.9"):
-        write_beton(target, np.zeros((4, 64, 64, 1), np.uint8), np.array([0, 1, 2, 10]))
+        write_beton(target, np.zeros((4, 64, 64, 1), np.uint8), np.array([0, 1, 2, 10]), 10)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -187,7 +188,7 @@ def test_a_failing_writer_worker_is_reported_not_hung(tmp_path, monkeypatch):
 def test_write_timeout_kills_the_writer(tmp_path):
     # timeout_s=0 gives up at once: the writer is terminated and nothing is left behind
     with pytest.raises(DataError, match="timed out|writer exited"):
-        write_beton(tmp_path / "x.beton", np.zeros((10, 64, 64, 3), np.uint8), np.zeros(10, np.int64), timeout_s=0)
+        write_beton(tmp_path / "x.beton", np.zeros((10, 64, 64, 3), np.uint8), np.zeros(10, np.int64), 10, timeout_s=0)
     time.sleep(0.5)
     assert list(tmp_path.iterdir()) == []
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from torch.utils.data import DistributedSampler
 
 from data.encode import SPLITS, manifest_path, prepare_dataset, resize_images, split_train_val
 from data.errors import DataError
-from data.loaders import loader_length_hint, make_loader, padded_samples, samples_per_rank, set_loader_epoch
+from data.loaders import make_loader, set_loader_epoch
 from data.sources import load_raw, make_synthetic
 
 CPU = torch.device("cpu")
@@ -31,7 +30,7 @@ def synthetic(tmp_path_factory) -> dict:
 
 def expected_splits(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     raw = make_synthetic(name, N_TRAIN, N_TEST)
-    train_idx, val_idx = split_train_val(N_TRAIN, N_TRAIN // 6)
+    train_idx, val_idx = split_train_val(N_TRAIN, N_TRAIN // 6, seed=0)
     return {"train": (raw.train_images[train_idx], raw.train_labels[train_idx]),
             "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
             "test": (raw.test_images, raw.test_labels)}
@@ -62,8 +61,8 @@ def test_sequential_round_trip_is_bit_exact(synthetic, name):
 def test_train_order_follows_seed_and_epoch(synthetic):
     path, n, batch = synthetic["mnist"].paths["train"], 101, 16
     loader = make_loader(path, batch_size=batch, train=True, device=CPU, seed=5, num_workers=1)
-    batches, count = loader_length_hint(n, batch_size=batch, drop_last=True)
-    assert (len(loader), count) == (batches, 96) == (6, 96)
+    count = 96  # drop_last: six whole batches of 16 out of 101
+    assert len(loader) == 6
     labels_by_index = expected_splits("mnist")["train"][1]
     seen = []
     for epoch in range(2):
@@ -74,12 +73,6 @@ def test_train_order_follows_seed_and_epoch(synthetic):
     assert not np.array_equal(seen[0], seen[1])
     set_loader_epoch(loader, 1)  # a resumed run continues with the same order
     assert np.array_equal(read_all(loader)[2], seen[1])
-
-
-def test_padding_arithmetic():
-    assert samples_per_rank(45, 2) == 23 and padded_samples(45, 2) == 1 and padded_samples(44, 4) == 0
-    assert loader_length_hint(45, batch_size=8, world_size=2, drop_last=False) == (3, 23)
-    assert loader_length_hint(45, batch_size=8, world_size=2, drop_last=True) == (2, 16)
 
 
 def _rank_main(rank: int, world: int, init_file: str, paths: dict[str, Path], out_dir: str) -> None:
@@ -104,6 +97,8 @@ def test_two_processes_cover_every_sample(synthetic, tmp_path):
     mp.spawn(_rank_main, args=(world, str(tmp_path / "init"), paths, str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     n_train, n_test = 101, N_TEST
+    # DistributedSampler pads each split to a multiple of the world: 101 -> 2 x 51, 45 -> 2 x 23 (one repeat each).
+    per_rank_train, per_rank_test = 51, 23
 
     for epoch in range(2):
         for rank, result in enumerate(ranks):  # DistributedSampler(shuffle, seed=3).set_epoch(epoch)
@@ -111,18 +106,17 @@ def test_two_processes_cover_every_sample(synthetic, tmp_path):
             sampler.set_epoch(epoch)
             assert result["train"][epoch].tolist() == list(sampler)
         seen = np.concatenate([r["train"][epoch] for r in ranks])
-        assert len(seen) == world * samples_per_rank(n_train, world)
+        assert len(seen) == world * per_rank_train
         assert set(seen.tolist()) == set(range(n_train))  # every sample, once ...
-        assert len(seen) - len(set(seen.tolist())) == padded_samples(n_train, world)  # ... plus the padding
+        assert len(seen) - len(set(seen.tolist())) == world * per_rank_train - n_train  # ... plus the padding
     assert not np.array_equal(ranks[0]["train"][0], ranks[0]["train"][1])
-    batches, count = loader_length_hint(n_train, batch_size=8, world_size=world, drop_last=True)
-    assert all(r["dropping_len"] == batches and len(r["dropping"]) == count for r in ranks)
-    assert all(r["train_len"] == loader_length_hint(n_train, batch_size=8, world_size=world, drop_last=False)[0]
-               for r in ranks)
+    # Per rank, 51 samples in batches of 8: drop_last keeps 6 batches (48 samples), else 7 batches.
+    assert all(r["dropping_len"] == 6 and len(r["dropping"]) == 48 for r in ranks)
+    assert all(r["train_len"] == 7 for r in ranks)
 
     indices = np.concatenate([r["test_indices"] for r in ranks])
     labels = np.concatenate([r["test_labels"] for r in ranks])
-    assert len(indices) == n_test + padded_samples(n_test, world) == world * math.ceil(n_test / world)
+    assert len(indices) == world * per_rank_test == n_test + 1
     unique, first = np.unique(indices, return_index=True)  # de-duplicate by index
     assert np.array_equal(unique, np.arange(n_test))
     assert np.array_equal(labels[first], expected_splits("cifar10")["test"][1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import MODEL_NAMES
+from models import model_names
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1"]
@@ -38,10 +39,12 @@ def cache_dir(tmp_path_factory) -> Path:
 def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(tmp_path, cache_dir):
     done = run_bench(TINY + ["--epochs", "1"], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    assert "preset" in done.stdout  # the auto/explicit preset line or the suite header
+    assert re.search(rf"^12 run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(tmp_path))}/$",
+                     done.stdout, flags=re.M), done.stdout[:2000]
+    assert "suite done: 12 finished, 0 not finished" in done.stdout
     records = records_in(tmp_path)
     assert sorted((r["model"], r["dataset"]) for r in records) == sorted(
-        (m, d) for m in MODEL_NAMES for d in ("mnist", "cifar10"))
+        (m, d) for m in model_names() for d in ("mnist", "cifar10"))
     for record in records:
         metrics = record["metrics"]
         assert record["status"] == "finished", record.get("error")
@@ -85,7 +88,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
-from bench.train import evaluate
+from bench.loop import evaluate
 from data.augment import DevicePreprocess
 from data.encode import prepare_dataset
 from data.loaders import make_loader

@@ -1,4 +1,4 @@
-"""Raw readers (MNIST idx, both CIFAR-10 formats), source lookup errors and the synthetic generator."""
+"""Raw readers (idx, both CIFAR formats), the dataset registry, source lookup errors and the synthetic generator."""
 from __future__ import annotations
 
 import gzip
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from data.datasets import DATASETS, get_spec
 from data.errors import DataError
-from data.sources import DATASETS, get_spec, load_raw, make_synthetic, synthetic_checksum
+from data.sources import load_raw, make_synthetic, synthetic_checksum
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -149,7 +150,8 @@ def test_missing_directory(tmp_path):
 
 def test_missing_files_say_what_to_place(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"MNIST not found in .*empty.*train-images-idx3-ubyte\.gz.*--data-dir"):
+    with pytest.raises(DataError, match=r"MNIST not found in .*empty.*train-images-idx3-ubyte\.gz.* in DIR/ or "
+                                         r"DIR/mnist/ or DIR/MNIST/raw/.*--data-dir"):
         load_raw("mnist", tmp_path / "empty", tmp_path / "cache", download=False)
 
 
@@ -243,18 +245,20 @@ def test_cifar_missing_batch_in_tar(tmp_path):
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_synthetic_shapes_balance_determinism(name):
     spec = DATASETS[name]
-    a, b, c = make_synthetic(name, 105, 40, seed=3), make_synthetic(name, 105, 40, seed=3), make_synthetic(name, 105, 40, seed=4)
-    assert a.train_images.shape == (105, spec.native_size, spec.native_size, spec.channels)
-    assert a.test_images.shape == (40, spec.native_size, spec.native_size, spec.channels)
+    n_train, n_test = 2 * spec.num_classes + 5, 4 * spec.num_classes  # unbalanced by 5, exactly 4 per class
+    a, b, c = (make_synthetic(name, n_train, n_test, seed=seed) for seed in (3, 3, 4))
+    assert a.train_images.shape == (n_train, spec.native_size, spec.native_size, spec.channels)
+    assert a.test_images.shape == (n_test, spec.native_size, spec.native_size, spec.channels)
     assert a.train_images.dtype == np.uint8 and a.train_labels.dtype == np.int64
-    assert np.bincount(a.train_labels, minlength=10).max() - np.bincount(a.train_labels, minlength=10).min() <= 1
-    assert np.bincount(a.test_labels).tolist() == [4] * 10
+    counts = np.bincount(a.train_labels, minlength=spec.num_classes)
+    assert len(counts) == spec.num_classes and counts.max() - counts.min() <= 1
+    assert np.bincount(a.test_labels).tolist() == [4] * spec.num_classes
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
         assert np.array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(a.train_images, c.train_images)
-    assert a.checksum == b.checksum == synthetic_checksum(name, 105, 40, 3) != c.checksum
+    assert a.checksum == b.checksum == synthetic_checksum(name, n_train, n_test, 3) != c.checksum
     # the test set does not depend on the size of the training set
-    assert np.array_equal(make_synthetic(name, 300, 40, seed=3).test_images, a.test_images)
+    assert np.array_equal(make_synthetic(name, 3 * n_train, n_test, seed=3).test_images, a.test_images)
 
 
 @pytest.fixture

@@ -1,0 +1,197 @@
+"""The per-step code of a run, as plain functions in the manner of torchvision's reference script:
+`train_steps` trains over a loader iterator and `evaluate` scores a split, each sample counted once.
+
+Per step the loop does no host sync: metrics accumulate on the device and are read every
+`LOG_EVERY` steps (progress bar, divergence check) and when a stretch of training ends.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from bench.config import RunConfig
+from bench.measure import WindowTimer, synchronize
+from bench.profiling import StepProfiler
+from data.augment import DevicePreprocess
+
+LOG_EVERY = 50  # steps between host reads of the running loss (progress bar, divergence check)
+
+
+@dataclass
+class Training:
+    """The prepared pieces of one run that every step uses."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_step_schedule: bool
+    criterion: torch.nn.Module
+    loaders: dict
+    counts: dict[str, int]
+    train_preprocess: DevicePreprocess
+    eval_preprocess: DevicePreprocess
+    generator: torch.Generator
+    profiler: StepProfiler | None = None
+
+
+class RunDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class StretchResult:
+    """What a stretch of training steps (an epoch, or the steps between two evaluations) measured."""
+
+    loss: float
+    acc: float
+    images: int  # in the timed window, all processes
+    images_per_s: float  # summed over processes
+    images_per_s_per_process: list[float]
+    data_stall: float
+    seconds: float  # wall time of the stretch's training (timed window or not)
+    step: int  # the step counter after it
+    exhausted: bool  # the loader iterator ran out (the epoch is over)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    images_per_s: float
+    seconds: float
+
+
+def gather_rows(accelerator: Accelerator, values: list[float]) -> torch.Tensor:
+    """One row of floats per process, as a (world, len(values)) CPU tensor."""
+    local = torch.tensor([values], dtype=torch.float64, device=accelerator.device)
+    return accelerator.gather(local).cpu()
+
+
+def rates(per_process: torch.Tensor) -> list[float]:
+    """Images/s of each process from gathered (images, seconds, ...) rows."""
+    return [float(row[0] / row[1]) if row[1] > 0 else 0.0 for row in per_process]
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
+    """(scheduler, per_step): the recipe's LR schedule, stepped by the loop, never by Accelerate."""
+    recipe = cfg.recipe
+    if recipe.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma), False
+    if recipe.schedule == "warmup-cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warm = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+
+
+def train_steps(training: Training, accelerator: Accelerator, batches: Iterator, timer: WindowTimer,
+                start_timing_at: int, step: int, limit: int | None = None, bar=None) -> StretchResult:
+    """Train on `batches` until they run out or `limit` steps are done; the timer's window opens once
+    the step counter reaches `start_timing_at` (warm-up and profiled steps stay out of it)."""
+    model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
+    model.train()
+    device = accelerator.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen, done, exhausted = 0, 0, False
+    started = time.perf_counter()
+    while limit is None or done < limit:
+        if step >= start_timing_at and not timer.running:
+            timer.start()  # before the wait, so the window and the stall cover the same time
+        wait_start = time.perf_counter()
+        try:
+            images, labels, _ = next(batches)
+        except StopIteration:
+            exhausted = True
+            break
+        timer.count(labels.shape[0], time.perf_counter() - wait_start)
+        inputs = training.train_preprocess(images, training.generator)
+        outputs = model(inputs)
+        loss = training.criterion(outputs, labels)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if training.per_step_schedule:
+            scheduler.step()
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (outputs.detach().argmax(dim=1) == labels).sum()
+        seen += labels.shape[0]
+        step += 1
+        done += 1
+        if training.profiler is not None:
+            training.profiler.step(step)
+        if bar is not None:
+            bar.update(1)
+        if step % LOG_EVERY == 0:
+            # Reduced, so that every rank sees the same value and stops together.
+            running = accelerator.reduce(loss_sum.clone(), reduction="mean").item() / seen
+            if not math.isfinite(running):
+                raise RunDiverged(f"training loss became {running} at step {step}")
+            if bar is not None and accelerator.is_main_process:
+                elapsed = timer.elapsed()
+                rate = timer.images / elapsed * accelerator.num_processes if elapsed > 0 else 0.0
+                bar.set_postfix(loss=f"{running:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
+    timer.stop()
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    sums = torch.stack([loss_sum, correct.to(torch.float64), torch.tensor(float(seen), device=device, dtype=torch.float64)])
+    sums = accelerator.reduce(sums, reduction="sum").cpu()
+    if not math.isfinite(float(sums[0])):
+        raise RunDiverged(f"training loss became {float(sums[0])} in the steps ending at step {step}")
+    per_process = gather_rows(accelerator, [timer.images, timer.seconds, timer.data_wait_s])
+    process_rates = rates(per_process)
+    stall = float((per_process[:, 2] / per_process[:, 1].clamp_min(1e-9)).mean())
+    count = max(1.0, float(sums[2]))
+    return StretchResult(loss=float(sums[0]) / count, acc=float(sums[1]) / count, images=int(per_process[:, 0].sum()),
+                         images_per_s=sum(process_rates), images_per_s_per_process=process_rates, data_stall=stall,
+                         seconds=seconds, step=step, exhausted=exhausted)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator) -> EvalResult:
+    """Loss and accuracy over a split, each sample counted exactly once across processes.
+
+    Every rank writes its per-sample results into tensors indexed by the sample's stored index; the
+    distributed loader's padding repeats samples, which then just rewrite the same slot. A max-reduce
+    merges the ranks. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
+    """
+    model.eval()
+    device = accelerator.device
+    losses = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    correct = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    covered = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    timer = WindowTimer(device)
+    timer.start()
+    for images, labels, indices in loader:
+        timer.count(labels.shape[0], 0.0)
+        outputs = model(preprocess(images)).float()
+        losses[indices] = F.cross_entropy(outputs, labels, reduction="none")
+        correct[indices] = (outputs.argmax(dim=1) == labels).float()
+        covered[indices] = 1.0
+    timer.stop()
+    for tensor in (losses, correct, covered):
+        all_reduce_max_(tensor)
+    missing = int(num_samples - covered.sum().item())
+    if missing:
+        raise RuntimeError(f"evaluation missed {missing} of {num_samples} samples")
+    images_per_s = sum(rates(gather_rows(accelerator, [timer.images, timer.seconds])))
+    return EvalResult(loss=losses.mean().item(), acc=correct.mean().item(), images_per_s=images_per_s, seconds=timer.seconds)

@@ -1,0 +1,180 @@
+"""Every measurement, declared once: its record field, report column, format, meaning and aggregation.
+
+A run record holds one `history` row per evaluation (per epoch, or per `--eval-every` steps) and one
+`metrics` dict per run. Both are built through `history_row` and `run_metrics`, which accept exactly
+the fields declared here, and the report takes its columns, number formats, explanations and
+seed aggregation from the same entries. Adding a metric = one `Metric(...)` here + its computation
+in bench/train.py (or bench/measure.py).
+
+Aggregation over the seeds of one configuration:
+- `mean`: the mean; with `spread` also the sample standard deviation (blank for one run).
+- `max` / `first`: memory peaks take the worst seed; facts that do not vary take the first.
+- `time`: time to target, MLPerf Training's way: with 5 or more runs, every run that missed the
+  target counts as infinitely slow, the fastest and slowest are dropped and the rest averaged (no
+  result when a miss survives the drop); with fewer, the mean and spread of the runs that reached it.
+  Either way `reached` says how many of how many runs got there, so misses are never averaged away.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+MLPERF_MIN_RUNS = 5  # from this many runs on, drop the fastest and the slowest (MLPerf Training's rule)
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # field in a history row or in a record's `metrics`
+    label: str  # report column
+    explanation: str
+    scale: float = 1.0  # shown value = recorded value x scale
+    fmt: str = ",.2f"  # markdown number format of the shown value
+    aggregate: str = "mean"  # over seeds: "mean", "max", "first", "time"
+    spread: bool = False  # also show the sample standard deviation over seeds
+    per_epoch: bool = False  # a column of the history rows
+    per_run: bool = True  # a field of the run's metrics
+
+
+METRICS: tuple[Metric, ...] = (
+    # -- accuracy and loss
+    Metric("epoch", "epoch", "Epochs completed when the row was taken (fractional with --eval-every).",
+           fmt=".2f", per_epoch=True, per_run=False),
+    Metric("train_loss", "train loss", "Training loss on the augmented batches since the previous row "
+           "(the last row's for a run); includes label smoothing.", fmt=".4f", per_epoch=True),
+    Metric("train_acc", "train acc %", "Accuracy on the augmented training batches since the previous row.",
+           scale=100, per_epoch=True),
+    Metric("val_loss", "val loss", "Plain cross-entropy on the validation split.", fmt=".4f", per_epoch=True),
+    Metric("val_acc", "val acc %", "Validation accuracy, every image counted once across processes.", scale=100,
+           per_epoch=True),
+    Metric("best_val_acc", "best val %", "The highest validation accuracy of the run.", scale=100),
+    Metric("best_val_epoch", "best epoch", "Epoch of the highest validation accuracy.", fmt=".2f"),
+    Metric("test_loss", "test loss", "Plain cross-entropy on the test split, after training.", fmt=".4f"),
+    Metric("test_acc", "test acc %", "Test accuracy after the last epoch (or after stopping at the target), every "
+           "test image counted once across processes; mean over seeds, `std` their sample standard deviation.",
+           scale=100, spread=True),
+    Metric("epochs_completed", "epochs run", "Epochs trained (fewer than asked when --stop-at-target stopped early).",
+           fmt=".2f"),
+    # -- time to accuracy
+    Metric("target_accuracy", "target %", "Validation accuracy the run aims for (the study's test accuracy for "
+           "that model and dataset unless --target-accuracy; none on synthetic data).", scale=100, aggregate="first"),
+    Metric("time_to_target_s", "to target s", "Training seconds (evaluation excluded) until validation accuracy "
+           "first reached the target. Over seeds: MLPerf's rule (see `reached`).", fmt=",.1f", aggregate="time",
+           spread=True),
+    Metric("epochs_to_target", "epochs to target", "Epochs until validation accuracy first reached the target.",
+           fmt=".2f"),
+    # -- speed
+    Metric("train_images_per_s", "train img/s", "Training images per second in the timed window (after "
+           "--warmup-steps, device synchronised at both ends, evaluation excluded), summed over processes.",
+           fmt=",.0f", per_epoch=True),
+    Metric("train_images_per_s_per_process", "img/s per process", "The same, per process.", fmt="",
+           per_epoch=True, per_run=False),
+    Metric("eval_images_per_s", "eval img/s", "Evaluation images per second (the first, warm-up pass excluded).",
+           fmt=",.0f", per_epoch=True),
+    Metric("train_time_s", "train s", "Wall time of the training passes (every step, evaluation excluded); "
+           "a row's value covers the steps since the previous row.", fmt=",.1f", per_epoch=True),
+    Metric("eval_time_s", "eval s", "Wall time of all evaluation passes.", fmt=",.1f", per_epoch=True),
+    Metric("epoch_time_s", "epoch s", "Training seconds per epoch.", fmt=",.2f"),
+    Metric("wall_time_s", "wall s", "The whole run, set-up and evaluation included (summed across resumes).",
+           fmt=",.1f"),
+    Metric("data_stall", "data stall %", "Share of the timed window the host spent blocked waiting for the "
+           "next batch.", scale=100, fmt=".1f", per_epoch=True),
+    Metric("achieved_tflops", "TFLOP/s", "Training FLOP/s achieved: training GFLOPs per image x images/s.",
+           fmt=",.2f"),
+    Metric("peak_tflops", "peak TFLOP/s", "The devices' peak for this precision (datasheet for known GPUs, "
+           "measured matmul peak on CPUs), summed over processes.", fmt=",.1f", aggregate="first"),
+    Metric("peak_tflops_source", "peak source", "Where the peak comes from.", fmt="", aggregate="first"),
+    Metric("mfu", "MFU %", "Model FLOPs utilisation: achieved over peak FLOP/s.", scale=100, fmt=".2f"),
+    Metric("peak_mem_allocated_bytes", "peak alloc MiB", "Peak allocated device memory per process (max over "
+           "processes and seeds) from the start of the timed window; on a CPU the process's peak RSS.",
+           scale=1 / MIB, fmt=",.0f", aggregate="max"),
+    Metric("peak_mem_reserved_bytes", "peak reserved MiB", "Peak memory reserved by the caching allocator, "
+           "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
+    # -- settings resolved at run time
+    Metric("peak_lr", "peak lr", "The learning rate at the top of the schedule.", fmt=".4g", aggregate="first"),
+    Metric("lr", "lr", "Learning rate at the row's first step.", fmt=".4g", per_epoch=True, per_run=False),
+)
+BY_KEY: dict[str, Metric] = {metric.key: metric for metric in METRICS}
+HISTORY_KEYS = tuple(metric.key for metric in METRICS if metric.per_epoch)
+RUN_KEYS = tuple(metric.key for metric in METRICS if metric.per_run)
+
+
+def _checked(values: dict[str, Any], expected: tuple[str, ...], what: str) -> dict[str, Any]:
+    missing, extra = set(expected) - set(values), set(values) - set(expected)
+    if missing or extra:
+        raise KeyError(f"{what}: missing {sorted(missing)}, undeclared {sorted(extra)} (declare them in bench/metrics.py)")
+    return {key: values[key] for key in expected}
+
+
+def history_row(**values: Any) -> dict[str, Any]:
+    """One history row: exactly the per-epoch metrics, in declaration order."""
+    return _checked(values, HISTORY_KEYS, "history row")
+
+
+def run_metrics(**values: Any) -> dict[str, Any]:
+    """A run's metrics: exactly the per-run metrics, in declaration order."""
+    return _checked(values, RUN_KEYS, "run metrics")
+
+
+def shown(metric: Metric, value: Any) -> Any:
+    """A recorded value on the report's scale (None/NaN stay missing, non-numbers unchanged)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Number):
+        return value
+    return value * metric.scale
+
+
+def mlperf_time(times: pd.Series) -> tuple[float, float, int, int]:
+    """(time, spread, reached, runs) of one configuration's time-to-target values (NaN = never reached)."""
+    runs, reached = len(times), int(times.notna().sum())
+    if runs >= MLPERF_MIN_RUNS:
+        ordered = sorted(times.fillna(math.inf))[1:-1]
+        kept = pd.Series(ordered)
+        if math.isinf(ordered[-1]):
+            return math.nan, math.nan, reached, runs
+        return float(kept.mean()), float(kept.std()), reached, runs
+    hit = times.dropna()
+    return (float(hit.mean()) if reached else math.nan, float(hit.std()) if reached > 1 else math.nan, reached, runs)
+
+
+def aggregate(group: pd.DataFrame, keys: Iterable[str]) -> dict[str, Any]:
+    """Report columns for one configuration's runs (one row per seed): label -> shown value."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        metric = BY_KEY[key]
+        values = group[key] if key in group else pd.Series([math.nan] * len(group))
+        numeric = pd.to_numeric(values, errors="coerce")
+        if metric.aggregate == "time":
+            time, spread, reached, runs = mlperf_time(numeric)
+            out[metric.label] = shown(metric, time)
+            if metric.spread:
+                out[f"{metric.label} std"] = shown(metric, spread)
+            has_target = "target_accuracy" in group and group["target_accuracy"].notna().any()
+            out["reached"] = f"{reached}/{runs}" if has_target else None
+        elif metric.aggregate == "first":
+            present = values.dropna()
+            out[metric.label] = shown(metric, present.iloc[0]) if len(present) else None
+        elif metric.aggregate == "max":
+            out[metric.label] = shown(metric, numeric.max())
+        else:
+            out[metric.label] = shown(metric, numeric.mean())
+            if metric.spread:
+                out[f"{metric.label} std"] = shown(metric, numeric.std())
+    return out
+
+
+def formats() -> dict[str, str]:
+    """Markdown number format per report column (spread columns share their metric's)."""
+    table = {metric.label: metric.fmt or "g" for metric in METRICS}
+    table.update({f"{metric.label} std": metric.fmt for metric in METRICS if metric.spread})
+    return table
+
+
+def glossary(columns: Iterable[str]) -> list[str]:
+    """Markdown bullet lines explaining the metric columns among `columns`."""
+    by_label = {metric.label: metric for metric in METRICS}
+    return [f"- `{column}`: {by_label[column].explanation}" for column in columns if column in by_label]

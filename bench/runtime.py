@@ -1,0 +1,60 @@
+"""The device-facing set-up that the runner, the speed sweep and the overhead benchmark share, once each:
+backend flags, the precision guard, a model with its optimizer, and the cleanup after a run."""
+from __future__ import annotations
+
+import gc
+
+import torch
+from accelerate import Accelerator
+
+from models import build_model
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_error(precision: str, device: torch.device) -> str | None:
+    """Why `precision` cannot run on `device`, or None when it can."""
+    if precision == "fp16" and device.type != "cuda":
+        return "fp16 needs a CUDA GPU; use bf16 (or no) on this device"
+    return None
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN autotuning on CUDA: the input shape is fixed for a whole run, so the search pays for itself."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, device: torch.device, *,
+                              channels_last: bool, lr: float = 1e-3, momentum: float = 0.9, nesterov: bool = False,
+                              weight_decay: float = 0.0, train: bool = True, compile_mode: str | None = None,
+                              accelerator: Accelerator | None = None,
+                              ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
+    """A fresh model on `device` (and SGD when training), prepared by `accelerator` when one is given
+    (left bare otherwise, for the overhead benchmark's reference loop), optionally torch.compiled.
+
+    SGD is fused on CUDA: one kernel for the whole update, and fp16 loss scaling without a host sync per
+    step (GradScaler checks `_step_supports_amp_scaling` on the raw optimizer).
+    """
+    model = build_model(name, in_channels, num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = None
+    if train:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
+                                    weight_decay=weight_decay, fused=device.type == "cuda" or None)
+    if accelerator is not None:
+        model, optimizer = accelerator.prepare(model, optimizer) if train else (accelerator.prepare(model), None)
+    if compile_mode:
+        model = torch.compile(model, mode=compile_mode)
+    return model, optimizer
+
+
+def release(accelerator: Accelerator, compiled: bool) -> None:
+    """Free what a finished run or sweep point held, so the next one starts clean."""
+    accelerator.free_memory()
+    if compiled:
+        torch.compiler.reset()  # no compiled frames, recompile counts or CUDA-graph pools carried over
+    gc.collect()
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()

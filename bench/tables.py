@@ -1,0 +1,196 @@
+"""Run and sweep records -> pandas tables: accuracy, vanilla-vs-improved gains, speed, failures, sweeps.
+
+Rows are grouped by everything that changes a result (data source, preset, recipe, precision, device,
+...) so that settings are never silently merged. Metric columns, their scaling and their aggregation
+over seeds come from bench/metrics.py; the study's columns from the model registry, for real data
+only (synthetic runs test the harness, not the study's claims).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from bench.config import paired_recipe
+from bench.metrics import BY_KEY, RUN_KEYS, aggregate
+from data.datasets import dataset_names
+from models import model_entry, model_names, study_result
+
+# What makes two runs comparable for accuracy; the speed table splits further (see SPEED_KEYS).
+ACCURACY_KEYS = ["data_source", "dataset", "model", "recipe", "preset", "epochs", "global batch", "precision", "device"]
+GAIN_KEYS = ["data_source", "dataset", "preset", "epochs", "global batch", "precision", "device"]
+SPEED_KEYS = ["device", "world size", "precision", "batch", "channels_last", "compile", "data_source", "preset",
+              "recipe", "model", "dataset"]
+SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "precision", "channels_last", "compile",
+              "batch"]
+ACCURACY_METRICS = ["test_acc", "train_time_s"]
+SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
+                 "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes"]
+RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
+               "device", "world size", "batch", "global batch", "epochs", "channels_last", "compile", "started_at",
+               "history", "params", "train_gflops"]
+
+# Columns the report derives rather than measures: their formats and meanings.
+DERIVED = {
+    "n": (",.0f", "Runs (seeds) behind the row."),
+    "study %": (".2f", "The study's test accuracy (docs/STUDY.md: one Colab GPU, 50 epochs), real data only."),
+    "diff pp": ("+.2f", "Ours minus the study's, in percentage points."),
+    "study train s": (",.0f", "The study's training seconds (indicative only: its GPU was not recorded)."),
+    "vanilla %": (".2f", "Test accuracy of the vanilla twin."),
+    "improved %": (".2f", "Test accuracy of the improved model."),
+    "gain pp": ("+.2f", "Improved minus vanilla, percentage points."),
+    "recipe part pp": ("+.2f", "The part of the gain the recipe brings (needs the ablation run)."),
+    "arch part pp": ("+.2f", "The part of the gain the architecture brings."),
+    "study gain pp": ("+.2f", "The same gain in the study."),
+    "reached": ("", "Runs that reached the target, of all runs of the configuration."),
+    "params M": (".2f", "Parameters, millions."),
+    "train GFLOPs/img": (".3f", "Training (forward + backward) GFLOPs per image, counted by FlopCounterMode."),
+    "img/s": (",.0f", "Images per second (median of the timed windows), summed over processes."),
+    "step ms": (",.2f", "Milliseconds per step (median of the timed windows)."),
+}
+
+
+def run_rows(records: list[dict]) -> pd.DataFrame:
+    """One flat row per run record: its setting, every declared run metric, and its model facts."""
+    rows = []
+    for record in records:
+        config, metrics, facts = record.get("config") or {}, record.get("metrics") or {}, record.get("facts") or {}
+        rows.append({
+            "run_id": record["run_id"], "status": record["status"], "error": record.get("error"),
+            "model": record["model"], "dataset": record["dataset"], "data_source": record.get("data_source"),
+            "preset": record.get("preset"), "recipe": record.get("recipe"), "seed": record.get("seed"),
+            "precision": record.get("precision"), "device": record.get("device"),
+            "world size": record.get("world_size"), "batch": record.get("batch_size"),
+            "global batch": record.get("global_batch_size"), "epochs": config.get("epochs"),
+            "channels_last": config.get("channels_last"), "compile": config.get("compile_mode") or "off",
+            "started_at": record.get("started_at"), "history": record.get("history") or [],
+            "params": facts.get("params"), "train_gflops": facts.get("train_gflops"),
+            **{key: metrics.get(key) for key in RUN_KEYS},
+        })
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *RUN_KEYS])
+    for key in RUN_KEYS:  # absent metrics arrive as None; numeric ones become NaN so that means skip them
+        if BY_KEY[key].fmt:
+            frame[key] = pd.to_numeric(frame[key], errors="coerce")
+    return frame
+
+
+def sorted_rows(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Real data before synthetic, datasets and models in registry order (the study's first), then the rest."""
+    order = {"data_source": ["real", "synthetic"], "dataset": list(dataset_names()), "model": list(model_names())}
+
+    def sort_key(column: pd.Series) -> pd.Series:
+        if column.name in order:
+            known = order[column.name]
+            return column.map(lambda value: (known.index(value), "") if value in known else (len(known), str(value)))
+        return column if pd.api.types.is_numeric_dtype(column) else column.astype(str)
+
+    return frame.sort_values(keys, key=sort_key, kind="stable").reset_index(drop=True)
+
+
+def grouped(runs: pd.DataFrame, keys: list[str], metrics: list[str],
+            facts: Callable[[pd.DataFrame], dict] | None = None) -> pd.DataFrame:
+    """One row per configuration (`keys`): the number of runs, each metric aggregated over them, and
+    whatever `facts` says of the group."""
+    rows = [{**dict(zip(keys, values)), "n": len(group), **aggregate(group, metrics), **(facts(group) if facts else {})}
+            for values, group in runs.groupby(keys, dropna=False, sort=False)]
+    return pd.DataFrame(rows)
+
+
+def study_value(row: pd.Series, field: str) -> float:
+    """The study's number for a real-data row; NaN on synthetic data and where the study has none."""
+    result = study_result(row["model"], row["dataset"]) if row["data_source"] == "real" else None
+    return getattr(result, field) if result else np.nan
+
+
+def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy per setting x model x dataset: mean and sample std over seeds, next to the study's."""
+    acc, seconds = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label
+    columns = [*ACCURACY_KEYS, "n", acc, f"{acc} std", "study %", "diff pp", seconds, "study train s"]
+    finished = runs[runs["status"] == "finished"]
+    if finished.empty:
+        return pd.DataFrame(columns=columns)
+    table = grouped(finished, ACCURACY_KEYS, ACCURACY_METRICS)
+    table["study %"] = table.apply(study_value, axis=1, field="test_acc_pct", result_type="reduce")
+    table["diff pp"] = table[acc] - table["study %"]
+    table["study train s"] = table.apply(study_value, axis=1, field="train_seconds", result_type="reduce")
+    return sorted_rows(table.reindex(columns=columns), ACCURACY_KEYS)
+
+
+def gains_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Each improved model's gain over its vanilla twin, split into recipe and architecture parts.
+
+    The baseline is the twin under its paired (paper-vanilla) recipe when that was run, else under the
+    improved model's own recipe (then the whole gain is architecture). When the twin was also trained
+    with the improved model's recipe (an ablation), recipe part = twin(improved recipe) - twin(baseline)
+    and architecture part = improved - twin(improved recipe); the two add up to the gain.
+    """
+    acc = BY_KEY["test_acc"].label
+    rows = []
+    for keys, group in accuracy.groupby(GAIN_KEYS, dropna=False, sort=False):
+        means = {(model, recipe): value for model, recipe, value in
+                 group[["model", "recipe", acc]].itertuples(index=False, name=None)}
+        for (model, recipe), improved in means.items():
+            twin = model_entry(model).improves if model in model_names() else None
+            if twin is None:
+                continue
+            base = paired_recipe(twin) if (twin, paired_recipe(twin)) in means else recipe
+            if (twin, base) not in means:
+                continue
+            vanilla = means[(twin, base)]
+            if base == recipe:
+                recipe_part, arch_part = 0.0, improved - vanilla
+            elif (twin, recipe) in means:
+                recipe_part, arch_part = means[(twin, recipe)] - vanilla, improved - means[(twin, recipe)]
+            else:
+                recipe_part = arch_part = np.nan
+            setting = dict(zip(GAIN_KEYS, keys))
+            study = [study_result(name, setting["dataset"]) for name in (model, twin)]
+            rows.append({
+                **setting, "model": model, "vanilla": twin, "vanilla recipe": base, "recipe": recipe,
+                "vanilla %": vanilla, "improved %": improved, "gain pp": improved - vanilla,
+                "recipe part pp": recipe_part, "arch part pp": arch_part,
+                "study gain pp": study[0].test_acc_pct - study[1].test_acc_pct
+                if setting["data_source"] == "real" and all(study) else np.nan,
+            })
+    columns = ["data_source", "dataset", "model", "vanilla", "vanilla recipe", "recipe", *GAIN_KEYS[2:],
+               "vanilla %", "improved %", "gain pp", "recipe part pp", "arch part pp", "study gain pp"]
+    return sorted_rows(pd.DataFrame(rows, columns=columns), ["data_source", "dataset", "model"])
+
+
+def speed_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Throughput, time, MFU and memory of finished runs, device first so hardware never mixes."""
+    finished = runs[runs["status"] == "finished"]
+    if finished.empty:
+        return pd.DataFrame(columns=[*SPEED_KEYS, "n"])
+    table = grouped(finished, SPEED_KEYS, SPEED_METRICS, facts=lambda group: {
+        "params M": group["params"].iloc[0] / 1e6, "train GFLOPs/img": group["train_gflops"].iloc[0]})
+    return sorted_rows(table, SPEED_KEYS)
+
+
+def failures_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that did not finish, with the first line of their error."""
+    failed = runs[runs["status"] != "finished"].copy()
+    failed["error"] = [str(error).splitlines()[0] if error else "" for error in failed["error"]]
+    columns = ["status", "model", "dataset", "data_source", "recipe", "device", "run_id", "error"]
+    return sorted_rows(failed.reindex(columns=columns), ["status", "dataset", "model", "run_id"])
+
+
+def sweep_table(sweeps: list[dict]) -> pd.DataFrame:
+    """One row per speed-sweep point (bench/speed.py)."""
+    memory, reserved, mfu = (BY_KEY[key] for key in ("peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "mfu"))
+    rows = [{
+        "device": record.get("device"), "world size": record.get("world_size"), "model": record["model"],
+        "dataset": record.get("dataset") or f"{record.get('in_channels')} channels", "input": record.get("data"),
+        "mode": record["mode"], "precision": record.get("precision"), "channels_last": record.get("channels_last"),
+        "compile": record.get("compile"), "batch": record["batch_size"], "status": record["status"],
+        "img/s": record.get("images_per_s"), "step ms": record.get("step_time_ms"),
+        memory.label: record.get(memory.key), reserved.label: record.get(reserved.key), mfu.label: record.get(mfu.key),
+    } for record in sweeps]
+    table = pd.DataFrame(rows, columns=[*SWEEP_KEYS, "status", "img/s", "step ms", memory.label, reserved.label,
+                                        mfu.label])
+    for column in ("img/s", "step ms", memory.label, reserved.label, mfu.label):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    for metric in (memory, reserved, mfu):
+        table[metric.label] *= metric.scale
+    return sorted_rows(table, SWEEP_KEYS)

@@ -1,0 +1,101 @@
+"""The dataset registry: one entry per dataset, holding everything the harness needs to know about it.
+
+An entry says what the images are (channels, native size, classes and their names), how to normalise
+them (mean/std of the raw training set), how the validation split is held out (size and seed), where
+its official files are found and fetched from (its format, data/formats.py), and its augmentation
+for each recipe family (`paper`: what the study used; `fast`: cheap shifts/flips for short runs).
+Every list of dataset names, CLI choice, help text and default derives from this registry; the
+study's numbers for a dataset sit with the models (models/registry.py), keyed by its name.
+
+Adding a dataset = one `register_dataset(DatasetSpec(...))` below (plus tests and docs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from data.augment import AugmentConfig
+from data.errors import DataError
+from data.formats import CifarFiles, CifarLayout, IdxFiles, SourceFormat
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # CLI and record name
+    title: str  # for people: "CIFAR-10"
+    channels: int
+    native_size: int  # the official files' image size (square); everything is resized to 64x64
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, on [0, 1] values of the raw training set
+    std: tuple[float, ...]
+    val_size: int  # images held out of the official training set for validation
+    source: SourceFormat
+    augmentations: Mapping[str, AugmentConfig] = field(default_factory=dict, compare=False)  # recipe family -> config
+    split_seed: int = 0  # fixed: the validation split is the same image set on every machine and run
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def augmentation(self, family: str) -> AugmentConfig | None:
+        """The augmentation of a recipe family ("none", "paper", "fast"); None means plain normalisation."""
+        if family == "none":
+            return None
+        try:
+            return self.augmentations[family]
+        except KeyError:
+            raise DataError(f"dataset {self.name} declares no {family!r} augmentation; "
+                            f"expected one of: none, {', '.join(self.augmentations)}") from None
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in DATASETS:
+        raise ValueError(f"dataset {spec.name!r} is registered twice")
+    if not (len(spec.mean) == len(spec.std) == spec.channels):
+        raise ValueError(f"dataset {spec.name!r}: mean and std need one value per channel ({spec.channels})")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}") from None
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+register_dataset(DatasetSpec(
+    name="mnist", title="MNIST", channels=1, native_size=28, class_names=tuple("0123456789"),
+    mean=(0.1307,), std=(0.3081,), val_size=10_000,
+    source=IdxFiles(folders=("", "mnist"), torchvision_class="MNIST"),
+    augmentations={
+        "paper": AugmentConfig(degrees=15, translate=(0.1, 0.1), scale=(0.8, 1.2)),  # the study's RandomAffine
+        "fast": AugmentConfig(degrees=10, translate=(0.1, 0.1)),  # digits must not flip
+    },
+))
+
+register_dataset(DatasetSpec(
+    name="cifar10", title="CIFAR-10", channels=3, native_size=32, class_names=CIFAR10_CLASSES,
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), val_size=5_000,
+    source=CifarFiles(layouts=(
+        CifarLayout("cifar-10-batches-bin", "cifar-10-binary.tar.gz",
+                    tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), label_key=None),
+        CifarLayout("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                    tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), label_key=b"labels"),
+    ), torchvision_class="CIFAR10"),
+    augmentations={
+        # The study's flip -> RandomRotation -> RandomAffine -> ColorJitter, rotation resampled on its own.
+        "paper": AugmentConfig(degrees=10, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10, hflip_p=0.5,
+                               brightness=0.2, contrast=0.2, saturation=0.2, separate_rotation=True),
+        "fast": AugmentConfig(hflip_p=0.5, translate=(0.125, 0.125)),
+    },
+))
