@@ -99,3 +99,16 @@ register_dataset(DatasetSpec(
         "fast": AugmentConfig(hflip_p=0.5, translate=(0.125, 0.125)),
     },
 ))
+
+register_dataset(DatasetSpec(
+    name="fashion_mnist", title="Fashion-MNIST", channels=1, native_size=28,
+    class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
+    mean=(0.2860,), std=(0.3530,), val_size=10_000,
+    # Its files have MNIST's names, so they are only looked for in folders of their own.
+    source=IdxFiles(folders=("fashion_mnist", "fashion-mnist"), torchvision_class="FashionMNIST"),
+    augmentations={
+        "paper": DATASETS["mnist"].augmentations["paper"],  # the study's grayscale recipe
+        "fast": AugmentConfig(hflip_p=0.5, translate=(0.1, 0.1)),  # clothes, unlike digits, survive a mirror
+    },
+))

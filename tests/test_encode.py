@@ -17,6 +17,7 @@ from PIL import Image
 import data.encode as encode
 from data.encode import (SPLITS, beton_path, check_beton, manifest_path, prepare_dataset, resize_images,
                          split_train_val, write_beton, write_fields)
+from data.datasets import dataset_names
 from data.errors import DataError
 from data.prepare import parse_args
 
@@ -223,7 +224,9 @@ def test_prepare_cli_lists_valid_dataset_names(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--datasets", "imagenet"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'imagenet' (choose from 'mnist', 'cifar10')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid choice: 'imagenet' (choose from 'mnist', 'cifar10'" in err
+    assert all(f"'{name}'" in err for name in dataset_names())  # every registered dataset is offered
 
 
 def test_prepare_cli_encodes_and_lists_splits(tmp_path):

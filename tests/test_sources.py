@@ -102,6 +102,26 @@ def test_mnist_layouts(tmp_path, layout, gz):
     assert raw.test_images.shape == (10, 28, 28, 1)
 
 
+@pytest.mark.parametrize("layout", ["fashion_mnist", "fashion-mnist", "FashionMNIST/raw"])
+def test_fashion_mnist_is_an_idx_dataset_in_folders_of_its_own(tmp_path, layout):
+    spec = get_spec("fashion_mnist")
+    assert (spec.channels, spec.num_classes, spec.class_names[-1]) == (1, 10, "Ankle boot")
+    arrays = write_mnist(tmp_path / "d" / layout, np.random.default_rng(5))
+    raw = load_raw("fashion_mnist", tmp_path / "d", tmp_path / "cache", download=False)
+    assert np.array_equal(raw.train_images[..., 0], arrays["train_images"])
+    assert np.array_equal(raw.test_labels, arrays["test_labels"]) and raw.spec is spec
+    assert "Fashion-MNIST idx files" in raw.origin
+    plan = spec.source.download()  # torchvision's own mirrors and md5s, into its own folder
+    assert plan.folder == "FashionMNIST/raw" and plan.files[0][1] == "train-images-idx3-ubyte.gz"
+    assert all("fashion-mnist" in url for urls, _, _ in plan.files for url in urls)
+
+
+def test_fashion_mnist_never_reads_mnist_files(tmp_path):
+    write_mnist(tmp_path / "d", np.random.default_rng(6))  # MNIST's files, flat: the same names
+    with pytest.raises(DataError, match=r"Fashion-MNIST not found .* in DIR/fashion_mnist/ or DIR/fashion-mnist/"):
+        load_raw("fashion_mnist", tmp_path / "d", tmp_path / "cache", download=False)
+
+
 def test_data_dir_from_environment(tmp_path, monkeypatch):
     write_mnist(tmp_path / "env", np.random.default_rng(2))
     monkeypatch.setenv("DEEPNETS_DATA_DIR", str(tmp_path / "env"))
