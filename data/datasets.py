@@ -112,3 +112,23 @@ register_dataset(DatasetSpec(
         "fast": AugmentConfig(hflip_p=0.5, translate=(0.1, 0.1)),  # clothes, unlike digits, survive a mirror
     },
 ))
+
+register_dataset(DatasetSpec(
+    name="cifar100", title="CIFAR-100", channels=3, native_size=32,
+    class_names=(  # the fine labels, in label order (the archive's meta file)
+        "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+        "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+        "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
+        "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+        "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+        "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+        "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
+        "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table",
+        "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe",
+        "whale", "willow_tree", "wolf", "woman", "worm"),
+    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), val_size=5_000,
+    source=CifarFiles(layouts=(
+        CifarLayout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), label_key=b"fine_labels"),
+    ), torchvision_class="CIFAR100"),
+    augmentations=DATASETS["cifar10"].augmentations,  # the same natural-image recipes
+))

@@ -260,6 +260,61 @@ def test_cifar_missing_batch_in_tar(tmp_path):
         load_raw("cifar10", tmp_path, tmp_path / "cache", download=False)
 
 
+# ---------------------------------------------------------------- CIFAR-100, its official python format
+
+def write_cifar100(root: Path, rng: np.random.Generator, as_tar: bool, n: int = 6) -> dict[str, tuple]:
+    """cifar-100-python/{train,test,meta}: pickled dicts with b"data", b"fine_labels" and b"coarse_labels"."""
+    splits = {name: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n))
+              for name in ("train", "test")}
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, (images, labels) in splits.items():
+        planes = images.transpose(0, 3, 1, 2).reshape(n, -1)
+        (folder / name).write_bytes(pickle.dumps({b"filenames": [b"x.png"] * n, b"fine_labels": [int(x) for x in labels],
+                                                  b"coarse_labels": [int(x) // 5 for x in labels], b"data": planes}))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"apple"] * 100}))
+    if as_tar:
+        with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-100-python")
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    return splits
+
+
+@pytest.mark.parametrize("as_tar", [False, True], ids=["dir", "tar"])
+def test_cifar100_reads_fine_labels_from_its_python_format(tmp_path, as_tar):
+    spec = get_spec("cifar100")
+    assert (spec.channels, spec.num_classes, spec.class_names[:2], spec.class_names[-1]) == (
+        3, 100, ("apple", "aquarium_fish"), "worm")
+    splits = write_cifar100(tmp_path / "d", np.random.default_rng(9), as_tar)
+    raw = load_raw("cifar100", tmp_path / "d", tmp_path / "cache", download=False)
+    assert np.array_equal(raw.train_images, splits["train"][0]) and np.array_equal(raw.train_labels, splits["train"][1])
+    assert np.array_equal(raw.test_images, splits["test"][0]) and np.array_equal(raw.test_labels, splits["test"][1])
+    assert "CIFAR-100 python format" in raw.origin
+    plan = spec.source.download()
+    assert plan.files[0][1] == "cifar-100-python.tar.gz" and plan.files[0][0][0].endswith("cifar-100-python.tar.gz")
+
+
+def test_cifar100_and_cifar10_files_are_told_apart(tmp_path):
+    write_cifar(tmp_path / "d", cifar_batches(np.random.default_rng(10)), binary=False, as_tar=True)
+    with pytest.raises(DataError, match=r"CIFAR-100 not found .*cifar-100-python\.tar\.gz"):
+        load_raw("cifar100", tmp_path / "d", tmp_path / "cache", download=False)
+    write_cifar100(tmp_path / "d", np.random.default_rng(11), as_tar=True)
+    assert load_raw("cifar10", tmp_path / "d", tmp_path / "cache", download=False).train_labels.max() < 10
+
+
+def test_cifar100_labels_are_checked_against_its_hundred_classes(tmp_path):
+    write_cifar100(tmp_path / "d", np.random.default_rng(12), as_tar=False)
+    test = tmp_path / "d" / "cifar-100-python" / "test"
+    batch = pickle.loads(test.read_bytes())
+    batch[b"fine_labels"][0] = 100
+    test.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=r"label 100 out of range; expected 0\.\.99") as err:
+        load_raw("cifar100", tmp_path / "d", tmp_path / "cache", download=False)
+    assert str(test) in str(err.value)
+
+
 # ---------------------------------------------------------------- synthetic data
 
 @pytest.mark.parametrize("name", list(DATASETS))
