@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from data.cli import OneLineParser, non_negative_int, positive_float, positive_int
+from data.cli import OneLineParser, non_negative_float, non_negative_int, positive_float, positive_int
 from data.datasets import dataset_names
 from data.loaders import default_num_workers
 from models import model_entry, model_names, study_datasets, study_result
@@ -134,6 +134,7 @@ class RunConfig:
     warmup_steps: int = field(default=20, compare=False)
     num_workers: int = field(default=1, compare=False)
     data_dir: str | None = field(default=None, compare=False)
+    checkpoint_minutes: float = field(default=5.0, compare=False)
 
     @property
     def run_id(self) -> str:
@@ -174,7 +175,9 @@ def load_plugins(argv: Sequence[str] | None, prog: str) -> None:
         try:
             importlib.import_module(module)
         except Exception as error:  # an import can fail in any way; the user needs the one line
-            raise SystemExit(f"{prog}: error: --plugin {module}: cannot import it ({error.__class__.__name__}: {error})")
+            print(f"{prog}: error: --plugin {module}: cannot import it ({error.__class__.__name__}: {error})",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 def add_plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -228,6 +231,10 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--resume", action="store_true",
                         help="skip runs that already have a record and continue unfinished ones from their checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint of finished runs")
+    parser.add_argument("--checkpoint-minutes", type=non_negative_float, default=5.0, metavar="M",
+                        help="save a resumable checkpoint at the end of an epoch once M minutes have passed since "
+                        "the last one (default 5: a kill loses at most that much training plus the epoch in "
+                        "progress); 0 = after every epoch")
     parser.add_argument("--target-accuracy", type=accuracy_fraction,
                         help="validation accuracy for time-to-target, as 0.99 or 99 (default: the study's test "
                         "accuracy for that model and dataset when it has one; none on synthetic data)")
@@ -300,6 +307,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
                     target_accuracy=target, world_size=num_processes,
                     warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
+                    checkpoint_minutes=args.checkpoint_minutes,
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(

@@ -82,6 +82,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("epoch_time_s", "epoch s", "Training seconds per epoch.", fmt=",.2f"),
     Metric("wall_time_s", "wall s", "The whole run, set-up and evaluation included (summed across resumes).",
            fmt=",.1f"),
+    Metric("checkpoint_s", "checkpoint s", "Wall time spent writing resumable checkpoints (--checkpoint-minutes).",
+           fmt=",.1f"),
     Metric("data_stall", "data stall %", "Share of the timed window the host spent blocked waiting for the "
            "next batch.", scale=100, fmt=".1f", per_epoch=True),
     Metric("achieved_tflops", "TFLOP/s", "Training FLOP/s achieved: training GFLOPs per image x images/s.",

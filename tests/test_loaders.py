@@ -92,6 +92,7 @@ def _rank_main(rank: int, world: int, init_file: str, paths: dict[str, Path], ou
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_cover_every_sample(synthetic, tmp_path):
     world, paths = 2, synthetic["cifar10"].paths
     mp.spawn(_rank_main, args=(world, str(tmp_path / "init"), paths, str(tmp_path)), nprocs=world, join=True)

@@ -233,6 +233,7 @@ def test_channels_last_fp16_autocast_cuda(name: str) -> None:
     out.float().sum().backward()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)  # inductor compiles C++ on CPU: ~45 s cold on 2 idle cores, seconds with a warm cache
 def test_torch_compile_matches_eager() -> None:
     torch.manual_seed(0)

@@ -1,148 +1,139 @@
-"""Reports from the records of a real smoke suite (`python -m bench.run`), and the Pareto front."""
+"""Reports from the records of the real 12-run smoke suite (`python -m bench.run`), and the Pareto front."""
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import statistics
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from bench.plots import pareto_front
-from bench.report import Filters, NoRecordsError, build_parser, write_report
+from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
 from bench.tables import ACCURACY_KEYS, SPEED_KEYS, gains_table
+from helpers import records_in, run_module
+from models import model_names
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("resnet18",)  # one model keeps the suite's cost down; gains are tested below from its numbers
-SEEDS = (0, 1)
+DATASETS = ("mnist", "cifar10")
+# Most tests here read the session's smoke suite, which the first of them runs (slow); the rest are quick.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass(frozen=True)
-class SmokeSuite:
-    results: Path
-    stdout: str
+@pytest.mark.slow
+def test_runner_prints_summary_and_writes_report(smoke_suite) -> None:
+    assert "### Test accuracy (%)" in smoke_suite.stdout and "### Training speed" in smoke_suite.stdout
+    assert (smoke_suite.results / "REPORT.md").is_file()
 
 
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> SmokeSuite:
-    """Two seeds of one epoch each on the synthetic MNIST stand-in, through the real runner."""
-    results, cache = tmp_path_factory.mktemp("smoke-results"), tmp_path_factory.mktemp("smoke-cache")
-    command = [sys.executable, "-m", "bench.run", "--preset", "smoke", "--models", *MODELS, "--datasets", "mnist",
-               "--seeds", *map(str, SEEDS), "--epochs", "1", "--results-dir", str(results), "--cache-dir", str(cache)]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"smoke suite failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return SmokeSuite(results, done.stdout)
-
-
-def run_report_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.report", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_runner_prints_summary_and_writes_report(smoke: SmokeSuite) -> None:
-    assert "### Test accuracy (%)" in smoke.stdout and "### Training speed" in smoke.stdout
-    assert (smoke.results / "REPORT.md").is_file()
-
-
-def test_tables_have_expected_rows_and_columns(smoke: SmokeSuite) -> None:
-    report = write_report(smoke.results)
+def test_tables_have_expected_rows_and_columns(smoke_suite, tmp_path: Path) -> None:
+    results = smoke_suite.copy_results(tmp_path / "results")
+    report = write_report(results)
     accuracy = report.accuracy
-    assert list(accuracy["model"]) == list(MODELS)
+    study_models = list(model_names())
+    assert list(accuracy["model"]) == study_models * len(DATASETS)  # data source, dataset, then model order
+    assert list(accuracy["dataset"]) == [dataset for dataset in DATASETS for _ in study_models]
     assert set(ACCURACY_KEYS + ["n", "test acc %", "test acc % std", "study %", "diff pp"]) <= set(accuracy.columns)
-    assert (accuracy["n"] == len(SEEDS)).all()
+    assert (accuracy["n"] == 1).all() and accuracy["test acc % std"].isna().all()  # one seed: no spread
     assert set(accuracy["recipe"]) == {"fast"} and set(accuracy["preset"]) == {"smoke"}
     # Synthetic data is labelled as such and never set against the study's numbers.
     assert set(accuracy["data_source"]) == {"synthetic"}
     assert accuracy[["study %", "diff pp", "study train s"]].isna().all().all()
-    assert "Synthetic data" in report.report_path.read_text()
+    text = report.report_path.read_text()
+    assert "Synthetic data" in text
+    assert "- `train img/s`: Training images per second in the timed window" in text  # the metric's own words
 
     speed = report.speed
-    assert list(speed["model"]) == list(MODELS)
     assert set(SPEED_KEYS) <= set(speed.columns) and speed["device"].str.startswith("CPU").all()
     assert (speed["train img/s"] > 0).all() and (speed["eval img/s"] > 0).all()
-    assert (speed["peak alloc MiB"] > 0).all() and (speed["params M"] > 10).all()
-    assert (speed["world size"] == 1).all() and (speed["batch"] == 32).all()
+    assert (speed["peak alloc MiB"] > 100).all() and (speed["params M"] > 5).all()  # MiB, not bytes
+    assert (speed["world size"] == 1).all() and (speed["batch"] == 16).all()
 
-    assert report.gains.empty  # no improved model ran
+    gains = report.gains  # one recipe (fast) for both twins: each improved model's gain is all architecture
+    improved = [model for model in study_models if model.endswith("_improved")]
+    assert sorted(gains["model"]) == sorted(improved * len(DATASETS))
+    assert (gains["recipe part pp"] == 0).all() and (gains["arch part pp"] == gains["gain pp"]).all()
     assert report.failures.empty and report.sweep.empty and report.skipped == []
-    frames = {"accuracy": accuracy, "gains": report.gains, "speed": speed, "speed_sweep": report.sweep,
+    frames = {"accuracy": accuracy, "gains": gains, "speed": speed, "speed_sweep": report.sweep,
               "failures": report.failures}
     assert set(report.csv_paths) == set(frames)
     for name, path in report.csv_paths.items():
-        assert path.parent == smoke.results / "tables"
+        assert path.parent == results / "tables"
         written = pd.read_csv(path)
         assert list(written.columns) == list(frames[name].columns) and len(written) == len(frames[name])
     assert report.summary_markdown.startswith("### Test accuracy (%)") and "### Training speed" in report.summary_markdown
 
 
-def test_seeds_aggregate_to_mean_and_std(smoke: SmokeSuite) -> None:
-    records = [json.loads(path.read_text()) for path in sorted((smoke.results / "runs").glob("*.json"))]
-    assert len(records) == len(MODELS) * len(SEEDS)
-    accuracy = write_report(smoke.results).accuracy.set_index("model")
-    for model in MODELS:
-        values = [record["metrics"]["test_acc"] * 100 for record in records if record["model"] == model]
-        assert accuracy.loc[model, "test acc %"] == pytest.approx(statistics.mean(values))
-        assert accuracy.loc[model, "test acc % std"] == pytest.approx(statistics.stdev(values))
+def test_seeds_aggregate_to_mean_and_std(smoke_suite, tmp_path: Path) -> None:
+    """Two more seeds of one configuration, hand-made from its real record, aggregate to mean and sample std."""
+    results = smoke_suite.copy_results(tmp_path / "results")
+    (record,) = [r for r in records_in(results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
+    values = [record["metrics"]["test_acc"], 0.4, 0.7]
+    for seed, value in enumerate(values[1:], start=1):
+        twin = json.loads(json.dumps(record))
+        twin.update(run_id=f"{record['run_id']}-seed{seed}", seed=seed)
+        twin["metrics"]["test_acc"] = value
+        (results / "runs" / f"{twin['run_id']}.json").write_text(json.dumps(twin))
+    accuracy = write_report(results).accuracy.set_index(["model", "dataset"])
+    row = accuracy.loc[("resnet18", "mnist")]
+    assert row["n"] == 3
+    assert row["test acc %"] == pytest.approx(statistics.mean(values) * 100)
+    assert row["test acc % std"] == pytest.approx(statistics.stdev(values) * 100)
 
 
-def test_plots_are_written_and_linked(smoke: SmokeSuite) -> None:
-    report = write_report(smoke.results)
-    names = {path.name for path in report.plot_paths}
-    assert {"accuracy_vs_time_mnist_synthetic.png", "val_accuracy_mnist_synthetic.png"} <= names
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.report_path.read_text())
-    assert sorted(links) == sorted(path.relative_to(smoke.results).as_posix() for path in report.plot_paths)
+def test_plots_are_written_and_linked(smoke_suite) -> None:
+    results = smoke_suite.results
+    names = {path.name for path in (results / "plots").glob("*.png")}
+    for dataset in DATASETS:
+        assert {f"accuracy_vs_time_{dataset}_synthetic.png", f"val_accuracy_{dataset}_synthetic.png"} <= names
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (results / "REPORT.md").read_text())
+    assert sorted(links) == sorted(f"plots/{name}" for name in names)
     for link in links:
-        data = (smoke.results / link).read_bytes()
+        data = (results / link).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
-    assert not list(smoke.results.rglob("*.tmp"))
+    assert not list(results.rglob("*.tmp"))
 
 
-def test_corrupt_record_is_skipped_and_named(smoke: SmokeSuite, tmp_path: Path) -> None:
-    results = tmp_path / "results"
-    shutil.copytree(smoke.results / "runs", results / "runs")
+def test_corrupt_record_is_skipped_and_named(smoke_suite, tmp_path: Path) -> None:
+    results = smoke_suite.copy_results(tmp_path / "results")
     original = sorted((results / "runs").glob("*.json"))[0]
     corrupt = results / "runs" / f"corrupt-{original.name}"
     corrupt.write_bytes(original.read_bytes()[:40] + b"\x00garbage")
     fieldless = results / "runs" / "fieldless.json"
     fieldless.write_text('{"status": "finished"}')
-    done = run_report_cli("--results-dir", str(results))
+    done = run_module("bench.report", "--results-dir", str(results))
     assert done.returncode == 0, done.stderr
     report_text = (results / "REPORT.md").read_text()
     for path, reason in ((corrupt, "not valid JSON"), (fieldless, "missing fields")):
         assert f"{path}: {reason}" in done.stdout.replace("`", "")
         assert f"runs/{path.name}`: {reason}" in report_text
     accuracy = pd.read_csv(results / "tables" / "accuracy.csv")
-    assert list(accuracy["model"]) == list(MODELS) and (accuracy["n"] == len(SEEDS)).all()
+    assert len(accuracy) == 12 and (accuracy["n"] == 1).all()
 
 
-def test_empty_folder_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
-    done = run_report_cli("--results-dir", str(tmp_path))
-    assert done.returncode == 1
-    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
-    assert "no run records" in done.stderr and str(tmp_path) in done.stderr
+def test_empty_folder_is_one_clear_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert report_main(["--results-dir", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "no run records" in err and str(tmp_path) in err
     assert not (tmp_path / "REPORT.md").exists()
 
 
-def test_filters_select_records(smoke: SmokeSuite, capsys: pytest.CaptureFixture) -> None:
-    assert len(write_report(smoke.results, Filters(device="cpu", dataset="mnist", preset="smoke")).accuracy) == 1
+def test_filters_select_records(smoke_suite, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = smoke_suite.copy_results(tmp_path / "results")
+    mnist = write_report(results, Filters(device="cpu", dataset="mnist", preset="smoke")).accuracy
+    assert len(mnist) == 6 and set(mnist["dataset"]) == {"mnist"}
     with pytest.raises(NoRecordsError, match="match the filters"):
-        write_report(smoke.results, Filters(dataset="cifar10"))
+        write_report(results, Filters(dataset="fashion_mnist"))
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["--since", "yesterday"])
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    write_report(smoke.results)  # leave the unfiltered report in place for the other tests
 
 
-def test_gain_splits_into_recipe_and_architecture(smoke: SmokeSuite) -> None:
+def test_gain_splits_into_recipe_and_architecture(smoke_suite, tmp_path: Path) -> None:
     """Gains from the smoke run's accuracy row, relabelled as the study's models and recipes (plus offsets)."""
-    row = write_report(smoke.results).accuracy.iloc[[0]]
+    row = write_report(smoke_suite.copy_results(tmp_path / "results")).accuracy.iloc[[0]]
     vanilla = float(row["test acc %"].iloc[0])
 
     def table(*rows: tuple[str, str, float]) -> pd.DataFrame:

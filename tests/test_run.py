@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -14,35 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.config import parse_suite
+from bench.run import main as run_main
+from helpers import REPO, TINY, records_in, run_bench
 from models import model_names
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1"]
 
-
-def run_bench(args: list[str], results: Path, cache: Path, launcher: list[str] | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable, "-m", "bench.run"]) + args + ["--results-dir", str(results), "--cache-dir", str(cache)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def records_in(results: Path) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(tmp_path, cache_dir):
-    done = run_bench(TINY + ["--epochs", "1"], tmp_path, cache_dir)
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    assert re.search(rf"^12 run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(tmp_path))}/$",
-                     done.stdout, flags=re.M), done.stdout[:2000]
-    assert "suite done: 12 finished, 0 not finished" in done.stdout
-    records = records_in(tmp_path)
+@pytest.mark.slow
+def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite):
+    results, stdout = smoke_suite.results, smoke_suite.stdout
+    assert re.search(rf"^12 run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(results))}/$",
+                     stdout, flags=re.M), stdout[:2000]
+    assert "suite done: 12 finished, 0 not finished" in stdout
+    records = records_in(results)
     assert sorted((r["model"], r["dataset"]) for r in records) == sorted(
         (m, d) for m in model_names() for d in ("mnist", "cifar10"))
     for record in records:
@@ -64,11 +47,12 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(tmp_path, ca
             assert env[key], key
         assert record["config"]["batch_size"] == 16 and record["global_batch_size"] == 16
         assert len(record["history"]) == 1
-    tables = (tmp_path / "REPORT.md").read_text()
+    tables = (results / "REPORT.md").read_text()
     assert "resnet18_improved" in tables and "Test accuracy" in tables
-    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert not (results / "checkpoints").exists() or not any((results / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_learning_is_real_on_synthetic_data(tmp_path, cache_dir):
     done = run_bench(["--preset", "smoke", "--models", "resnet18_improved", "--datasets", "cifar10", "--profile"],
                      tmp_path, cache_dir)
@@ -106,6 +90,7 @@ print(repr(result.acc))
     return float(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_process_launch_counts_every_test_sample_once(tmp_path, cache_dir):
     # Accelerate's own `--cpu` launcher starts several processes only through MPI; its torchrun launcher
     # (`--multi_gpu`) starts them on CPU too, and the runner then asks Accelerate for gloo on the CPU.
@@ -114,7 +99,7 @@ def test_two_process_launch_counts_every_test_sample_once(tmp_path, cache_dir):
                 str(REPO / "bench" / "run.py")]
     # 21 test images over 2 ranks with batch 5: the distributed loader pads, de-duplication must undo it.
     done = run_bench(TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5",
-                             "--keep-checkpoints"], tmp_path, cache_dir, launcher=launcher)
+                             "--keep-checkpoints", "--checkpoint-minutes", "0"], tmp_path, cache_dir, launcher=launcher)
     assert done.returncode == 0, done.stderr[-4000:]
     (record,) = records_in(tmp_path)
     assert record["world_size"] == 2 and record["global_batch_size"] == 10
@@ -126,8 +111,10 @@ def test_two_process_launch_counts_every_test_sample_once(tmp_path, cache_dir):
     assert record["metrics"]["test_acc"] == pytest.approx(single, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir):
-    args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "3", "--synthetic-size", "240", "32"]
+    args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "3", "--synthetic-size", "240", "32",
+                   "--checkpoint-minutes", "0"]  # a checkpoint after every epoch
     command = [sys.executable, "-m", "bench.run", *args, "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress_files = tmp_path / "checkpoints"
@@ -152,6 +139,7 @@ def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, c
     assert record["status"] == "finished"
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
     assert record["history"][: progress["epoch"]] == progress["history"]
+    assert record["metrics"]["checkpoint_s"] > 0 and record["metrics"]["checkpoint_s"] >= progress["checkpoint_s"]
     assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
 
     path = tmp_path / "runs" / f"{record['run_id']}.json"
@@ -161,6 +149,7 @@ def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, c
     assert path.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
     done = run_bench(TINY + ["--models", "resnet18", "inception_v1", "--datasets", "mnist", "--epochs", "2",
                              "--lr", "1e30"], tmp_path, cache_dir)
@@ -182,32 +171,61 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
     (["--preset", "turbo"], "invalid choice: 'turbo'"),
     (["--epochs", "-1"], "expected a positive integer"),
     (["--batch-size", "0"], "expected a positive integer"),
+    (["--plugin", "no_such_module"], "--plugin no_such_module: cannot import it (ModuleNotFoundError"),
 ])
-def test_bad_options_fail_fast_with_one_line(args, expected, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.run", *args, "--results-dir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], done.stderr
+def test_bad_options_fail_fast_with_one_line(args, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the runner's own parser, in this process
+        parse_suite(args, gpu_available=False, num_processes=1)
+    message = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(message.splitlines()) == 1 and expected in message, message
+    assert message.startswith("bench/run.py: error:")
     if "invalid choice" in expected and "models" in args[0]:
-        assert "resnet18_improved" in lines[0]  # the valid names are listed
+        assert all(name in message for name in model_names())  # the valid names are listed
+
+
+def test_results_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    not_a_folder = tmp_path / "results.txt"
+    not_a_folder.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["--results-dir", str(not_a_folder)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert lines[0] == (f"bench/run.py: error: argument --results-dir: {not_a_folder} is a file; "
+                        "expected a folder for the results")
+    assert not_a_folder.read_text() == "mine"
+
+
+def test_fp16_on_cpu_is_refused_clearly(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is valid on a GPU")
+    assert run_main(["--precision", "fp16", "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("bench/run.py: error: --precision fp16: fp16 needs a CUDA GPU; use bf16 "
+                                               "(or no) on this device")
     assert not (tmp_path / "runs").exists()
 
 
-def test_fp16_on_cpu_is_refused_clearly(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("fp16 is valid on a GPU")
-    done = subprocess.run([sys.executable, "-m", "bench.run", "--precision", "fp16", "--results-dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "fp16 needs a CUDA GPU" in done.stderr
+@pytest.mark.slow
+def test_accelerate_cpu_launch_of_several_processes_says_how_to_get_them(tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "bench" / "run.py")]
+    done = subprocess.run(launcher + ["--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("bench/run.py: error:")]
+    assert ours == ["bench/run.py: error: accelerate launch --cpu with several processes starts only one without MPI; "
+                    "for several CPU processes use: accelerate launch --multi_gpu --num_processes N bench/run.py ..."]
+    assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_resume_retries_a_run_that_crashed(tmp_path, cache_dir):
     args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1"]
-    assert run_bench(args, tmp_path, cache_dir).returncode == 0
-    (path,) = (tmp_path / "runs").glob("*.json")
-    crashed = json.loads(path.read_text()) | {"status": "failed", "error": "RuntimeError('simulated crash')"}
-    path.write_text(json.dumps(crashed))
+    (cfg,) = parse_suite(args, gpu_available=False, num_processes=1).runs
+    crashed = tmp_path / "runs" / f"{cfg.run_id}.json"  # what the runner writes for a run that raised
+    crashed.parent.mkdir()
+    crashed.write_text(json.dumps({"run_id": cfg.run_id, "status": "failed", "error": "RuntimeError('simulated crash')",
+                                   "model": cfg.model, "dataset": cfg.dataset, "metrics": {}}))
     again = run_bench(args + ["--resume"], tmp_path, cache_dir)
     assert again.returncode == 0 and "already recorded" not in again.stdout
-    assert json.loads(path.read_text())["status"] == "finished"
+    assert f"run {cfg.run_id}" in again.stdout
+    assert json.loads(crashed.read_text())["status"] == "finished"

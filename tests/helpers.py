@@ -1,0 +1,30 @@
+"""What several test modules share: how to run the real runner in a subprocess and read what it wrote."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# The smallest suite that still trains: 64 synthetic train+val images (54 train, 10 val), 21 test images
+# (odd, so that two ranks pad), batch 16, one warm-up step.
+TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1"]
+
+
+def run_bench(args: list[str], results: Path, cache: Path, launcher: list[str] | None = None,
+              timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m bench.run ARGS` (or a launcher around bench/run.py) with its results and cache folders."""
+    command = (launcher or [sys.executable, "-m", "bench.run"]) + args + ["--results-dir", str(results), "--cache-dir", str(cache)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def records_in(results: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]

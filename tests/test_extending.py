@@ -1,0 +1,60 @@
+"""Extending the harness from outside the package: a model registered by a plugin module runs through the
+real runner and report on the two datasets the study never used (no study numbers, no default target)."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from helpers import records_in, run_bench, run_module
+
+pytestmark = pytest.mark.slow  # a real suite in a subprocess
+
+PLUGIN = '''
+"""A plugin a user might write: one decorated builder, nothing else."""
+from torch import nn
+
+from models import register_model
+
+
+@register_model()
+def tiny_cnn(in_channels: int, num_classes: int) -> nn.Module:
+    """Two convolutions and a linear layer: the smallest network worth benchmarking."""
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+'''
+
+
+def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_numbers(tmp_path, cache_dir):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "my_models.py").write_text(PLUGIN)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
+    results = tmp_path / "results"
+    done = run_bench(["--plugin", "my_models", "--models", "tiny_cnn", "--datasets", "fashion_mnist", "cifar100",
+                      "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
+                      "--warmup-steps", "1"], results, cache_dir, env=env)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+
+    records = {record["dataset"]: record for record in records_in(results)}
+    assert set(records) == {"fashion_mnist", "cifar100"}
+    for dataset, record in records.items():
+        assert record["status"] == "finished" and record["model"] == "tiny_cnn"
+        assert record["metrics"]["target_accuracy"] is None and record["metrics"]["time_to_target_s"] is None
+    # The builder got each dataset's channels and classes: 2 more input channels (16 x 9 weights each) and
+    # 90 more classes (32 weights + 1 bias each).
+    assert records["cifar100"]["facts"]["params"] - records["fashion_mnist"]["facts"]["params"] == 2 * 16 * 9 + 90 * 33
+    # Ten synthetic classes are learnt within two epochs (chance: 10 %); a hundred from 2-3 images each are not,
+    # but every one of the 120 test images is scored.
+    assert records["fashion_mnist"]["metrics"]["test_acc"] > 0.3
+    assert round(records["cifar100"]["metrics"]["test_acc"] * 120, 3).is_integer()
+
+    # The report is a separate process that never imports the plugin: unknown models still get rows.
+    report = run_module("bench.report", "--results-dir", str(results))
+    assert report.returncode == 0, report.stderr
+    accuracy = pd.read_csv(results / "tables" / "accuracy.csv")
+    assert list(accuracy["dataset"]) == ["fashion_mnist", "cifar100"] and set(accuracy["model"]) == {"tiny_cnn"}
+    assert accuracy[["study %", "diff pp", "study train s"]].isna().all().all()
+    assert (results / "plots" / "accuracy_vs_time_cifar100_synthetic.png").stat().st_size > 1000
