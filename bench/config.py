@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from bench.shards import shard_runs, shard_spec
 from data.cli import OneLineParser, non_negative_float, non_negative_int, positive_float, positive_int
 from data.datasets import dataset_names
 from data.loaders import default_num_workers
@@ -150,6 +151,7 @@ class RunConfig:
 class SuiteConfig:
     runs: tuple[RunConfig, ...]
     auto_reason: str | None
+    shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
     results_dir: Path
     cache_dir: Path | None
     resume: bool
@@ -246,6 +248,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
                         help="images in the synthetic train(+val) and test sets (default: the preset's)")
     parser.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+    parser.add_argument("--shard", type=shard_spec, metavar="I/N",
+                        help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
+                        "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
     add_plugin_option(parser)
     return parser
 
@@ -311,7 +316,8 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(
-        runs=tuple(runs), auto_reason=auto_reason, results_dir=args.results_dir,
+        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), auto_reason=auto_reason,
+        shard=args.shard, results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         profile=args.profile,
     )

@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
     if suite.auto_reason:
         accelerator.print(suite.auto_reason)
+    if suite.shard:
+        accelerator.print(f"shard {suite.shard[0]}/{suite.shard[1]}")
     accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "
                       f"{accelerator.device.type}, precision {precision}, results in {suite.results_dir}/")
     configure_backends(accelerator.device)

@@ -28,6 +28,7 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]  # per channel, on [0, 1] values of the raw training set
     std: tuple[float, ...]
+    train_size: int  # images left in the train split (official training set minus validation)
     val_size: int  # images held out of the official training set for validation
     source: SourceFormat
     augmentations: Mapping[str, AugmentConfig] = field(default_factory=dict, compare=False)  # recipe family -> config
@@ -75,7 +76,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 register_dataset(DatasetSpec(
     name="mnist", title="MNIST", channels=1, native_size=28, class_names=tuple("0123456789"),
-    mean=(0.1307,), std=(0.3081,), val_size=10_000,
+    mean=(0.1307,), std=(0.3081,), train_size=50_000, val_size=10_000,
     source=IdxFiles(folders=("", "mnist"), torchvision_class="MNIST"),
     augmentations={
         "paper": AugmentConfig(degrees=15, translate=(0.1, 0.1), scale=(0.8, 1.2)),  # the study's RandomAffine
@@ -85,7 +86,7 @@ register_dataset(DatasetSpec(
 
 register_dataset(DatasetSpec(
     name="cifar10", title="CIFAR-10", channels=3, native_size=32, class_names=CIFAR10_CLASSES,
-    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), val_size=5_000,
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), train_size=45_000, val_size=5_000,
     source=CifarFiles(layouts=(
         CifarLayout("cifar-10-batches-bin", "cifar-10-binary.tar.gz",
                     tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), label_key=None),
@@ -104,7 +105,7 @@ register_dataset(DatasetSpec(
     name="fashion_mnist", title="Fashion-MNIST", channels=1, native_size=28,
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"),
-    mean=(0.2860,), std=(0.3530,), val_size=10_000,
+    mean=(0.2860,), std=(0.3530,), train_size=50_000, val_size=10_000,
     # Its files have MNIST's names, so they are only looked for in folders of their own.
     source=IdxFiles(folders=("fashion_mnist", "fashion-mnist"), torchvision_class="FashionMNIST"),
     augmentations={
@@ -126,7 +127,8 @@ register_dataset(DatasetSpec(
         "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table",
         "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe",
         "whale", "willow_tree", "wolf", "woman", "worm"),
-    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), val_size=5_000,
+    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), train_size=45_000,
+    val_size=5_000,
     source=CifarFiles(layouts=(
         CifarLayout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), label_key=b"fine_labels"),
     ), torchvision_class="CIFAR100"),

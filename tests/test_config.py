@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.config import RECIPES, parse_suite
+from bench.shards import run_cost
 from bench.measure import WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, reset_peak_memory, time_to_target
 from models import study_result
 
@@ -94,3 +95,27 @@ def test_cpu_peak_memory_resets_between_runs():
     del big
     reset_peak_memory(device)
     assert peak_memory_bytes(device)[0] < high - 128 * 2**20
+
+
+def test_shards_split_a_suite_disjointly_and_by_cost():
+    args = ["--preset", "paper", "--seeds", "0", "1"]
+    full = parse_suite(args, gpu_available=True, num_processes=1).runs
+    parts = [parse_suite(args + ["--shard", f"{i}/3"], gpu_available=True, num_processes=1).runs for i in (1, 2, 3)]
+    ids = [run.run_id for part in parts for run in part]
+    assert sorted(ids) == sorted(run.run_id for run in full) and len(set(ids)) == len(ids)  # disjoint, complete
+    for part in parts:  # each part keeps the suite's order
+        assert [run.run_id for run in part] == [run.run_id for run in full if run in part]
+    costs = [sum(run_cost(run) for run in part) for part in parts]
+    biggest = max(run_cost(run) for run in full)
+    assert max(costs) - min(costs) <= biggest  # LPT: no part exceeds another by more than one run
+    assert len({len(part) for part in parts}) > 1  # balanced by cost, not by count (VGG16 runs cost ~8x)
+    again = parse_suite(args + ["--shard", "2/3"], gpu_available=True, num_processes=1).runs
+    assert again == parts[1]
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "a/b", "2", "1/3/5"])
+def test_bad_shard_is_one_line(text, capsys):
+    with pytest.raises(SystemExit):
+        parse_suite(["--shard", text], gpu_available=False, num_processes=1)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "expected I/N with 1 <= I <= N" in err
