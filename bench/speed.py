@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from bench.config import PRECISIONS, add_plugin_option, load_plugins, results_folder
+from bench.config import COMPILE_MODES, PRECISIONS, add_plugin_option, load_plugins, results_folder
 from bench.environment import environment, use_cpu
 from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
@@ -45,14 +45,14 @@ class SpeedPoint:
     mode: str  # "train" or "infer"
     precision: str
     channels_last: bool
-    compile: bool
+    compile: str  # "off" or a torch.compile mode
     batch_size: int  # per process
     data: str  # "synthetic" (device-resident tensors) or "ffcv"
 
     @property
     def key(self) -> str:
         return (f"{self.model}_{self.dataset}_{self.mode}_{self.precision}_{'cl' if self.channels_last else 'cf'}_"
-                f"{'compiled' if self.compile else 'eager'}_b{self.batch_size}_{self.data}")
+                f"{'eager' if self.compile == 'off' else 'compile-' + self.compile}_b{self.batch_size}_{self.data}")
 
 
 def synthetic_batches(batch_size: int, spec: DatasetSpec, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -107,7 +107,7 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
     training = point.mode == "train"
     model, optimizer = build_model_and_optimizer(point.model, spec.channels, spec.num_classes, device,
                                                  channels_last=point.channels_last, train=training,
-                                                 compile_mode="default" if point.compile else None,
+                                                 compile_mode=None if point.compile == "off" else point.compile,
                                                  accelerator=accelerator)
     model.train(training)
     preprocess = DevicePreprocess(spec.mean, spec.std, None, point.channels_last)
@@ -181,7 +181,9 @@ def build_parser() -> OneLineParser:
                         help=f"input shape and classes (and data, with --data ffcv); valid: {', '.join(datasets)}")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["no", "bf16"])
     parser.add_argument("--channels-last", choices=("on", "off", "both"), default="both")
-    parser.add_argument("--compile", choices=("on", "off", "both"), default="off")
+    parser.add_argument("--compile", nargs="+", choices=("off", *COMPILE_MODES), default=["off"], metavar="MODE",
+                        help="off (eager) and/or torch.compile modes to sweep: default, reduce-overhead (CUDA "
+                        "graphs), max-autotune (default: off)")
     parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[64, 256], help="per process")
     parser.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     parser.add_argument("--data", choices=("synthetic", "ffcv"), default="synthetic")
@@ -219,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     points = [
         SpeedPoint(model, args.dataset, mode, precision, channels_last, compiled, batch, args.data)
         for model, mode, precision, channels_last, compiled, batch in itertools.product(
-            args.models, args.modes, args.precisions, on_off(args.channels_last), on_off(args.compile), args.batch_sizes)
+            args.models, args.modes, args.precisions, on_off(args.channels_last), args.compile, args.batch_sizes)
     ]
     rows = []
     for point in points:
@@ -242,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record.update({"status": "oom", "error": str(error).splitlines()[0] if str(error) else "MemoryError"})
         finally:
             batches = None
-            release(accelerator, compiled=point.compile)
+            release(accelerator, compiled=point.compile != "off")
         if accelerator.is_main_process:
             write_json_atomic(out_dir / f"{point.key}.json", record)
         rows.append(record)

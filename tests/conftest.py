@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import TINY, run_bench
 
@@ -25,6 +26,16 @@ def _has_mnist(directory: Path) -> bool:
         if all((sub / f).exists() or (sub / f"{f}.gz").exists() for f in MNIST_FILES):
             return True
     return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` need a GPU: skipped here without one, selected on a GPU box by `pytest -m cuda`."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

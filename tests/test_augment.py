@@ -138,7 +138,7 @@ def test_output_dtype_shape_device_and_layout(
         assert out.stride() == torch.empty(out.shape).contiguous(memory_format=fmt).stride()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_runs_on_cuda_without_host_syncs() -> None:
     images = _uint8_batch(16, 3).cuda()
     prep = DevicePreprocess(CIFAR_MEAN, CIFAR_STD, augment=CIFAR10_PAPER_AUG, channels_last=True)

@@ -222,7 +222,7 @@ def test_channels_last_bf16_autocast_cpu(model_1ch: tuple[str, nn.Module]) -> No
     assert out.shape == (2, 10) and out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_channels_last_fp16_autocast_cuda(name: str) -> None:
     model = build_model(name, 3).cuda().to(memory_format=torch.channels_last).train()
