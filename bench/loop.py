@@ -38,6 +38,7 @@ class Training:
     train_preprocess: DevicePreprocess
     eval_preprocess: DevicePreprocess
     generator: torch.Generator
+    lr_warmup_steps: int = 0  # what the schedule resolved to
     profiler: StepProfiler | None = None
 
 
@@ -46,18 +47,50 @@ class RunDiverged(RuntimeError):
 
 
 @dataclass
-class StretchResult:
-    """What a stretch of training steps (an epoch, or the steps between two evaluations) measured."""
+class Stretch:
+    """Sums over a stretch of training steps (an epoch, or the steps between two validations); stretches
+    add up, so that a history row can cover the steps since the previous validation."""
 
-    loss: float
-    acc: float
-    images: int  # in the timed window, all processes
-    images_per_s: float  # summed over processes
-    images_per_s_per_process: list[float]
-    data_stall: float
-    seconds: float  # wall time of the stretch's training (timed window or not)
-    step: int  # the step counter after it
-    exhausted: bool  # the loader iterator ran out (the epoch is over)
+    loss_sum: float = 0.0  # over every sample of every process
+    correct: float = 0.0
+    seen: float = 0.0
+    per_process: torch.Tensor | None = None  # (world, 3): timed images, timed seconds, seconds waiting for data
+    seconds: float = 0.0  # wall time of the training (timed window or not)
+    steps: int = 0
+
+    def __add__(self, other: Stretch) -> Stretch:
+        per_process = other.per_process if self.per_process is None else self.per_process + other.per_process
+        return Stretch(self.loss_sum + other.loss_sum, self.correct + other.correct, self.seen + other.seen,
+                       per_process, self.seconds + other.seconds, self.steps + other.steps)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1.0, self.seen)
+
+    @property
+    def acc(self) -> float:
+        return self.correct / max(1.0, self.seen)
+
+    @property
+    def images(self) -> int:
+        """Images in the timed windows, all processes."""
+        return int(self.per_process[:, 0].sum()) if self.per_process is not None else 0
+
+    @property
+    def images_per_s_per_process(self) -> list[float]:
+        return rates(self.per_process) if self.per_process is not None else []
+
+    @property
+    def images_per_s(self) -> float:
+        """Summed over processes."""
+        return sum(self.images_per_s_per_process)
+
+    @property
+    def data_stall(self) -> float:
+        """Share of each process's timed window spent waiting for data, averaged over processes."""
+        if self.per_process is None:
+            return 0.0
+        return float((self.per_process[:, 2] / self.per_process[:, 1].clamp_min(1e-9)).mean())
 
 
 @dataclass
@@ -66,6 +99,7 @@ class EvalResult:
     acc: float
     images_per_s: float
     seconds: float
+    confusion: list[list[int]] | None = None  # [true class][predicted class] counts, when asked for
 
 
 def gather_rows(accelerator: Accelerator, values: list[float]) -> torch.Tensor:
@@ -86,27 +120,32 @@ def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
-    """(scheduler, per_step): the recipe's LR schedule, stepped by the loop, never by Accelerate."""
+    """(scheduler, per_step, warm-up steps): the recipe's LR schedule, stepped by the loop, never by Accelerate.
+
+    Warm-up is a fraction of the run's steps capped at a number of epochs, so that a 1-epoch
+    time-to-accuracy run is not all warm-up and a 50-epoch run does not warm up for five.
+    """
     recipe = cfg.recipe
     if recipe.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma), False
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma), False, 0
     if recipe.schedule == "warmup-cosine":
         total = max(1, cfg.epochs * steps_per_epoch)
-        warm = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
+        warm = min(total - 1, round(recipe.warmup_fraction * total), int(recipe.warmup_max_epochs * steps_per_epoch))
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / (warm + 1)
             return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True, warm
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False, 0
 
 
 def train_steps(training: Training, accelerator: Accelerator, batches: Iterator, timer: WindowTimer,
-                start_timing_at: int, step: int, limit: int | None = None, bar=None) -> StretchResult:
-    """Train on `batches` until they run out or `limit` steps are done; the timer's window opens once
-    the step counter reaches `start_timing_at` (warm-up and profiled steps stay out of it)."""
+                start_timing_at: int, step: int, limit: int | None = None, bar=None) -> tuple[Stretch, int, bool]:
+    """Train on `batches` until they run out or `limit` steps are done; returns the stretch's sums, the
+    step counter after it and whether the batches ran out. The timer's window opens once the step
+    counter reaches `start_timing_at` (warm-up and profiled steps stay out of it)."""
     model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
     model.train()
     device = accelerator.device
@@ -158,17 +197,14 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
     if not math.isfinite(float(sums[0])):
         raise RunDiverged(f"training loss became {float(sums[0])} in the steps ending at step {step}")
     per_process = gather_rows(accelerator, [timer.images, timer.seconds, timer.data_wait_s])
-    process_rates = rates(per_process)
-    stall = float((per_process[:, 2] / per_process[:, 1].clamp_min(1e-9)).mean())
-    count = max(1.0, float(sums[2]))
-    return StretchResult(loss=float(sums[0]) / count, acc=float(sums[1]) / count, images=int(per_process[:, 0].sum()),
-                         images_per_s=sum(process_rates), images_per_s_per_process=process_rates, data_stall=stall,
-                         seconds=seconds, step=step, exhausted=exhausted)
+    return Stretch(float(sums[0]), float(sums[1]), float(sums[2]), per_process, seconds, done), step, exhausted
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator) -> EvalResult:
-    """Loss and accuracy over a split, each sample counted exactly once across processes.
+def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator,
+             num_classes: int | None = None) -> EvalResult:
+    """Loss and accuracy over a split (and with `num_classes`, its confusion matrix), each sample counted
+    exactly once across processes.
 
     Every rank writes its per-sample results into tensors indexed by the sample's stored index; the
     distributed loader's padding repeats samples, which then just rewrite the same slot. A max-reduce
@@ -179,19 +215,28 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
     losses = torch.zeros(num_samples, device=device, dtype=torch.float32)
     correct = torch.zeros(num_samples, device=device, dtype=torch.float32)
     covered = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    truth = torch.zeros(num_samples, device=device, dtype=torch.int64)
+    predicted = torch.zeros(num_samples, device=device, dtype=torch.int64)
     timer = WindowTimer(device)
     timer.start()
     for images, labels, indices in loader:
         timer.count(labels.shape[0], 0.0)
         outputs = model(preprocess(images)).float()
         losses[indices] = F.cross_entropy(outputs, labels, reduction="none")
-        correct[indices] = (outputs.argmax(dim=1) == labels).float()
+        guesses = outputs.argmax(dim=1)
+        correct[indices] = (guesses == labels).float()
         covered[indices] = 1.0
+        truth[indices], predicted[indices] = labels, guesses
     timer.stop()
-    for tensor in (losses, correct, covered):
+    for tensor in (losses, correct, covered, truth, predicted):
         all_reduce_max_(tensor)
     missing = int(num_samples - covered.sum().item())
     if missing:
         raise RuntimeError(f"evaluation missed {missing} of {num_samples} samples")
+    confusion = None
+    if num_classes is not None:
+        counts = torch.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
+        confusion = counts.view(num_classes, num_classes).tolist()
     images_per_s = sum(rates(gather_rows(accelerator, [timer.images, timer.seconds])))
-    return EvalResult(loss=losses.mean().item(), acc=correct.mean().item(), images_per_s=images_per_s, seconds=timer.seconds)
+    return EvalResult(loss=losses.mean().item(), acc=correct.mean().item(), images_per_s=images_per_s,
+                      seconds=timer.seconds, confusion=confusion)

@@ -13,6 +13,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -174,13 +175,18 @@ class WindowTimer:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def time_to_target(history: list[dict], target: float | None) -> tuple[float | None, int | None]:
-    """Training seconds and epochs until validation accuracy first reaches the target (None if never)."""
-    if target is None:
-        return None, None
-    elapsed = 0.0
-    for row in history:
-        elapsed += row["train_time_s"]
-        if row["val_acc"] >= target:
-            return elapsed, row["epoch"]
-    return None, None
+class TimeToTarget(NamedTuple):
+    seconds: float | None  # training seconds (evaluation excluded)
+    wall_seconds: float | None  # wall clock from the run's first touch of the data, evaluation included
+    epochs: float | None
+
+
+def time_to_target(history: list[dict], target: float | None) -> TimeToTarget:
+    """How long until validation accuracy first reached the target (all None if it never did)."""
+    if target is not None:
+        seconds = 0.0
+        for row in history:
+            seconds += row["train_time_s"]
+            if row["val_acc"] >= target:
+                return TimeToTarget(seconds, row["elapsed_s"], row["epoch"])
+    return TimeToTarget(None, None, None)

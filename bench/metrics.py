@@ -45,6 +45,8 @@ METRICS: tuple[Metric, ...] = (
     # -- accuracy and loss
     Metric("epoch", "epoch", "Epochs completed when the row was taken (fractional with --eval-every).",
            fmt=".2f", per_epoch=True, per_run=False),
+    Metric("step", "step", "Training steps completed when the row was taken.", fmt=",.0f", per_epoch=True,
+           per_run=False),
     Metric("train_loss", "train loss", "Training loss on the augmented batches since the previous row "
            "(the last row's for a run); includes label smoothing.", fmt=".4f", per_epoch=True),
     Metric("train_acc", "train acc %", "Accuracy on the augmented training batches since the previous row.",
@@ -58,14 +60,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("test_acc", "test acc %", "Test accuracy after the last epoch (or after stopping at the target), every "
            "test image counted once across processes; mean over seeds, `std` their sample standard deviation.",
            scale=100, spread=True),
-    Metric("epochs_completed", "epochs run", "Epochs trained (fewer than asked when --stop-at-target stopped early).",
-           fmt=".2f"),
+    Metric("epochs_completed", "epochs run", "Epochs trained (fewer, and fractional, when --stop-at-target "
+           "stopped the run early).", fmt=".2f"),
     # -- time to accuracy
     Metric("target_accuracy", "target %", "Validation accuracy the run aims for (the study's test accuracy for "
            "that model and dataset unless --target-accuracy; none on synthetic data).", scale=100, aggregate="first"),
+    Metric("reached_target", "reached target", "Whether validation accuracy reached the target.", fmt="",
+           aggregate="first"),
     Metric("time_to_target_s", "to target s", "Training seconds (evaluation excluded) until validation accuracy "
            "first reached the target. Over seeds: MLPerf's rule (see `reached`).", fmt=",.1f", aggregate="time",
            spread=True),
+    Metric("time_to_target_wall_s", "to target wall s", "Wall-clock seconds from the run's first touch of the "
+           "data (data preparation, model build and every validation included, as MLPerf counts) until validation "
+           "accuracy first reached the target.", fmt=",.1f", aggregate="time"),
     Metric("epochs_to_target", "epochs to target", "Epochs until validation accuracy first reached the target.",
            fmt=".2f"),
     # -- speed
@@ -79,6 +86,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("train_time_s", "train s", "Wall time of the training passes (every step, evaluation excluded); "
            "a row's value covers the steps since the previous row.", fmt=",.1f", per_epoch=True),
     Metric("eval_time_s", "eval s", "Wall time of all evaluation passes.", fmt=",.1f", per_epoch=True),
+    Metric("elapsed_s", "elapsed s", "Wall-clock seconds since the run's first touch of the data when the row was "
+           "taken (across resumes).", fmt=",.1f", per_epoch=True, per_run=False),
     Metric("epoch_time_s", "epoch s", "Training seconds per epoch.", fmt=",.2f"),
     Metric("wall_time_s", "wall s", "The whole run, set-up and evaluation included (summed across resumes).",
            fmt=",.1f"),
@@ -99,6 +108,8 @@ METRICS: tuple[Metric, ...] = (
            "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
     # -- settings resolved at run time
     Metric("peak_lr", "peak lr", "The learning rate at the top of the schedule.", fmt=".4g", aggregate="first"),
+    Metric("lr_warmup_steps", "lr warm-up steps", "Steps of linear learning-rate warm-up the schedule resolved to "
+           "(a share of the run, capped at an epoch).", fmt=",.0f", aggregate="first"),
     Metric("lr", "lr", "Learning rate at the row's first step.", fmt=".4g", per_epoch=True, per_run=False),
 )
 BY_KEY: dict[str, Metric] = {metric.key: metric for metric in METRICS}

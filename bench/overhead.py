@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
                     compile_mode=None, synthetic=True, synthetic_train=0, synthetic_test=0, target_accuracy=None,
                     world_size=accelerator.num_processes)
-    scheduler, per_step = make_schedule(harness_optimizer, cfg, args.steps + 1)
+    scheduler, per_step, _ = make_schedule(harness_optimizer, cfg, args.steps + 1)
     harness = Training(
         model=harness_model, optimizer=harness_optimizer, scheduler=scheduler, per_step_schedule=per_step,
         criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),

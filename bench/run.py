@@ -7,6 +7,7 @@ the suite goes on; the exit status is non-zero when any run did not finish.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from data.errors import DataError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.time()
     if error := cpu_launch_error():
         print(f"bench/run.py: error: {error}", file=sys.stderr)
         return 2
@@ -70,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = write_report(suite.results_dir)
         print(report.summary_markdown)
     failed = [(run_id, status) for run_id, status in outcomes if status != "finished"]
-    accelerator.print(f"suite done: {len(outcomes) - len(failed)} finished, {len(failed)} not finished")
+    wall = time.time() - started
+    accelerator.print(f"suite done: {len(outcomes) - len(failed)} finished, {len(failed)} not finished, "
+                      f"{wall:,.1f} s wall ({time.strftime('%H:%M:%S', time.gmtime(wall))})")
     for run_id, status in failed:
         accelerator.print(f"  {status}: {run_id}")
     accelerator.end_training()

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from bench import records
 from bench.config import RunConfig
 from bench.environment import environment
-from bench.loop import EvalResult, RunDiverged, Training, evaluate, gather_rows, make_schedule, train_steps
+from bench.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
 from bench.measure import (WindowTimer, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
                            time_to_target)
 from bench.metrics import history_row, run_metrics
@@ -40,6 +40,7 @@ class Progress:
     """What a run has done so far; saved with every checkpoint, so that a resumed run carries its sums on."""
 
     epoch: int = 0  # epochs completed
+    step: int = 0  # training steps completed
     history: list[dict] = field(default_factory=list)
     timed_images: int = 0  # timed-window sums over epochs: images, seconds at the global rate,
     timed_seconds: float = 0.0  # and seconds stalled on data
@@ -71,12 +72,13 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         wall_before = progress.wall_time_s
         run_epochs(cfg, accelerator, training, progress, results_dir, profile, started)
         test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
-                        accelerator)
+                        accelerator, num_classes=spec.num_classes)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
-        metrics = summarise(cfg, accelerator, progress, test, facts.train_gflops, int(memory[0]), int(memory[1]),
-                            peak_lr=training.optimizer.param_groups[0]["initial_lr"],
-                            wall_time_s=wall_before + time.time() - started)
+        metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
+                            int(memory[1]), wall_time_s=wall_before + time.time() - started)
+        record["test_confusion"] = test.confusion
+        record["test_per_class_acc"] = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
         status, error = "finished", None
     except RunDiverged as caught:
         status, error = "diverged", str(caught)
@@ -104,6 +106,7 @@ def describe_run(cfg: RunConfig, accelerator: Accelerator, started: float) -> di
         "seed": cfg.seed, "precision": cfg.precision, "batch_size": cfg.batch_size,
         "global_batch_size": cfg.batch_size * accelerator.num_processes, "world_size": accelerator.num_processes,
         "config": asdict(cfg), "env": env, "device": env["device_name"],
+        "class_names": list(get_spec(cfg.dataset).class_names),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
     }
 
@@ -133,14 +136,14 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
         lr=cfg.lr or recipe.lr_for(cfg.model, cfg.batch_size * accelerator.num_processes), momentum=recipe.momentum,
         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, compile_mode=cfg.compile_mode,
         accelerator=accelerator)
-    scheduler, per_step = make_schedule(optimizer, cfg, len(loaders["train"]))
+    scheduler, per_step, warmup = make_schedule(optimizer, cfg, len(loaders["train"]))
     return Training(
         model=model, optimizer=optimizer, scheduler=scheduler, per_step_schedule=per_step,
         criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), loaders=loaders,
         counts=encoded.counts,
         train_preprocess=DevicePreprocess(spec.mean, spec.std, spec.augmentation(recipe.augment), cfg.channels_last),
         eval_preprocess=DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last),
-        generator=torch.Generator(device=device),
+        generator=torch.Generator(device=device), lr_warmup_steps=warmup,
     )
 
 
@@ -177,20 +180,28 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, tr
 
 def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, results_dir: Path,
                profile: bool, started: float) -> None:
-    """Train the remaining epochs, validating after each and checkpointing when one is due."""
+    """Train the remaining epochs, validating after each (or every `eval_every` steps), until the last
+    epoch or, with `stop_at_target`, the first validation at the target; checkpoint when one is due."""
     wall_before = progress.wall_time_s
     reset_peak_memory(accelerator.device)
     if profile and accelerator.is_main_process:
         training.profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, accelerator.device, cfg.warmup_steps)
     start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
-    step, last_saved = 0, time.time()
+    session_step, last_saved = 0, time.time()  # this session's steps: warm-up and profiling restart on resume
+
+    def elapsed() -> float:
+        return wall_before + time.time() - started
+
     try:
         for epoch in range(progress.epoch, cfg.epochs):
-            step = run_epoch(cfg, accelerator, training, progress, epoch, step, start_timing_at)
-            progress.wall_time_s = wall_before + time.time() - started
+            session_step, reached = run_epoch(cfg, accelerator, training, progress, epoch, session_step,
+                                              start_timing_at, elapsed)
+            progress.wall_time_s = elapsed()
+            if reached and cfg.stop_at_target:
+                break
             # Rank 0's clock decides, so that every rank enters save_state together.
             (due,) = broadcast_object_list([time.time() - last_saved >= cfg.checkpoint_minutes * 60], from_process=0)
-            if due:
+            if due and epoch + 1 < cfg.epochs:  # after the last epoch the record follows at once
                 saving = time.time()
                 save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
                 progress.checkpoint_s += time.time() - saving  # a resumed run's sum misses only its last save
@@ -200,44 +211,71 @@ def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, pro
             training.profiler.close()
 
 
-def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, epoch: int, step: int,
-              start_timing_at: int) -> int:
-    """Train one epoch, validate, and add its history row and timed sums to `progress`; returns the step counter."""
+def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, epoch: int,
+              session_step: int, start_timing_at: int, elapsed) -> tuple[int, bool]:
+    """Train one epoch, validating at its end (or every `eval_every` steps, and at the end of the last
+    epoch); each validation adds a history row to `progress`. Returns the session's step counter and
+    whether validation reached the target (the epoch stops there when `stop_at_target`)."""
     loader = training.loaders["train"]
     set_loader_epoch(loader, epoch)
     # Augmentation randomness per (seed, epoch, rank): reproducible, and the same after a resume.
     training.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
-    lr = training.optimizer.param_groups[0]["lr"]  # at the epoch's first step
-    # Main process only, and only on a terminal (disable=None): logs get the per-epoch line instead.
+    # Main process only, and only on a terminal (disable=None): logs get a line per validation instead.
     bar = tqdm(total=len(loader), desc=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}", leave=False,
                disable=None if accelerator.is_main_process else True, mininterval=2.0, dynamic_ncols=True)
-    trained = train_steps(training, accelerator, iter(loader), WindowTimer(accelerator.device), start_timing_at, step,
-                          bar=bar)
-    bar.close()
-    if not training.per_step_schedule:
-        training.scheduler.step()
+    batches, pending, lr, reached = iter(loader), Stretch(), training.optimizer.param_groups[0]["lr"], False
+    try:
+        while True:
+            limit = cfg.eval_every - progress.step % cfg.eval_every if cfg.eval_every else None
+            stretch, session_step, exhausted = train_steps(training, accelerator, batches,
+                                                           WindowTimer(accelerator.device), start_timing_at,
+                                                           session_step, limit=limit, bar=bar)
+            pending, progress.step = pending + stretch, progress.step + stretch.steps
+            if stretch.images:
+                progress.timed_images += stretch.images
+                progress.timed_seconds += stretch.images / stretch.images_per_s
+                progress.stall_seconds += stretch.data_stall * stretch.images / stretch.images_per_s
+            if exhausted and not training.per_step_schedule:
+                training.scheduler.step()
+            validate_now = (stretch.steps and progress.step % cfg.eval_every == 0) if cfg.eval_every else exhausted
+            if validate_now or (exhausted and epoch + 1 == cfg.epochs and pending.steps):
+                reached = validate(cfg, accelerator, training, progress, pending, lr, len(loader), elapsed)
+                pending, lr = Stretch(), training.optimizer.param_groups[0]["lr"]
+                if reached and cfg.stop_at_target:
+                    break
+            if exhausted:
+                break
+    finally:
+        close = getattr(batches, "close", None)  # ffcv's iterator thread holds pinned and device buffers
+        if close is not None:
+            close()
+        bar.close()
+    if not (reached and cfg.stop_at_target):
+        progress.epoch = epoch + 1
+    return session_step, reached
+
+
+def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, trained: Stretch,
+             lr: float, steps_per_epoch: int, elapsed) -> bool:
+    """Score the validation split, add the history row for the steps since the last one, and say whether
+    the target is reached."""
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
                    accelerator)
-    if trained.images:
-        timed = trained.images / trained.images_per_s
-        progress.timed_images += trained.images
-        progress.timed_seconds += timed
-        progress.stall_seconds += trained.data_stall * timed
-    progress.epoch = epoch + 1
+    epochs = progress.step / steps_per_epoch
     progress.history.append(history_row(
-        epoch=epoch + 1, train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss, val_acc=val.acc,
-        train_time_s=trained.seconds, eval_time_s=val.seconds, train_images_per_s=trained.images_per_s,
-        train_images_per_s_per_process=trained.images_per_s_per_process, eval_images_per_s=val.images_per_s,
-        data_stall=trained.data_stall, lr=lr,
+        epoch=epochs, step=progress.step, train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
+        val_acc=val.acc, train_time_s=trained.seconds, eval_time_s=val.seconds, elapsed_s=elapsed(),
+        train_images_per_s=trained.images_per_s, train_images_per_s_per_process=trained.images_per_s_per_process,
+        eval_images_per_s=val.images_per_s, data_stall=trained.data_stall, lr=lr,
     ))
-    accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epoch + 1}/{cfg.epochs}: train loss {trained.loss:.4f} "
+    accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epochs:.2f}/{cfg.epochs}: train loss {trained.loss:.4f} "
                       f"acc {trained.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
                       f"{trained.images_per_s:,.0f} img/s, stall {trained.data_stall:.1%}")
-    return trained.step
+    return cfg.target_accuracy is not None and val.acc >= cfg.target_accuracy
 
 
-def summarise(cfg: RunConfig, accelerator: Accelerator, progress: Progress, test: EvalResult, train_gflops: float,
-              peak_allocated: int, peak_reserved: int, peak_lr: float, wall_time_s: float) -> dict:
+def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, test: EvalResult,
+              train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float) -> dict:
     """The run's metrics (bench/metrics.py declares each) from its history and timed sums."""
     history = progress.history
     best = max(history, key=lambda row: row["val_acc"])
@@ -245,21 +283,25 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, progress: Progress, test
     images_per_s = progress.timed_images / timed_seconds if timed_seconds > 0 else 0.0
     peak, peak_source = peak_tflops(accelerator.device, cfg.precision)
     achieved = train_gflops * images_per_s / 1e3  # TFLOP/s
-    seconds_to_target, epochs_to_target = time_to_target(history, cfg.target_accuracy)
+    target = time_to_target(history, cfg.target_accuracy)
     eval_rates = [row["eval_images_per_s"] for row in history[1:]] or [history[0]["eval_images_per_s"]]
     train_seconds = sum(row["train_time_s"] for row in history)
+    epochs = history[-1]["epoch"]
     return run_metrics(
-        epochs_completed=len(history),
+        epochs_completed=epochs,
         train_loss=history[-1]["train_loss"], train_acc=history[-1]["train_acc"],
         val_loss=history[-1]["val_loss"], val_acc=history[-1]["val_acc"],
         best_val_acc=best["val_acc"], best_val_epoch=best["epoch"], test_loss=test.loss, test_acc=test.acc,
         train_images_per_s=images_per_s,
         eval_images_per_s=(sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
         train_time_s=train_seconds, eval_time_s=sum(row["eval_time_s"] for row in history) + test.seconds,
-        epoch_time_s=train_seconds / len(history), wall_time_s=wall_time_s, checkpoint_s=progress.checkpoint_s,
+        epoch_time_s=train_seconds / epochs, wall_time_s=wall_time_s, checkpoint_s=progress.checkpoint_s,
         data_stall=progress.stall_seconds / timed_seconds if timed_seconds > 0 else 0.0,
-        target_accuracy=cfg.target_accuracy, time_to_target_s=seconds_to_target, epochs_to_target=epochs_to_target,
+        target_accuracy=cfg.target_accuracy,
+        reached_target=None if cfg.target_accuracy is None else target.seconds is not None,
+        time_to_target_s=target.seconds, time_to_target_wall_s=target.wall_seconds, epochs_to_target=target.epochs,
         achieved_tflops=achieved, peak_tflops=peak * accelerator.num_processes, peak_tflops_source=peak_source,
         mfu=achieved / (peak * accelerator.num_processes) if peak > 0 else None,
-        peak_mem_allocated_bytes=peak_allocated, peak_mem_reserved_bytes=peak_reserved, peak_lr=peak_lr,
+        peak_mem_allocated_bytes=peak_allocated, peak_mem_reserved_bytes=peak_reserved,
+        peak_lr=training.optimizer.param_groups[0]["initial_lr"], lr_warmup_steps=training.lr_warmup_steps,
     )

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.config import RECIPES, parse_suite
+from bench.loop import make_schedule
 from bench.shards import run_cost
 from bench.measure import WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, reset_peak_memory, time_to_target
 from models import study_result
@@ -59,11 +60,33 @@ def test_run_id_names_what_changes_results_and_nothing_else():
 
 
 def test_time_to_target_counts_training_seconds_until_first_hit():
-    history = [{"epoch": 1, "train_time_s": 10.0, "val_acc": 0.5}, {"epoch": 2, "train_time_s": 12.0, "val_acc": 0.9},
-               {"epoch": 3, "train_time_s": 11.0, "val_acc": 0.95}]
-    assert time_to_target(history, 0.9) == (22.0, 2)
-    assert time_to_target(history, 0.99) == (None, None)
-    assert time_to_target(history, None) == (None, None)
+    history = [{"epoch": 1, "train_time_s": 10.0, "elapsed_s": 16.0, "val_acc": 0.5},
+               {"epoch": 2, "train_time_s": 12.0, "elapsed_s": 30.0, "val_acc": 0.9},
+               {"epoch": 3, "train_time_s": 11.0, "elapsed_s": 43.0, "val_acc": 0.95}]
+    assert time_to_target(history, 0.9) == (22.0, 30.0, 2)  # training seconds; wall clock with evaluation
+    assert time_to_target(history, 0.99) == (None, None, None)
+    assert time_to_target(history, None) == (None, None, None)
+
+
+def test_warmup_is_a_tenth_of_the_run_capped_at_an_epoch():
+    def warmup(epochs: int, steps_per_epoch: int) -> int:
+        (run,) = parse_suite(["--models", "resnet18", "--datasets", "mnist", "--epochs", str(epochs)],
+                             gpu_available=False, num_processes=1).runs
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=run.recipe.lr_for("resnet18", 512))
+        scheduler, per_step, warm = make_schedule(optimizer, run, steps_per_epoch)
+        assert per_step and run.recipe.name == "fast"
+        rates = [scheduler.get_last_lr()[0]]
+        for _ in range(warm + 2):
+            optimizer.step()
+            scheduler.step()
+            rates.append(scheduler.get_last_lr()[0])
+        assert rates[:warm + 1] == sorted(rates[:warm + 1]) and max(rates) == pytest.approx(0.2)  # rises to the peak
+        return warm
+
+    assert warmup(1, 100) == 10  # a one-epoch run warms up for a tenth of it, not all of it
+    assert warmup(5, 100) == 50
+    assert warmup(12, 100) == 100  # capped at one epoch
+    assert warmup(50, 3) == 3
 
 
 def test_window_timer_counts_only_inside_the_window():

@@ -53,15 +53,23 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
 
 
 @pytest.mark.slow
-def test_learning_is_real_on_synthetic_data(tmp_path, cache_dir):
-    done = run_bench(["--preset", "smoke", "--models", "resnet18_improved", "--datasets", "cifar10", "--profile"],
-                     tmp_path, cache_dir)
+def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, cache_dir):
+    done = run_bench(["--preset", "smoke", "--models", "resnet18", "--datasets", "cifar10", "--profile",
+                      "--synthetic-size", "400", "120", "--epochs", "4", "--stop-at-target", "--target-accuracy", "60",
+                      "--eval-every", "4"], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records_in(tmp_path)
+    metrics, history = record["metrics"], record["history"]
     assert (tmp_path / "profiles" / record["run_id"] / "trace.json").stat().st_size > 0
-    # Ten balanced classes: chance is 10 %.
-    assert record["metrics"]["test_acc"] > 0.5, record["metrics"]
-    assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
+    # Ten balanced classes: chance is 10 %. The run stopped at the first validation at or above 60 %.
+    assert record["status"] == "finished" and metrics["reached_target"] is True
+    assert history[-1]["val_acc"] >= 0.6 > max(row["val_acc"] for row in history[:-1])
+    assert metrics["epochs_completed"] == history[-1]["epoch"] < 4 and metrics["test_acc"] > 0.5
+    assert [row["step"] for row in history] == [4 * (i + 1) for i in range(len(history))]  # every 4 steps
+    assert metrics["time_to_target_s"] == pytest.approx(sum(row["train_time_s"] for row in history))
+    # Wall clock counts data preparation, model build and every validation: more than training alone.
+    assert metrics["time_to_target_wall_s"] == history[-1]["elapsed_s"] > metrics["time_to_target_s"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def evaluate_in_one_process(state_dir: Path, model_name: str, cache: Path) -> float:
@@ -113,8 +121,10 @@ def test_two_process_launch_counts_every_test_sample_once(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir):
+    # A target out of reach (a learning rate too small to learn anything in three epochs) under
+    # --stop-at-target: the run trains all its epochs and says it never got there.
     args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "3", "--synthetic-size", "240", "32",
-                   "--checkpoint-minutes", "0"]  # a checkpoint after every epoch
+                   "--checkpoint-minutes", "0", "--stop-at-target", "--target-accuracy", "90", "--lr", "1e-7"]
     command = [sys.executable, "-m", "bench.run", *args, "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress_files = tmp_path / "checkpoints"
@@ -140,6 +150,8 @@ def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, c
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
     assert record["history"][: progress["epoch"]] == progress["history"]
     assert record["metrics"]["checkpoint_s"] > 0 and record["metrics"]["checkpoint_s"] >= progress["checkpoint_s"]
+    assert record["metrics"]["reached_target"] is False and record["metrics"]["time_to_target_s"] is None
+    assert record["metrics"]["epochs_completed"] == 3
     assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
 
     path = tmp_path / "runs" / f"{record['run_id']}.json"
@@ -229,3 +241,13 @@ def test_resume_retries_a_run_that_crashed(tmp_path, cache_dir):
     assert again.returncode == 0 and "already recorded" not in again.stdout
     assert f"run {cfg.run_id}" in again.stdout
     assert json.loads(crashed.read_text())["status"] == "finished"
+
+
+def test_each_run_keeps_an_exact_confusion_matrix_of_its_test_pass(smoke_suite):
+    for record in records_in(smoke_suite.results):
+        confusion, per_class = record["test_confusion"], record["test_per_class_acc"]
+        assert len(confusion) == len(per_class) == len(record["class_names"]) == 10
+        assert sum(map(sum, confusion)) == 21  # every test image once
+        assert sum(confusion[i][i] for i in range(10)) / 21 == pytest.approx(record["metrics"]["test_acc"])
+        for i, row in enumerate(confusion):
+            assert per_class[i] == pytest.approx(row[i] / sum(row) if sum(row) else 0.0)

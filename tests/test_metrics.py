@@ -1,0 +1,63 @@
+"""The metric declarations: exact record fields, report scaling, and seed aggregation (MLPerf's rule for time
+to target) on hand-made runs."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import pandas as pd
+import pytest
+
+from bench.metrics import BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, formats, glossary, history_row, run_metrics
+
+
+def runs(times: list[float | None], accuracies: list[float] | None = None) -> pd.DataFrame:
+    """One row per seed of one configuration, as the report's run table holds them."""
+    return pd.DataFrame({"time_to_target_s": [math.nan if t is None else t for t in times],
+                         "target_accuracy": 0.99, "test_acc": accuracies or [0.99] * len(times),
+                         "peak_mem_allocated_bytes": [2**30, 3 * 2**30, 2**30, 2**30, 2**30][: len(times)]})
+
+
+def test_five_runs_drop_the_fastest_and_the_slowest():
+    out = aggregate(runs([10.0, 12.0, 14.0, 16.0, 100.0]), ["time_to_target_s"])
+    assert out["to target s"] == pytest.approx(14.0) and out["reached"] == "5/5"
+    assert out["to target s std"] == pytest.approx(statistics.stdev([12.0, 14.0, 16.0]))
+
+
+def test_one_miss_in_five_is_the_slowest_and_is_dropped_but_counted():
+    out = aggregate(runs([10.0, 12.0, 14.0, 16.0, None]), ["time_to_target_s"])
+    assert out["to target s"] == pytest.approx(14.0) and out["reached"] == "4/5"
+
+
+def test_two_misses_in_five_leave_no_time_only_the_count():
+    out = aggregate(runs([10.0, 12.0, 14.0, None, None]), ["time_to_target_s"])
+    assert math.isnan(out["to target s"]) and out["reached"] == "3/5"
+
+
+def test_fewer_than_five_runs_average_those_that_reached_it():
+    out = aggregate(runs([10.0, 12.0, None]), ["time_to_target_s"])
+    assert out["to target s"] == pytest.approx(11.0) and out["reached"] == "2/3"
+    assert out["to target s std"] == pytest.approx(statistics.stdev([10.0, 12.0]))
+    none = aggregate(runs([None, None]), ["time_to_target_s"])
+    assert math.isnan(none["to target s"]) and none["reached"] == "0/2"
+
+
+def test_accuracy_is_mean_and_sample_std_in_percent_and_memory_the_worst_seed_in_mib():
+    out = aggregate(runs([1.0, 2.0, 3.0], accuracies=[0.90, 0.92, 0.97]), ["test_acc", "peak_mem_allocated_bytes"])
+    assert out["test acc %"] == pytest.approx(93.0)
+    assert out["test acc % std"] == pytest.approx(statistics.stdev([90.0, 92.0, 97.0]))
+    assert out["peak alloc MiB"] == 3 * 1024
+
+
+def test_records_hold_exactly_the_declared_fields():
+    with pytest.raises(KeyError, match=r"missing \['val_acc'\].*undeclared \['typo'\]"):
+        history_row(**{key: 0 for key in HISTORY_KEYS if key != "val_acc"}, typo=1)
+    row = run_metrics(**{key: 1 for key in reversed(RUN_KEYS)})
+    assert list(row) == list(RUN_KEYS)  # declaration order, whatever order the computation used
+
+
+def test_report_formats_and_explanations_come_from_the_declarations():
+    assert formats()["to target s std"] == BY_KEY["time_to_target_s"].fmt
+    lines = glossary(["model", "test acc %", "data stall %"])
+    assert lines == [f"- `test acc %`: {BY_KEY['test_acc'].explanation}",
+                     f"- `data stall %`: {BY_KEY['data_stall'].explanation}"]
