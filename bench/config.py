@@ -155,7 +155,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class SuiteConfig:
     runs: tuple[RunConfig, ...]
-    auto_reason: str | None
+    notes: tuple[str, ...]  # choices the options left to the harness, said in the suite's first lines
     shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
     results_dir: Path
     cache_dir: Path | None
@@ -295,13 +295,29 @@ def recipe_batch(recipe: Recipe, num_processes: int) -> int:
     return recipe.batch_size // num_processes
 
 
-def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int) -> SuiteConfig:
+def resolve_precision(explicit: str | None, preset: Preset, gpu_available: bool,
+                      native_bf16: bool) -> tuple[str, str | None]:
+    """--precision, else the launcher's, else the preset's; a preset's bf16 only where the device computes
+    bf16 natively (on a CPU without AVX512-BF16 or AMX torch emulates it ~10x slower than fp32)."""
+    chosen = explicit or launcher_precision()
+    if chosen:
+        return chosen, None
+    if preset.precision == "bf16" and not gpu_available:
+        if not native_bf16:
+            return "no", (f"precision no: preset {preset.name}'s bf16 would be emulated on this CPU (no AVX512-BF16 "
+                          "or AMX), about 10x slower than fp32; --precision bf16 forces it")
+        return "bf16", "precision bf16: this CPU computes bf16 natively (AVX512-BF16 or AMX)"
+    return preset.precision or "no", None
+
+
+def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int,
+                native_bf16: bool = True) -> SuiteConfig:
     """Command line -> the list of runs, every value resolved (CLI over preset over recipe)."""
     load_plugins(argv, "bench/run.py")
     args = build_parser().parse_args(argv)
     preset, auto_reason = resolve_preset(args.preset, args.synthetic, gpu_available)
     synthetic = preset.synthetic if args.synthetic is None else args.synthetic
-    precision = args.precision or launcher_precision() or preset.precision or "no"
+    precision, precision_reason = resolve_precision(args.precision, preset, gpu_available, native_bf16)
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
     warmup_steps = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
     num_workers = args.num_workers or default_num_workers()
@@ -328,7 +344,8 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(
-        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), auto_reason=auto_reason,
+        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs),
+        notes=tuple(note for note in (auto_reason, precision_reason) if note),
         shard=args.shard, results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         profile=args.profile,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from bench.config import RunConfig
-from bench.measure import WindowTimer, synchronize
+from bench.measure import WindowTimer, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
 from data.augment import DevicePreprocess
 
@@ -39,7 +39,13 @@ class Training:
     eval_preprocess: DevicePreprocess
     generator: torch.Generator
     lr_warmup_steps: int = 0  # what the schedule resolved to
+    compile_mode: str | None = None  # how the model is torch.compiled (None: eager)
     profiler: StepProfiler | None = None
+
+    @property
+    def eval_pad_to(self) -> int | None:
+        """A compiled model keeps one static batch shape: evaluation pads its last, partial batch to it."""
+        return self.loaders["train"].batch_size if self.compile_mode else None
 
 
 class RunDiverged(RuntimeError):
@@ -155,14 +161,21 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
     started = time.perf_counter()
     while limit is None or done < limit:
         if step >= start_timing_at and not timer.running:
+            if step == start_timing_at:  # this session's window opens for the first time
+                # Every rank starts together (rank 0 may have been exporting a profile), and peak memory counts
+                # from here: compilation's and cuDNN autotuning's workspaces stay out of it.
+                accelerator.wait_for_everyone()
+                reset_peak_memory(device)
             timer.start()  # before the wait, so the window and the stall cover the same time
-        wait_start = time.perf_counter()
         try:
-            images, labels, _ = next(batches)
+            with timer.waiting_for_data():
+                images, labels, _ = next(batches)
         except StopIteration:
             exhausted = True
             break
-        timer.count(labels.shape[0], time.perf_counter() - wait_start)
+        timer.count(labels.shape[0])
+        if training.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed: reuse them
         inputs = training.train_preprocess(images, training.generator)
         outputs = model(inputs)
         loss = training.criterion(outputs, labels)
@@ -202,13 +215,15 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator,
-             num_classes: int | None = None) -> EvalResult:
+             num_classes: int | None = None, pad_to: int | None = None) -> EvalResult:
     """Loss and accuracy over a split (and with `num_classes`, its confusion matrix), each sample counted
     exactly once across processes.
 
     Every rank writes its per-sample results into tensors indexed by the sample's stored index; the
-    distributed loader's padding repeats samples, which then just rewrite the same slot. A max-reduce
-    merges the ranks. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
+    distributed loader's padding repeats samples, which then just rewrite the same slot. So can ours:
+    with `pad_to`, a partial last batch is filled up with copies of its last sample, so that a compiled
+    model sees one shape and never recompiles (or records a new CUDA graph) for it. A max-reduce merges
+    the ranks. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
     """
     model.eval()
     device = accelerator.device
@@ -220,7 +235,12 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
     timer = WindowTimer(device)
     timer.start()
     for images, labels, indices in loader:
-        timer.count(labels.shape[0], 0.0)
+        timer.count(labels.shape[0])
+        if pad_to and labels.shape[0] < pad_to:
+            images, labels, indices = (torch.cat([t, t[-1:].expand(pad_to - t.shape[0], *t.shape[1:])])
+                                       for t in (images, labels, indices))
+        if pad_to and accelerator.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         outputs = model(preprocess(images)).float()
         losses[indices] = F.cross_entropy(outputs, labels, reduction="none")
         guesses = outputs.argmax(dim=1)

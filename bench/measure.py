@@ -3,7 +3,7 @@ count images per window, and keep per-step work free of host syncs.
 
 Definitions used in records and reports:
 - throughput: images / seconds inside the timed window, per process; the suite sums over processes.
-- data stall: share of the timed window the host spent blocked in `next(loader)`.
+- data stall: share of the timed window the device sat waiting for `next(loader)` (see WindowTimer).
 - MFU: achieved training FLOP/s (model facts x images/s) over the devices' peak FLOP/s.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ import re
 import resource
 import time
 from dataclasses import dataclass, field
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -35,11 +36,12 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
 
 
 def math_mode(device: torch.device, precision: str) -> str:
-    """What the convolutions and matmuls really run in: precision "no" is TF32 on CUDA when cuDNN
-    allows it (PyTorch's default for convolutions), plain fp32 otherwise."""
+    """What the convolutions and matmuls really run in: precision "no" is TF32 on CUDA when both cuDNN
+    and matmuls allow it (bench/runtime.py configure_backends turns both on), plain fp32 otherwise."""
     if precision in ("bf16", "fp16"):
         return precision
-    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
+    tf32 = torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() != "highest"
+    return "tf32" if device.type == "cuda" and tf32 else "fp32"
 
 
 def synchronize(device: torch.device) -> None:
@@ -74,10 +76,19 @@ def datasheet_peak(device_name: str, mode: str) -> tuple[float, str] | None:
 
 @lru_cache(maxsize=None)
 def peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
-    """(peak TFLOP/s of one device, where the number comes from): datasheet for known GPUs, else measured."""
+    """(peak TFLOP/s of one device, where the number comes from): datasheet for known GPUs, else measured.
+
+    On a CPU the peak is the faster of the measured fp32 and bf16 matmul rates whatever the precision:
+    autocast leaves many ops in fp32, and where bf16 is emulated (no AVX512-BF16 or AMX) it is ~10x
+    slower than fp32, so dividing by the bf16 rate alone gave MFUs of 800 %. A true upper bound keeps
+    MFU at or under 100 %.
+    """
     mode = math_mode(device, precision)
     if device.type == "cuda" and (known := datasheet_peak(torch.cuda.get_device_name(device), mode)):
         return known
+    if device.type == "cpu":
+        rates = {name: measured_matmul_tflops(device, name) for name in ("no", "bf16")}
+        return max(rates.values()), "measured matmul, max of fp32 and bf16"
     return measured_matmul_tflops(device, precision), f"measured {mode} matmul"
 
 
@@ -138,13 +149,20 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, int]:
 
 @dataclass
 class WindowTimer:
-    """A timed window of steps: images counted, host time blocked on data, device-synchronised ends."""
+    """A timed window of steps: images counted, time stalled on data, device-synchronised ends.
+
+    The data stall is measured where it costs: on CUDA as device-timeline time between CUDA events
+    recorded before and after `next(loader)` (the GPU sitting idle for want of a batch). The host's own
+    wait would also count GPU back-pressure: ffcv's blocking copy waits for the default stream, so a
+    GPU-bound run's host blocks in `next()` although the GPU never starves. On a CPU, host time.
+    """
 
     device: torch.device
     images: int = 0
     data_wait_s: float = 0.0
     seconds: float = 0.0
     _start: float | None = field(default=None, repr=False)
+    _waits: list = field(default_factory=list, repr=False)  # CUDA (before, after) event pairs
 
     @property
     def running(self) -> bool:
@@ -160,15 +178,38 @@ class WindowTimer:
         synchronize(self.device)
         self.seconds += time.perf_counter() - self._start
         self._start = None
+        self.data_wait_s += sum(before.elapsed_time(after) for before, after in self._waits) / 1000
+        self._waits.clear()
+
+    @contextmanager
+    def waiting_for_data(self) -> Iterator[None]:
+        """Around `next(loader)`: adds the wait to the window's data stall (see the class docstring)."""
+        if not self.running:
+            yield
+            return
+        if self.device.type == "cuda":
+            before = torch.cuda.Event(enable_timing=True)
+            before.record()
+            try:
+                yield
+            finally:
+                after = torch.cuda.Event(enable_timing=True)
+                after.record()
+                self._waits.append((before, after))
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.data_wait_s += time.perf_counter() - start
 
     def elapsed(self) -> float:
         """Seconds so far, including the running window (host clock, no sync: for progress only)."""
         return self.seconds + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
-    def count(self, images: int, data_wait_s: float) -> None:
+    def count(self, images: int) -> None:
         if self.running:
             self.images += images
-            self.data_wait_s += data_wait_s
 
     @property
     def images_per_s(self) -> float:

@@ -102,12 +102,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_tflops_source", "peak source", "Where the peak comes from.", fmt="", aggregate="first"),
     Metric("mfu", "MFU %", "Model FLOPs utilisation: achieved over peak FLOP/s.", scale=100, fmt=".2f"),
     Metric("peak_mem_allocated_bytes", "peak alloc MiB", "Peak allocated device memory per process (max over "
-           "processes and seeds) from the start of the timed window; on a CPU the process's peak RSS.",
+           "processes and seeds) from the opening of the timed window (after warm-up: compilation and cuDNN "
+           "autotuning excluded) to the end of the run, evaluation included; on a CPU the process's peak RSS.",
            scale=1 / MIB, fmt=",.0f", aggregate="max"),
     Metric("peak_mem_reserved_bytes", "peak reserved MiB", "Peak memory reserved by the caching allocator, "
            "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
     # -- settings resolved at run time
     Metric("peak_lr", "peak lr", "The learning rate at the top of the schedule.", fmt=".4g", aggregate="first"),
+    Metric("compiled_graphs", "compiled graphs", "Graphs torch.compile built during the run: 2 (training and "
+           "evaluation) means no recompilation; blank for eager runs.", fmt=",.0f", aggregate="max"),
     Metric("lr_warmup_steps", "lr warm-up steps", "Steps of linear learning-rate warm-up the schedule resolved to "
            "(a share of the run, capped at an epoch).", fmt=",.0f", aggregate="first"),
     Metric("lr", "lr", "Learning rate at the row's first step.", fmt=".4g", per_epoch=True, per_run=False),

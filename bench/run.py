@@ -17,7 +17,7 @@ from bench import records
 from bench.config import parse_suite
 from bench.environment import cpu_launch_error, use_cpu
 from bench.report import write_report
-from bench.runtime import configure_backends, precision_error
+from bench.runtime import configure_backends, cpu_has_native_bf16, precision_error
 from bench.train import train_run
 from data.errors import DataError
 
@@ -29,14 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cpu = use_cpu()
     state = PartialState(cpu=cpu)
-    suite = parse_suite(argv, gpu_available=state.device.type == "cuda", num_processes=state.num_processes)
+    gpu = state.device.type == "cuda"
+    suite = parse_suite(argv, gpu_available=gpu, num_processes=state.num_processes,
+                        native_bf16=gpu or cpu_has_native_bf16())
     precision = suite.runs[0].precision
     if error := precision_error(precision, state.device):
         print(f"bench/run.py: error: --precision {precision}: {error}", file=sys.stderr)
         return 2
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
-    if suite.auto_reason:
-        accelerator.print(suite.auto_reason)
+    for note in suite.notes:
+        accelerator.print(note)
     if suite.shard:
         accelerator.print(f"shard {suite.shard[0]}/{suite.shard[1]}")
     accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "

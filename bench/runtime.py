@@ -20,10 +20,21 @@ def precision_error(precision: str, device: torch.device) -> str | None:
     return None
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it at
+    about a tenth of the fp32 speed."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                         "_is_amx_tile_supported"))
+
+
 def configure_backends(device: torch.device) -> None:
-    """cuDNN autotuning on CUDA: the input shape is fixed for a whole run, so the search pays for itself."""
+    """On CUDA: cuDNN autotuning (the input shape is fixed for a whole run, so the search pays for itself),
+    and TF32 for both convolutions and matmuls, so that precision "no" means one thing (TF32 tensor cores)
+    and MFU divides by that peak (bench/measure.py math_mode); the record's env says so."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
 
 
 def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, device: torch.device, *,
@@ -48,7 +59,9 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer) if train else (accelerator.prepare(model), None)
     if compile_mode:
-        model = torch.compile(model, mode=compile_mode)
+        # Static shapes: training drops its last partial batch and evaluation pads its own (bench/loop.py),
+        # so one training graph and one evaluation graph serve the whole run.
+        model = torch.compile(model, mode=compile_mode, dynamic=False)
     return model, optimizer
 
 

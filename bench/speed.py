@@ -73,8 +73,12 @@ def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distribute
     loader = make_loader(encoded.paths["train"], batch_size=batch_size, train=True, device=device,
                          distributed=distributed, num_workers=num_workers)
     while True:
-        for images, labels, _ in loader:
-            yield images, labels
+        epoch = iter(loader)
+        try:
+            for images, labels, _ in epoch:
+                yield images, labels
+        finally:  # the sweep abandons its last epoch: free ffcv's thread and its pinned and device buffers now
+            epoch.close()
 
 
 def bare_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str,
@@ -123,9 +127,9 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             model(inputs)
 
-    reset_peak_memory(device)
     for _ in range(warmup):
         step()
+    reset_peak_memory(device)  # the timed steps' peak, without compilation's or cuDNN autotuning's workspaces
     window_times = []
     for window in range(windows):
         profiler = StepProfiler(profile_dir, device, 0) if profile_dir and window == 0 and accelerator.is_main_process else None
@@ -243,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             record.update({"status": "oom", "error": str(error).splitlines()[0] if str(error) else "MemoryError"})
         finally:
-            batches = None
+            batches.close()
             release(accelerator, compiled=point.compile != "off")
         if accelerator.is_main_process:
             write_json_atomic(out_dir / f"{point.key}.json", record)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
+from torch._dynamo.utils import counters as dynamo_counters
 from tqdm.auto import tqdm
 
 from bench import records
@@ -59,6 +60,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     started = time.time()
     record = describe_run(cfg, accelerator, started)
     progress, metrics = Progress(), {}
+    graphs_before = dynamo_counters["stats"]["unique_graphs"]
     try:
         training = build_training(cfg, accelerator, cache_dir)
         spec = get_spec(cfg.dataset)
@@ -72,11 +74,12 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         wall_before = progress.wall_time_s
         run_epochs(cfg, accelerator, training, progress, results_dir, profile, started)
         test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
-                        accelerator, num_classes=spec.num_classes)
+                        accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
         metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
-                            int(memory[1]), wall_time_s=wall_before + time.time() - started)
+                            int(memory[1]), wall_time_s=wall_before + time.time() - started,
+                            compiled_graphs=dynamo_counters["stats"]["unique_graphs"] - graphs_before)
         record["test_confusion"] = test.confusion
         record["test_per_class_acc"] = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
         status, error = "finished", None
@@ -143,7 +146,7 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
         counts=encoded.counts,
         train_preprocess=DevicePreprocess(spec.mean, spec.std, spec.augmentation(recipe.augment), cfg.channels_last),
         eval_preprocess=DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last),
-        generator=torch.Generator(device=device), lr_warmup_steps=warmup,
+        generator=torch.Generator(device=device), lr_warmup_steps=warmup, compile_mode=cfg.compile_mode,
     )
 
 
@@ -260,7 +263,7 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
     """Score the validation split, add the history row for the steps since the last one, and say whether
     the target is reached."""
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
-                   accelerator)
+                   accelerator, pad_to=training.eval_pad_to)
     epochs = progress.step / steps_per_epoch
     progress.history.append(history_row(
         epoch=epochs, step=progress.step, train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
@@ -275,7 +278,8 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
 
 
 def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, test: EvalResult,
-              train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float) -> dict:
+              train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float,
+              compiled_graphs: int) -> dict:
     """The run's metrics (bench/metrics.py declares each) from its history and timed sums."""
     history = progress.history
     best = max(history, key=lambda row: row["val_acc"])
@@ -304,4 +308,5 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         mfu=achieved / (peak * accelerator.num_processes) if peak > 0 else None,
         peak_mem_allocated_bytes=peak_allocated, peak_mem_reserved_bytes=peak_reserved,
         peak_lr=training.optimizer.param_groups[0]["initial_lr"], lr_warmup_steps=training.lr_warmup_steps,
+        compiled_graphs=compiled_graphs if cfg.compile_mode else None,
     )

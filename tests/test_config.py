@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -9,14 +10,15 @@ import torch
 from bench.config import RECIPES, parse_suite
 from bench.loop import make_schedule
 from bench.shards import run_cost
-from bench.measure import WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, reset_peak_memory, time_to_target
+from bench.measure import (WindowTimer, datasheet_peak, math_mode, measured_matmul_tflops, peak_memory_bytes, peak_tflops,
+                           reset_peak_memory, time_to_target)
 from models import study_result
 
 
 def test_auto_preset_is_smoke_without_gpu_and_fast_with_one():
     smoke = parse_suite(["--models", "resnet18"], gpu_available=False, num_processes=1)
     fast = parse_suite(["--models", "resnet18"], gpu_available=True, num_processes=1)
-    assert smoke.runs[0].preset == "smoke" and "smoke" in smoke.auto_reason and smoke.runs[0].synthetic
+    assert smoke.runs[0].preset == "smoke" and "preset auto -> smoke" in smoke.notes[0] and smoke.runs[0].synthetic
     assert fast.runs[0].preset == "fast" and not fast.runs[0].synthetic and fast.runs[0].precision == "bf16"
     assert [run.dataset for run in smoke.runs] == ["mnist", "cifar10"]  # the study's datasets by default
 
@@ -91,11 +93,16 @@ def test_warmup_is_a_tenth_of_the_run_capped_at_an_epoch():
 
 def test_window_timer_counts_only_inside_the_window():
     timer = WindowTimer(torch.device("cpu"))
-    timer.count(100, 1.0)  # before start: ignored
+    timer.count(100)  # before start: ignored
+    with timer.waiting_for_data():
+        time.sleep(0.01)
     timer.start()
-    timer.count(32, 0.001)
+    timer.count(32)
+    with timer.waiting_for_data():
+        time.sleep(0.05)
     timer.stop()
-    assert timer.images == 32 and timer.seconds > 0 and timer.data_wait_s == 0.001
+    assert timer.images == 32 and timer.seconds >= timer.data_wait_s >= 0.05
+    assert timer.data_wait_s < 0.06 + 0.05  # only the wait inside the window
     assert timer.images_per_s == pytest.approx(32 / timer.seconds)
 
 
@@ -142,3 +149,26 @@ def test_bad_shard_is_one_line(text, capsys):
         parse_suite(["--shard", text], gpu_available=False, num_processes=1)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "expected I/N with 1 <= I <= N" in err
+
+
+@pytest.mark.parametrize("argv, gpu, native, expected, note", [
+    (["--preset", "fast"], False, False, "no", "would be emulated on this CPU"),
+    (["--preset", "fast"], False, True, "bf16", "computes bf16 natively"),
+    (["--preset", "fast", "--precision", "bf16"], False, False, "bf16", None),  # an explicit choice is obeyed
+    (["--preset", "fast"], True, False, "bf16", None),
+    (["--preset", "smoke"], False, False, "no", None),
+])
+def test_presets_choose_bf16_on_a_cpu_only_where_it_is_native(argv, gpu, native, expected, note):
+    suite = parse_suite(argv + ["--models", "resnet18"], gpu_available=gpu, num_processes=1, native_bf16=native)
+    assert {run.precision for run in suite.runs} == {expected}
+    precision_notes = [line for line in suite.notes if line.startswith("precision")]
+    assert len(precision_notes) == (1 if note else 0) and all(note in line for line in precision_notes)
+
+
+def test_cpu_peak_is_an_upper_bound_whatever_the_precision():
+    """MFU divides by the faster of the fp32 and bf16 matmul rates on a CPU, so an emulated bf16 (slower
+    than fp32) can never make the denominator small enough for MFU to pass 100 %."""
+    cpu = torch.device("cpu")
+    bf16_peak, source = peak_tflops(cpu, "bf16")
+    assert source == "measured matmul, max of fp32 and bf16" and peak_tflops(cpu, "no")[1] == source
+    assert bf16_peak >= 0.8 * measured_matmul_tflops(cpu, "no")  # the fp32 rate is a floor (timing noise aside)

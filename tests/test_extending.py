@@ -58,3 +58,17 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
     assert list(accuracy["dataset"]) == ["fashion_mnist", "cifar100"] and set(accuracy["model"]) == {"tiny_cnn"}
     assert accuracy[["study %", "diff pp", "study train s"]].isna().all().all()
     assert (results / "plots" / "accuracy_vs_time_cifar100_synthetic.png").stat().st_size > 1000
+
+    # The same run through torch.compile (inductor on the CPU): two graphs (training, and evaluation with its
+    # partial last batches padded) and no recompilation, the same learning as eager.
+    compiled = run_bench(["--plugin", "my_models", "--models", "tiny_cnn", "--datasets", "fashion_mnist",
+                          "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
+                          "--warmup-steps", "1", "--compile"], results, cache_dir, env=env)
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    (record,) = [r for r in records_in(results) if r["config"]["compile_mode"] == "default"]
+    eager = records["fashion_mnist"]
+    assert record["status"] == "finished" and record["metrics"]["compiled_graphs"] == 2
+    assert eager["metrics"]["compiled_graphs"] is None
+    assert abs(record["metrics"]["test_acc"] - eager["metrics"]["test_acc"]) <= 0.05
+    assert [row["val_acc"] for row in record["history"]] == pytest.approx(
+        [row["val_acc"] for row in eager["history"]], abs=0.1)

@@ -20,7 +20,7 @@ def test_sweep_over_models_precisions_and_modes_writes_a_record_per_point(tmp_pa
     assert len(records) == 2 * 2 * 2
     for record in records:
         assert record["status"] == "ok"
-        assert record["images_per_s"] > 0 and record["step_time_ms"] > 0 and record["mfu"] > 0
+        assert record["images_per_s"] > 0 and record["step_time_ms"] > 0 and 0 < record["mfu"] <= 1
         assert record["peak_mem_allocated_bytes"] > 0 and len(record["window_step_times_ms"]) == 2
         assert record["channels_last"] is True and record["device"]
     assert {(r["model"], r["precision"], r["batch_size"], r["mode"]) for r in records} == {

@@ -1,0 +1,86 @@
+"""The CUDA-only paths (marked `cuda`: skipped without a GPU, run by scripts/gpu-check.sh with `pytest -m cuda`):
+fp16 with the fused optimizer and no host sync per step, the loader's copies to the GPU, CUDA memory
+statistics, the data stall on the device timeline, and the harness under torch.compile's CUDA graphs."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from bench.measure import WindowTimer, peak_memory_bytes, reset_peak_memory
+from bench.runtime import build_model_and_optimizer
+from bench.speed import bare_train_step
+from data.encode import prepare_dataset
+from data.loaders import make_loader
+from helpers import TINY, records_in, run_bench
+
+pytestmark = pytest.mark.cuda
+CUDA = torch.device("cuda")
+
+
+def test_fp16_step_with_fused_sgd_makes_no_host_sync():
+    model, optimizer = build_model_and_optimizer("resnet18", 3, 10, CUDA, channels_last=True)
+    step = bare_train_step(model, optimizer, "fp16", CUDA)
+    inputs = torch.randn(32, 3, 64, 64, device=CUDA).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (32,), device=CUDA)
+    for _ in range(3):  # cuDNN autotuning and the scaler's first steps may sync
+        step(inputs, labels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step(inputs, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert optimizer.defaults["fused"] and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_loader_copies_batches_to_the_gpu_unchanged(tmp_path):
+    encoded = prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, synthetic_train=120, synthetic_test=30)
+    on_gpu = make_loader(encoded.paths["test"], batch_size=16, train=False, device=CUDA, num_workers=2)
+    on_cpu = make_loader(encoded.paths["test"], batch_size=16, train=False, device=torch.device("cpu"), num_workers=2)
+    for (gpu_images, gpu_labels, gpu_indices), (cpu_images, cpu_labels, cpu_indices) in zip(on_gpu, on_cpu):
+        assert gpu_images.device.type == "cuda" and gpu_images.dtype == torch.uint8
+        assert torch.equal(gpu_images.cpu(), cpu_images) and torch.equal(gpu_labels.cpu(), cpu_labels)
+        assert torch.equal(gpu_indices.cpu(), cpu_indices)
+
+
+def test_cuda_peak_memory_resets():
+    big = torch.empty(256 * 2**20, dtype=torch.uint8, device=CUDA)
+    high = peak_memory_bytes(CUDA)[0]
+    del big
+    reset_peak_memory(CUDA)
+    assert peak_memory_bytes(CUDA)[0] <= high - 200 * 2**20
+
+
+def test_data_stall_is_the_gpu_waiting_not_the_host():
+    # A slow batch with an idle GPU: the GPU waits, a stall.
+    timer = WindowTimer(CUDA)
+    timer.start()
+    with timer.waiting_for_data():
+        time.sleep(0.05)
+    timer.stop()
+    assert timer.data_wait_s >= 0.04
+    # A busy GPU (back-pressure): the host waits as long, but the GPU never does.
+    a = torch.randn(4096, 4096, device=CUDA)
+    timer = WindowTimer(CUDA)
+    timer.start()
+    for _ in range(50):
+        a = a @ a / 64  # ~0.3 s of queued work on an H100
+    with timer.waiting_for_data():
+        time.sleep(0.05)
+    timer.stop()
+    assert timer.data_wait_s < 0.01
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_harness_under_cuda_graphs_compiles_two_graphs_and_learns(tmp_path, precision):
+    done = run_bench(TINY + ["--models", "resnet18", "--datasets", "cifar10", "--epochs", "2", "--precision",
+                             precision, "--channels-last", "--compile", "reduce-overhead"], tmp_path, tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = records_in(tmp_path)
+    metrics = record["metrics"]
+    assert record["status"] == "finished" and metrics["compiled_graphs"] == 2
+    assert metrics["peak_mem_allocated_bytes"] > 0 and 0 < metrics["mfu"] <= 1
+    assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
