@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.shards import shard_runs, shard_spec
+from bench.tracking import ALL as ALL_TRACKERS, TRACKERS
 from data.cli import OneLineParser, non_negative_float, non_negative_int, positive_float, positive_int
 from data.datasets import dataset_names
 from data.loaders import default_num_workers
@@ -157,6 +158,7 @@ class SuiteConfig:
     runs: tuple[RunConfig, ...]
     notes: tuple[str, ...]  # choices the options left to the harness, said in the suite's first lines
     shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
+    log_with: tuple[str, ...]  # experiment trackers (bench/tracking.py)
     results_dir: Path
     cache_dir: Path | None
     resume: bool
@@ -262,6 +264,10 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--shard", type=shard_spec, metavar="I/N",
                         help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
                         "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
+    parser.add_argument("--log-with", nargs="+", choices=(ALL_TRACKERS, *TRACKERS), default=[], metavar="TRACKER",
+                        help=f"also log every run to these experiment trackers through Accelerate ({ALL_TRACKERS}: "
+                        f"every installed one). Valid: {', '.join(TRACKERS)}; each is an extra, e.g. "
+                        "pip install 'deepnets-bench[tensorboard]'")
     add_plugin_option(parser)
     return parser
 
@@ -346,7 +352,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     return SuiteConfig(
         runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs),
         notes=tuple(note for note in (auto_reason, precision_reason) if note),
-        shard=args.shard, results_dir=args.results_dir,
+        shard=args.shard, log_with=tuple(args.log_with), results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         profile=args.profile,
     )

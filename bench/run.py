@@ -18,6 +18,7 @@ from bench.config import parse_suite
 from bench.environment import cpu_launch_error, use_cpu
 from bench.report import write_report
 from bench.runtime import configure_backends, cpu_has_native_bf16, precision_error
+from bench.tracking import tracker_dir, tracker_error
 from bench.train import train_run
 from data.errors import DataError
 
@@ -36,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error := precision_error(precision, state.device):
         print(f"bench/run.py: error: --precision {precision}: {error}", file=sys.stderr)
         return 2
-    accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
+    if suite.log_with and (error := tracker_error(list(suite.log_with))):
+        print(f"bench/run.py: error: {error}", file=sys.stderr)
+        return 2
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu, log_with=list(suite.log_with) or None,
+                              project_dir=str(tracker_dir(suite.results_dir)))
     for note in suite.notes:
         accelerator.print(note)
     if suite.shard:

@@ -19,7 +19,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch._dynamo.utils import counters as dynamo_counters
 from tqdm.auto import tqdm
 
-from bench import records
+from bench import records, tracking
 from bench.config import RunConfig
 from bench.environment import environment
 from bench.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
@@ -63,6 +63,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
     try:
         training = build_training(cfg, accelerator, cache_dir)
+        tracking.start(accelerator, cfg, cfg.run_id, results_dir)
         spec = get_spec(cfg.dataset)
         facts = model_facts(cfg.model, spec.channels, num_classes=spec.num_classes)
         record["facts"] = asdict(facts)
@@ -80,6 +81,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
                             int(memory[1]), wall_time_s=wall_before + time.time() - started,
                             compiled_graphs=dynamo_counters["stats"]["unique_graphs"] - graphs_before)
+        tracking.log_final(accelerator, metrics, step=progress.step)
         record["test_confusion"] = test.confusion
         record["test_per_class_acc"] = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
         status, error = "finished", None
@@ -90,6 +92,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
             raise
         status, error = "oom", str(caught).splitlines()[0]
     finally:
+        tracking.finish(accelerator)
         release(accelerator, compiled=bool(cfg.compile_mode))
     # Finished, diverged and OOM runs are final (--resume skips them): their checkpoints are done with.
     if not keep_checkpoints:
@@ -265,12 +268,13 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
                    accelerator, pad_to=training.eval_pad_to)
     epochs = progress.step / steps_per_epoch
-    progress.history.append(history_row(
+    progress.history.append(row := history_row(
         epoch=epochs, step=progress.step, train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
         val_acc=val.acc, train_time_s=trained.seconds, eval_time_s=val.seconds, elapsed_s=elapsed(),
         train_images_per_s=trained.images_per_s, train_images_per_s_per_process=trained.images_per_s_per_process,
         eval_images_per_s=val.images_per_s, data_stall=trained.data_stall, lr=lr,
     ))
+    tracking.log_row(accelerator, row)
     accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epochs:.2f}/{cfg.epochs}: train loss {trained.loss:.4f} "
                       f"acc {trained.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
                       f"{trained.images_per_s:,.0f} img/s, stall {trained.data_stall:.1%}")

@@ -1,11 +1,13 @@
 """Extending the harness from outside the package: a model registered by a plugin module runs through the
-real runner and report on the two datasets the study never used (no study numbers, no default target)."""
+real runner and report on the two datasets the study never used (no study numbers, no default target),
+logs to TensorBoard through Accelerate, and runs compiled as it does eager."""
 from __future__ import annotations
 
 import os
 
 import pandas as pd
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import records_in, run_bench, run_module
 
@@ -35,7 +37,7 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
     results = tmp_path / "results"
     done = run_bench(["--plugin", "my_models", "--models", "tiny_cnn", "--datasets", "fashion_mnist", "cifar100",
                       "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
-                      "--warmup-steps", "1"], results, cache_dir, env=env)
+                      "--warmup-steps", "1", "--log-with", "tensorboard"], results, cache_dir, env=env)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
 
     records = {record["dataset"]: record for record in records_in(results)}
@@ -50,6 +52,15 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
     # but every one of the 120 test images is scored.
     assert records["fashion_mnist"]["metrics"]["test_acc"] > 0.3
     assert round(records["cifar100"]["metrics"]["test_acc"] * 120, 3).is_integer()
+
+    # Each run is a TensorBoard run of its own: every history row at its step, the final metrics at the end.
+    for record in records.values():
+        events = EventAccumulator(str(results / "trackers" / record["run_id"] / "deepnets-bench"))
+        events.Reload()
+        (final,) = events.Scalars("final/test_acc")
+        assert final.value == pytest.approx(record["metrics"]["test_acc"]) and final.step == record["history"][-1]["step"]
+        assert [(e.step, e.value) for e in events.Scalars("val/val_acc")] == [
+            (row["step"], pytest.approx(row["val_acc"])) for row in record["history"]]
 
     # The report is a separate process that never imports the plugin: unknown models still get rows.
     report = run_module("bench.report", "--results-dir", str(results))

@@ -1,6 +1,7 @@
 """End-to-end tests of the benchmark runner: real subprocesses, real FFCV files, real accelerate launches."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -214,6 +215,16 @@ def test_fp16_on_cpu_is_refused_clearly(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == ("bench/run.py: error: --precision fp16: fp16 needs a CUDA GPU; use bf16 "
                                                "(or no) on this device")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_tracker_that_is_not_installed_is_one_line_naming_its_extra(tmp_path, capsys):
+    pytest.importorskip("tensorboard")  # installed: the one that works
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    assert run_main(["--log-with", "wandb", "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("bench/run.py: error: --log-with wandb: the wandb package is not "
+                                               "installed; pip install 'deepnets-bench[wandb]'")
 
 
 @pytest.mark.slow
