@@ -217,7 +217,6 @@ def test_fp16_on_cpu_is_refused_clearly(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.slow
 def test_a_tracker_that_is_not_installed_is_one_line_naming_its_extra(tmp_path, capsys):
     pytest.importorskip("tensorboard")  # installed: the one that works
     if importlib.util.find_spec("wandb") is not None:
