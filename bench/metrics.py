@@ -194,3 +194,20 @@ def glossary(columns: Iterable[str]) -> list[str]:
     """Markdown bullet lines explaining the metric columns among `columns`."""
     by_label = {metric.label: metric for metric in METRICS}
     return [f"- `{column}`: {by_label[column].explanation}" for column in columns if column in by_label]
+
+
+AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same for all", "time": "MLPerf's rule"}
+
+
+def markdown_glossary() -> str:
+    """Every declared measurement as a markdown table (`python -m bench.metrics`; the README embeds it)."""
+    lines = ["| column | record field | in | over seeds | meaning |", "|---|---|---|---|---|"]
+    for metric in METRICS:
+        where = " and ".join(name for name, flag in (("history", metric.per_epoch), ("metrics", metric.per_run)) if flag)
+        seeds = AGGREGATION_WORDS[metric.aggregate] + (" ± std" if metric.spread else "") if metric.per_run else ""
+        lines.append(f"| `{metric.label}` | `{metric.key}` | {where} | {seeds} | {metric.explanation} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_glossary())
