@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench.metrics import BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, formats, glossary, history_row, run_metrics
+from bench.metrics import (BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, formats, glossary, history_row, markdown_glossary,
+                           run_metrics)
 
 
 def runs(times: list[float | None], accuracies: list[float] | None = None) -> pd.DataFrame:
@@ -61,3 +63,9 @@ def test_report_formats_and_explanations_come_from_the_declarations():
     lines = glossary(["model", "test acc %", "data stall %"])
     assert lines == [f"- `test acc %`: {BY_KEY['test_acc'].explanation}",
                      f"- `data stall %`: {BY_KEY['data_stall'].explanation}"]
+
+
+def test_the_readme_shows_the_declared_measurements():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = readme.split("<!-- metrics:start -->\n", 1)[1].split("\n<!-- metrics:end -->", 1)[0]
+    assert shown == markdown_glossary(), "regenerate the README's table with `python -m bench.metrics`"
