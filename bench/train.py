@@ -2,10 +2,12 @@
 
 Read top to bottom: `train_run` is the whole run and calls, in order, `build_training` (data encoded
 once, loaders, model, optimizer, schedule, device-side preprocessing), `restore` (continue an
-unfinished run from its last complete epoch), `run_epochs` (each epoch: train, validate, one history
-row, a checkpoint), then tests once and `summarise`s the history into the run's metrics. The per-step
-code is in bench/loop.py, the measurement conventions in bench/measure.py, the metric declarations
-in bench/metrics.py.
+unfinished run from its last checkpoint), `run_epochs` (each epoch through `run_epoch`: train,
+`validate` at its end or every `--eval-every` steps, one history row each, a checkpoint when one is
+due; `--stop-at-target` ends it at the target), then tests once and `summarise`s the history into the
+run's metrics. Experiment trackers (bench/tracking.py) see each row and the final metrics. The
+per-step code is in bench/loop.py, the measurement conventions in bench/measure.py, the metric
+declarations in bench/metrics.py.
 """
 from __future__ import annotations
 
