@@ -75,7 +75,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
             if accelerator.is_main_process:
                 records.remove_checkpoints(results_dir, cfg.run_id)
         wall_before = progress.wall_time_s
-        run_epochs(cfg, accelerator, training, progress, results_dir, profile, started)
+        run_epochs(cfg, accelerator, training, progress, results_dir, profile, started, keep_checkpoints)
         test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
                         accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to)
         allocated, reserved = peak_memory_bytes(accelerator.device)
@@ -187,9 +187,10 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, tr
 
 
 def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, results_dir: Path,
-               profile: bool, started: float) -> None:
+               profile: bool, started: float, keep_final_state: bool) -> None:
     """Train the remaining epochs, validating after each (or every `eval_every` steps), until the last
-    epoch or, with `stop_at_target`, the first validation at the target; checkpoint when one is due."""
+    epoch or, with `stop_at_target`, the first validation at the target; checkpoint when one is due,
+    and at the end when the final state is to be kept (--keep-checkpoints)."""
     wall_before = progress.wall_time_s
     reset_peak_memory(accelerator.device)
     if profile and accelerator.is_main_process:
@@ -214,6 +215,8 @@ def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, pro
                 save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
                 progress.checkpoint_s += time.time() - saving  # a resumed run's sum misses only its last save
                 last_saved = time.time()
+        if keep_final_state:
+            save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
     finally:
         if training.profiler is not None:
             training.profiler.close()
