@@ -59,7 +59,8 @@ def deduplicated(records: list[dict], identity: Callable[[dict], Hashable], good
                                 for record in records], utc=True, errors="coerce", format="ISO8601"),
         "earlier folder": range(len(records), 0, -1),  # a full tie keeps the record met first
     })
-    kept = frame.sort_values(["good", "time", "earlier folder"], na_position="first").drop_duplicates("key", keep="last")
+    ranked = frame.sort_values(["good", "time", "earlier folder"], na_position="first")
+    kept = ranked.drop_duplicates("key", keep="last")
     return [records[index] for index in sorted(kept.index)], len(records) - len(kept)
 
 

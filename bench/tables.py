@@ -253,6 +253,11 @@ def config_label(row: pd.Series) -> str:
     return ", ".join([part for part in parts if part] + (["stop at target"] if row["stop_at_target"] else []))
 
 
+def with_gib(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its peak allocated memory (aggregated, in MiB) also in GiB: the headline's and the plots' unit."""
+    return table.assign(**{"peak mem GiB": table[BY_KEY["peak_mem_allocated_bytes"].label] * MIB / 2**30})
+
+
 def headline_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The finished runs behind the headline: per group and model, every seed of the configuration of the model's
     most recent run (by started_at, time zones respected), with `configs` = the model's configurations there."""
@@ -271,7 +276,7 @@ def headline_table(chosen: pd.DataFrame) -> pd.DataFrame:
     """One row per group and model from `headline_runs`: its configuration, the headline metrics over its seeds,
     and the study's numbers beside them (real data only)."""
     keys = list(dict.fromkeys([*HEADLINE_GROUP, "model", *CONFIG_KEYS, "configs"]))
-    acc, seconds, memory = (BY_KEY[key].label for key in ("test_acc", "train_time_s", "peak_mem_allocated_bytes"))
+    acc, seconds = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label
     measured = [acc, f"{acc} std", "study %", "diff pp", seconds, "study train s", "speed-up x", "to target s",
                 "reached", BY_KEY["train_images_per_s"].label, "peak mem GiB"]
     if chosen.empty:
@@ -281,8 +286,7 @@ def headline_table(chosen: pd.DataFrame) -> pd.DataFrame:
     table["diff pp"] = table[acc] - table["study %"]
     table["study train s"] = table.apply(study_value, axis=1, field="train_seconds", result_type="reduce")
     table["speed-up x"] = table["study train s"] / table[seconds]
-    table["peak mem GiB"] = table[memory] * MIB / 2**30
-    return sorted_rows(table.reindex(columns=[*keys, "n", *measured]), [*HEADLINE_GROUP, "model"])
+    return sorted_rows(with_gib(table).reindex(columns=[*keys, "n", *measured]), [*HEADLINE_GROUP, "model"])
 
 
 HEADLINE_SHOWN = ["model", "n", BY_KEY["test_acc"].label, "study %", "diff pp", BY_KEY["train_time_s"].label,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.compare import NOISE_FLOOR_PCT, NOISE_SIGMAS, comparison_table, load_merged, regressions
+from bench.report import main as report_main
 from bench.tables import run_rows
 from helpers import records_in
 
@@ -67,7 +68,9 @@ def test_baseline_differences_have_the_expected_signs_and_noise(smoke_suite, tmp
         record["metrics"]["peak_mem_allocated_bytes"] *= 1.1
 
     def scale_rate(factor: float):
-        return lambda record: record["metrics"].update(train_images_per_s=record["metrics"]["train_images_per_s"] * factor)
+        def change(record: dict) -> None:
+            record["metrics"]["train_images_per_s"] *= factor
+        return change
 
     def noisy(rates: list[float]):
         def change(record: dict) -> None:
@@ -100,3 +103,37 @@ def test_baseline_differences_have_the_expected_signs_and_noise(smoke_suite, tmp
     assert (untouched[["acc diff pp", "img/s change %", "peak mem change %"]] == 0).all().all()
     (phrase,) = regressions(table.reset_index())
     assert phrase.startswith("resnet18 on mnist (recipe fast, 1 epoch, batch 16 x 1 process") and "-20.0 %" in phrase
+
+
+def test_merge_baseline_and_fail_on_regression_from_the_command_line(smoke_suite, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    baseline = smoke_suite.copy_results(tmp_path / "baseline")
+    current = smoke_suite.copy_results(tmp_path / "current")
+    rerun = edit(current, "resnet18", "mnist", lambda record: record["metrics"].update(
+        train_images_per_s=record["metrics"]["train_images_per_s"] * 0.5))
+    other = tmp_path / "other"  # a second folder holding a crashed copy of the same run: merged away
+    add_record(other, {**rerun, "status": "failed", "finished_at": "2099-01-01T00:00:00+0000"}, "crashed")
+    out, suite_report = tmp_path / "out", (current / "REPORT.md").read_text()
+
+    assert report_main(["--results-dir", str(current), str(other), "--out", str(out), "--baseline", str(baseline),
+                        "--fail-on-regression", "--dataset", "mnist"]) == 1
+    printed, error = capsys.readouterr()
+    assert len(error.strip().splitlines()) == 1 and "resnet18 on mnist" in error and "-50.0 %" in error
+    assert "Dropped 1 duplicate record(s)" in printed and "### Against the baseline" in printed
+    text = (out / "REPORT.md").read_text()
+    assert f"in {current}, {other} (1 duplicate(s) dropped" in text and f"baseline ({baseline})" in text
+    assert (current / "REPORT.md").read_text() == suite_report  # written to --out, not to the first folder
+    assert (out / "tables" / "comparison.csv").is_file() and (out / "tables" / "comparison.md").is_file()
+
+    # The same comparison where nothing regressed exits 0, even with --fail-on-regression.
+    assert report_main(["--results-dir", str(current), "--out", str(out), "--baseline", str(baseline),
+                        "--fail-on-regression", "--dataset", "cifar10"]) == 0
+    assert "No throughput regression beyond the noise." in capsys.readouterr().out
+
+
+def test_fail_on_regression_needs_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report_main(["--results-dir", str(tmp_path), "--fail-on-regression"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--fail-on-regression" in line and "--baseline" in line
