@@ -214,6 +214,8 @@ def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, 
                   markdown_table(shown), "", regression_line(flagged), "", csv_link("comparison"), "",
                   *glossary(shown), ""]
     lines += ["## Where the models go wrong", "", WEAKNESS_INTRO, ""]
+    if tables["weakest_classes"].empty:
+        lines += ["_(no per-class test results in these records)_", ""]
     for keys, rows in sections(tables["weakest_classes"]):
         lines += [f"### {group_title(keys)}", "", markdown_table(rows.drop(columns=HEADLINE_GROUP)), ""]
         if keys in confusion:

@@ -240,7 +240,7 @@ def sweep_table(sweeps: list[dict]) -> pd.DataFrame:
 
 def config_label(row: pd.Series) -> str:
     """A configuration in words, from the keys that the headline's grouping and row leave open; settings at their
-    default (channels_last off, compile off, no lr override, ...) are not named."""
+    default (channels_last off, compile off, no lr override, the study's accuracy as target, ...) are not named."""
     epochs, world = row["epochs"], row["world size"]
     parts = [f"recipe {row['recipe']}", f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if pd.notna(epochs) else None,
              f"batch {row['batch']} x {world} process{'' if world == 1 else 'es'}",
@@ -249,7 +249,9 @@ def config_label(row: pd.Series) -> str:
              f"compile {row['compile']}" if row["compile"] != "off" else None]
     optional = {"lr": "lr {:g}", "eval_every": "validation every {:g} steps", "synthetic size": "{} synthetic images",
                 "target_accuracy": "target {:.2%}"}
-    parts += [text.format(row[key]) for key, text in optional.items() if pd.notna(row[key])]
+    study_target = study_value(row, "test_acc_pct") / 100
+    parts += [text.format(row[key]) for key, text in optional.items()
+              if pd.notna(row[key]) and not (key == "target_accuracy" and np.isclose(row[key], study_target))]
     return ", ".join([part for part in parts if part] + (["stop at target"] if row["stop_at_target"] else []))
 
 

@@ -161,10 +161,14 @@ def test_real_data_rows_carry_the_study_numbers(smoke_suite) -> None:
     (resnet,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
     real = variant(resnet, "real", data_source="real", metrics={
         "test_acc": 0.9900, "train_time_s": 902.0, "target_accuracy": 0.9899, "time_to_target_s": 100.0})
-    (row,) = headline_table(headline_runs(run_rows([real]))).to_dict("records")
+    table = headline_table(headline_runs(run_rows([real])))
+    (row,) = table.to_dict("records")
     assert (row["study %"], row["study train s"]) == (98.99, 1804)  # docs/STUDY.md
     assert row["diff pp"] == pytest.approx(0.01) and row["speed-up x"] == pytest.approx(2.0)
-    assert headline_view(pd.DataFrame([row]))["to target s"].tolist() == ["100.0"]  # every run reached it
+    assert headline_view(table)["to target s"].tolist() == ["100.0"]  # every run reached it
+    assert "target" not in headline_caption(table)  # the study's accuracy is the default target: not named
+    other = variant(real, "target", metrics={"target_accuracy": 0.95})
+    assert "target 95.00%" in headline_caption(headline_table(headline_runs(run_rows([other]))))
 
 
 def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:
