@@ -1,11 +1,13 @@
 """The suite's reports: `python -m bench.report` (and `write_report`, which bench/run.py calls last).
 
-Reads every run record (and speed-sweep record, if any) under a results folder and writes REPORT.md,
-one CSV per table and PNG plots next to it. Tables are built with pandas and rendered by tabulate.
-Rows are grouped by everything that changes a result (data source, preset, recipe, precision, device,
-...) so that settings are never silently merged, and synthetic-data runs carry their label and no
-study column: they test the harness, not the study's claims. Accuracies are shown as percentages.
-Every file is written under a temp name and renamed into place.
+Reads every run record (and speed-sweep record, if any) under one or more results folders (merged, the
+same run on the same device kind counted once: bench/compare.py) and writes REPORT.md, the tables (CSV
+always, as data, and in the chosen --format) and PNG plots. REPORT.md opens with the headline: per
+dataset, data source, device and preset, one row per model, in the study's order. Then come the
+comparison with a baseline (--baseline), where each model goes wrong (weakest classes, confusion
+matrices), the Pareto plots, and the per-configuration Details. Synthetic-data runs carry their label and
+blank study columns: they test the harness, not the study's claims. Accuracies are percentages. Every
+file is written under a temp name and renamed into place.
 """
 from __future__ import annotations
 
@@ -20,17 +22,20 @@ from typing import Sequence
 import pandas as pd
 
 from bench import metrics
-from bench.config import PRESETS
-from bench.plots import plot_accuracy_vs_time, plot_curves, plot_throughput
-from bench.records import load_records, load_sweeps, runs_dir
-from bench.tables import (DERIVED, accuracy_table, failures_table, gains_table, run_rows, speed_table,
-                          sweep_table)
+from bench.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comparison_table, comparison_view, load_merged,
+                           regressions)
+from bench.config import PRESETS, results_folder
+from bench.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
+from bench.records import runs_dir
+from bench.render import EXTENSIONS, markdown_table, render, write_table
+from bench.tables import (CONFIG_KEYS, DERIVED, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
+                          group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
+                          speed_table, sweep_table, weakest_classes)
 from data.cli import OneLineParser
 from data.datasets import dataset_names
 from data.files import atomic_write
 
 PROG = "python -m bench.report"
-FORMATS = {**metrics.formats(), **{column: fmt for column, (fmt, _) in DERIVED.items()}}
 
 
 class NoRecordsError(Exception):
@@ -69,32 +74,24 @@ class Report:
     """What `write_report` wrote and the tables behind it."""
 
     report_path: Path
-    csv_paths: dict[str, Path]
+    csv_paths: dict[str, Path]  # table name -> its CSV (the data)
+    table_paths: list[Path]  # the tables rendered in the chosen format (none extra for csv)
     plot_paths: list[Path]
+    headline: pd.DataFrame
+    weakest: pd.DataFrame
     accuracy: pd.DataFrame
     gains: pd.DataFrame
     speed: pd.DataFrame
     failures: pd.DataFrame
     sweep: pd.DataFrame
-    summary_markdown: str
+    comparison: pd.DataFrame | None  # with --baseline
+    regressions: list[str]  # flagged configurations, one phrase each
+    dropped: int  # duplicate records left out of the merge
+    summary_markdown: str  # what the command prints (in the chosen format, markdown by default)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [self.report_path, *self.csv_paths.values(), *self.plot_paths]
 
 
 # ----- writing -------------------------------------------------------------------------------------------------
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """tabulate's pipe table with per-column number formats; missing values stay blank."""
-    if frame.empty:
-        return "_(none)_"
-    shown = frame.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
-    shown = shown.astype(object).where(frame.notna(), None)
-    return shown.to_markdown(index=False, floatfmt=[FORMATS.get(column) or "g" for column in frame.columns],
-                             missingval="")
-
 
 def relative(path: Path, base: Path) -> str:
     try:
@@ -107,15 +104,42 @@ def skipped_lines(skipped: list[tuple[Path, str]], base: Path | None = None) -> 
     return [f"- `{relative(path, base) if base else path}`: {reason}" for path, reason in skipped]
 
 
-def no_records_message(results_dir: Path, filters: Filters, readable: int, skipped: list[tuple[Path, str]]) -> str:
+def folders_text(folders: list[Path]) -> str:
+    return ", ".join(str(folder) for folder in folders)
+
+
+def no_records_message(merged: Merged, filters: Filters) -> str:
+    where, readable = folders_text(merged.folders), len(merged.runs) + len(merged.sweeps)
     if readable:
-        return f"no records in {results_dir} match the filters ({filters.describe()}); {readable} record(s) there"
-    if skipped:
-        path, reason = skipped[0]
-        return f"no readable records in {results_dir}: {len(skipped)} unreadable, e.g. {path}: {reason}"
-    return f"no run records in {runs_dir(results_dir)} (run `python -m bench.run` first)"
+        return f"no records in {where} match the filters ({filters.describe()}); {readable} record(s) there"
+    if merged.skipped:
+        path, reason = merged.skipped[0]
+        return f"no readable records in {where}: {len(merged.skipped)} unreadable, e.g. {path}: {reason}"
+    runs = ", ".join(str(runs_dir(folder)) for folder in merged.folders)
+    return f"no run records in {runs} (run `python -m bench.run` first)"
 
 
+HEADLINE_INTRO = (
+    "One table per dataset, data source, device and preset; in each, one row per model in the study's order "
+    "(models the registry does not know after them, alphabetically). Where a model has several configurations "
+    "in a table (recipes, precisions, epochs, batch sizes, compile modes, ...), its row is the configuration of "
+    "its most recent run, over that configuration's seeds (`n`); the caption names the configuration(s) shown, "
+    "and every configuration is in Details and in the CSVs. `to target s` follows MLPerf Training's rule over "
+    "the seeds and shows how many runs reached the target when not all did. Study columns stay blank on "
+    "synthetic data and where the study has no number.")
+COMPARISON_INTRO = (
+    "Every configuration present here and in the baseline ({baseline}). Two runs are the same configuration when "
+    "everything in their identity but the seed and the machine agrees: " + ", ".join(CONFIG_KEYS) + ". Each side "
+    "is aggregated over its seeds, per device; changes are ours relative to the baseline's. A throughput drop is "
+    f"flagged as a regression beyond max({NOISE_FLOOR_PCT:g} %, {NOISE_SIGMAS:g} x the combined coefficient of "
+    "variation of both sides' per-evaluation train img/s): separate processes on the same GPU typically differ "
+    "by 1-3 % in throughput, which one run's own spread cannot show, and two combined standard deviations of "
+    "that spread cover about 95 % of the differences noise alone makes between single evaluations (conservative "
+    "for means over several).")
+WEAKNESS_INTRO = (
+    "For each headline row, the model's three weakest classes (lowest per-class test accuracy, mean over the "
+    "headline configuration's seeds) and its test confusion matrix (summed over those seeds; each row is one "
+    "true class, coloured by the share of it predicted as each class).")
 INTRODUCTIONS = {
     "accuracy": "Test accuracy per configuration, over seeds, beside the study's where it has one (real data only).",
     "gains": "Gain of each improved model over its vanilla twin (pp). The baseline is the twin under paper-vanilla "
@@ -127,85 +151,166 @@ INTRODUCTIONS = {
                    "from device-resident tensors or the FFCV loader).",
     "failures": "Runs that diverged, ran out of memory or failed; the first line of each error.",
 }
-
-
-def explanation(name: str, table: pd.DataFrame) -> list[str]:
-    """A table's introduction and a glossary of its measured and derived columns."""
-    derived = [f"- `{column}`: {DERIVED[column][1]}" for column in table.columns if column in DERIVED]
-    return [INTRODUCTIONS[name], "", *metrics.glossary(table.columns), *derived]
-
-
 TITLES = {
     "accuracy": "Test accuracy (%)", "gains": "Vanilla vs improved", "speed": "Training speed and cost",
     "speed_sweep": "Speed sweeps", "failures": "Failed, diverged and out-of-memory runs",
 }
 
 
-def report_markdown(results_dir: Path, tables: dict[str, pd.DataFrame], csv_paths: dict[str, Path],
-                    plot_paths: list[Path], runs: pd.DataFrame, sweeps: int, filters: Filters,
-                    skipped: list[tuple[Path, str]]) -> str:
+def glossary(table: pd.DataFrame) -> list[str]:
+    """What the measured and derived columns of a table mean."""
+    derived = [f"- `{column}`: {DERIVED[column][1]}" for column in table.columns if column in DERIVED]
+    return [*metrics.glossary(table.columns), *derived]
+
+
+def sections(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """A headline-shaped table split into its groups, in the table's order."""
+    return list(table.groupby(HEADLINE_GROUP, dropna=False, sort=False))
+
+
+def heading(title: str, fmt: str) -> str:
+    return f"### {title}" if fmt == "md" else title
+
+
+def headline_lines(headline: pd.DataFrame, fmt: str) -> list[str]:
+    """Each headline table in `fmt`, under its title and caption."""
+    lines = []
+    for keys, rows in sections(headline):
+        lines += [heading(group_title(keys), fmt), "", headline_caption(rows), "", render(headline_view(rows), fmt), ""]
+    return lines or ["No finished runs: no headline.", ""]
+
+
+def regression_line(flagged: list[str]) -> str:
+    return (f"Regression (throughput fell beyond the noise): {'; '.join(flagged)}." if flagged
+            else "No throughput regression beyond the noise.")
+
+
+def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, filters: Filters,
+                    tables: dict[str, pd.DataFrame], csv_paths: dict[str, Path], plots: dict[str, list[Path]],
+                    confusion: dict[tuple, Path], baseline: Merged | None, flagged: list[str]) -> str:
+    def csv_link(name: str) -> str:
+        return f"CSV: [{relative(csv_paths[name], out)}]({relative(csv_paths[name], out)})"
+
     lines = [
         "# deepnets-bench report", "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from {len(runs)} run record(s) under `runs/` and "
-        f"{sweeps} speed-sweep record(s) under `speed/`. Filters: {filters.describe()}.", "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from {len(runs)} run record(s) and {sweeps} speed-sweep "
+        f"record(s) in {folders_text(merged.folders)}"
+        + (f" ({merged.dropped} duplicate(s) dropped: the same run on the same device kind counts once, the "
+           "finished record kept, else the latest)" if merged.dropped else "")
+        + f". Filters: {filters.describe()}.", "",
     ]
     if (runs["data_source"] == "synthetic").any():
         lines += ["> **Synthetic data.** Rows with `data_source` = synthetic come from the generated stand-in "
                   "datasets: they check the harness and say nothing about the study, so they carry no study "
                   "numbers.", ""]
-    for name, table in tables.items():
+    headline = tables["headline"]
+    lines += ["## Headline: test accuracy, time and memory per model", "", HEADLINE_INTRO, ""]
+    lines += headline_lines(headline, "md")
+    if not headline.empty:
+        lines += [csv_link("headline"), "", *glossary(headline_view(headline)), ""]
+    if baseline is not None:
+        shown = comparison_view(tables["comparison"])
+        lines += ["## Against the baseline", "", COMPARISON_INTRO.format(baseline=folders_text(baseline.folders)), "",
+                  markdown_table(shown), "", regression_line(flagged), "", csv_link("comparison"), "",
+                  *glossary(shown), ""]
+    lines += ["## Where the models go wrong", "", WEAKNESS_INTRO, ""]
+    if tables["weakest_classes"].empty:
+        lines += ["_(no per-class test results in these records)_", ""]
+    for keys, rows in sections(tables["weakest_classes"]):
+        lines += [f"### {group_title(keys)}", "", markdown_table(rows.drop(columns=HEADLINE_GROUP)), ""]
+        if keys in confusion:
+            lines += [f"![{confusion[keys].stem}]({relative(confusion[keys], out)})", ""]
+    lines += ["## Plots", ""]
+    lines += [f"![{path.stem}]({relative(path, out)})" for kind in ("pareto", "curves", "throughput")
+              for path in plots[kind]] or ["_(none)_"]
+    lines += ["", "## Details", ""]
+    for name, title in TITLES.items():
+        table = tables[name]
         if name == "speed_sweep" and table.empty:
             continue
-        lines += [f"## {TITLES[name]}", "", *explanation(name, table), "", markdown_table(table), "",
-                  f"CSV: [{relative(csv_paths[name], results_dir)}]({relative(csv_paths[name], results_dir)})", ""]
-    lines += ["## Plots", ""]
-    lines += [f"![{path.stem}]({relative(path, results_dir)})" for path in plot_paths] or ["_(none)_"]
-    if skipped:
-        lines += ["", "## Skipped records", "", "These files could not be read and are left out:", "",
-                  *skipped_lines(skipped, results_dir)]
+        lines += [f"### {title}", "", INTRODUCTIONS[name], "", *glossary(table), "", markdown_table(table), "",
+                  csv_link(name), ""]
+    if merged.skipped:
+        lines += ["## Skipped records", "", "These files could not be read and are left out:", "",
+                  *skipped_lines(merged.skipped, out)]
     return "\n".join(lines) + "\n"
 
 
-def summary_markdown(report_path: Path, accuracy: pd.DataFrame, speed: pd.DataFrame, failures: pd.DataFrame,
-                     skipped: list[tuple[Path, str]]) -> str:
-    lines = ["### Test accuracy (%)", "", markdown_table(accuracy), "", "### Training speed", "",
-             markdown_table(speed), ""]
+def summary_text(report_path: Path, tables: dict[str, pd.DataFrame], merged: Merged, flagged: list[str],
+                 fmt: str) -> str:
+    """What the command (and every suite) prints: the headline tables in `fmt`, the comparison, and what went
+    wrong."""
+    lines = headline_lines(tables["headline"], fmt)
+    if "comparison" in tables:
+        lines += [heading("Against the baseline", fmt), "", render(comparison_view(tables["comparison"]), fmt), "",
+                  regression_line(flagged), ""]
+    failures = tables["failures"]
     if not failures.empty:
         lines.append(f"{len(failures)} run(s) did not finish ({', '.join(sorted(set(failures['status'])))}).")
-    if skipped:
-        lines += [f"Skipped {len(skipped)} unreadable record(s):", *skipped_lines(skipped)]
+    if merged.dropped:
+        lines.append(f"Dropped {merged.dropped} duplicate record(s) (the same run on the same device kind).")
+    if merged.skipped:
+        lines += [f"Skipped {len(merged.skipped)} unreadable record(s):", *skipped_lines(merged.skipped)]
     lines.append(f"Full report: {report_path}")
     return "\n".join(lines)
 
 
-def write_report(results_dir: Path, filters: Filters = Filters()) -> Report:
-    """Read the records under results_dir, write REPORT.md, tables/*.csv and plots/*.png, return them."""
-    results_dir = Path(results_dir)
-    records, bad_runs = load_records(results_dir)
-    sweeps, bad_sweeps = load_sweeps(results_dir)
-    skipped = bad_runs + bad_sweeps
-    kept_runs = [record for record in records if filters.keep_run(record)]
-    kept_sweeps = [record for record in sweeps if filters.keep_sweep(record)]
+def write_tables(out: Path, tables: dict[str, pd.DataFrame], fmt: str) -> tuple[dict[str, Path], list[Path]]:
+    """Every table as CSV (the data), and, unless fmt is csv, each table as shown in `fmt`: the headline and the
+    weakest classes one file per group, the others one file each."""
+    folder = out / "tables"
+    csv_paths = {name: write_table(folder / name, table, "csv") for name, table in tables.items()}
+    if fmt == "csv":
+        return csv_paths, []
+    shown = {name: table for name, table in tables.items() if name not in ("headline", "weakest_classes", "comparison")}
+    shown |= {f"headline_{group_slug(keys)}": headline_view(rows) for keys, rows in sections(tables["headline"])}
+    shown |= {f"weakest_classes_{group_slug(keys)}": rows.drop(columns=HEADLINE_GROUP)
+              for keys, rows in sections(tables["weakest_classes"])}
+    if "comparison" in tables:
+        shown["comparison"] = comparison_view(tables["comparison"])
+    return csv_paths, [write_table(folder / name, table, fmt) for name, table in shown.items()]
+
+
+def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), out: Path | None = None,
+                 baseline: Sequence[Path] | None = None, fmt: str = "md") -> Report:
+    """Read the records under `results` (one folder or several, merged), write REPORT.md, tables/ and plots/ to
+    `out` (default: the first folder), compare with the `baseline` folders if given, and return it all."""
+    folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(folder) for folder in results]
+    out = Path(out) if out is not None else folders[0]
+    merged = load_merged(folders)
+    kept_runs = [record for record in merged.runs if filters.keep_run(record)]
+    kept_sweeps = [record for record in merged.sweeps if filters.keep_sweep(record)]
     if not kept_runs and not kept_sweeps:
-        raise NoRecordsError(no_records_message(results_dir, filters, len(records) + len(sweeps), skipped))
+        raise NoRecordsError(no_records_message(merged, filters))
+    before = load_merged(baseline) if baseline else None
+    if before is not None and not before.runs:
+        raise NoRecordsError(f"--baseline {folders_text(before.folders)}: no run records there; expected the results "
+                             "folder of an earlier suite")
 
     runs = run_rows(kept_runs)
+    chosen = headline_runs(runs)
     accuracy = accuracy_table(runs)
-    tables = {"accuracy": accuracy, "gains": gains_table(accuracy), "speed": speed_table(runs),
-              "speed_sweep": sweep_table(kept_sweeps), "failures": failures_table(runs)}
-    csv_paths = {name: atomic_write(results_dir / "tables" / f"{name}.csv",
-                                    lambda tmp, table=table: table.to_csv(tmp, index=False))
-                 for name, table in tables.items()}
-    plots_dir = results_dir / "plots"
-    plot_paths = [*plot_accuracy_vs_time(runs, plots_dir), *plot_curves(runs, plots_dir),
-                  *plot_throughput(tables["speed_sweep"], plots_dir)]
-    text = report_markdown(results_dir, tables, csv_paths, plot_paths, runs, len(kept_sweeps), filters, skipped)
-    report_path = atomic_write(results_dir / "REPORT.md", lambda tmp: tmp.write_text(text))
+    tables = {"headline": headline_table(chosen), "weakest_classes": weakest_classes(chosen), "accuracy": accuracy,
+              "gains": gains_table(accuracy), "speed": speed_table(runs), "speed_sweep": sweep_table(kept_sweeps),
+              "failures": failures_table(runs)}
+    if before is not None:
+        tables["comparison"] = comparison_table(runs, run_rows(before.runs))
+    flagged = regressions(tables["comparison"]) if before is not None else []
+    csv_paths, table_paths = write_tables(out, tables, fmt)
+    plots_dir = out / "plots"
+    confusion = plot_confusion(chosen, plots_dir)
+    plots = {"pareto": plot_pareto(runs, plots_dir), "curves": plot_curves(runs, plots_dir),
+             "throughput": plot_throughput(tables["speed_sweep"], plots_dir)}
+    text = report_markdown(out, merged, runs, len(kept_sweeps), filters, tables, csv_paths, plots, confusion, before,
+                           flagged)
+    report_path = atomic_write(out / "REPORT.md", lambda tmp: tmp.write_text(text))
     return Report(
-        report_path=report_path, csv_paths=csv_paths, plot_paths=plot_paths, accuracy=accuracy,
-        gains=tables["gains"], speed=tables["speed"], failures=tables["failures"], sweep=tables["speed_sweep"],
-        summary_markdown=summary_markdown(report_path, accuracy, tables["speed"], tables["failures"], skipped),
-        skipped=skipped,
+        report_path=report_path, csv_paths=csv_paths, table_paths=table_paths,
+        plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"]],
+        headline=tables["headline"], weakest=tables["weakest_classes"], accuracy=accuracy, gains=tables["gains"],
+        speed=tables["speed"], failures=tables["failures"], sweep=tables["speed_sweep"],
+        comparison=tables.get("comparison"), regressions=flagged, dropped=merged.dropped,
+        summary_markdown=summary_text(report_path, tables, merged, flagged, fmt), skipped=merged.skipped,
     )
 
 
@@ -218,10 +323,32 @@ def iso_day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
 
 
+def existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder; expected a results folder of bench/run.py "
+                                         "(holding runs/ or speed/)")
+    return path
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Tables and plots from the run records of bench/run.py "
-                           "(and the speed sweeps of bench/speed.py): REPORT.md, tables/*.csv, plots/*.png.")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="the suite's results (default: results/)")
+                           "(and the speed sweeps of bench/speed.py): REPORT.md, tables/, plots/*.png.")
+    parser.add_argument("--results-dir", type=existing_folder, nargs="+", default=[Path("results")], metavar="DIR",
+                        help="results folder(s) to report on, merged: the same run on the same device kind counts "
+                        "once (default: results/)")
+    parser.add_argument("--out", type=results_folder, metavar="DIR",
+                        help="where REPORT.md, tables/ and plots/ go (default: the first --results-dir)")
+    parser.add_argument("--baseline", type=existing_folder, nargs="+", metavar="DIR",
+                        help="results folder(s) to compare with: per configuration present on both sides, the "
+                        "changes in accuracy, img/s, peak memory and time to target, and a flag where throughput "
+                        "fell beyond the noise (the filters below pick the records reported; the baseline is matched "
+                        "against them)")
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="exit 1 when the comparison with --baseline flags a throughput regression")
+    parser.add_argument("--format", choices=tuple(EXTENSIONS), default="md",
+                        help="format of the printed summary and of the table files (default: md); CSV files are "
+                        "always written too")
     parser.add_argument("--device", help="only records whose device name contains this (case-insensitive)")
     parser.add_argument("--dataset", choices=dataset_names(), help="only this dataset")
     parser.add_argument("--preset", choices=tuple(PRESETS), help="only runs of this preset (leaves out speed sweeps)")
@@ -230,14 +357,21 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fail_on_regression and not args.baseline:
+        parser.error("argument --fail-on-regression: expected --baseline DIR too (the results to compare with)")
     filters = Filters(device=args.device, dataset=args.dataset, preset=args.preset, since=args.since)
     try:
-        report = write_report(args.results_dir, filters)
+        report = write_report(args.results_dir, filters, out=args.out, baseline=args.baseline, fmt=args.format)
     except NoRecordsError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     print(report.summary_markdown)
+    if args.fail_on_regression and report.regressions:
+        print(f"{PROG}: regression: train img/s fell beyond the noise in {len(report.regressions)} configuration(s): "
+              + "; ".join(report.regressions), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Run and sweep records -> pandas tables: accuracy, vanilla-vs-improved gains, speed, failures, sweeps.
+"""Run and sweep records -> pandas tables: the headline, accuracy, vanilla-vs-improved gains, speed, failures,
+sweeps, and each headline model's weakest classes.
 
 Rows are grouped by everything that changes a result (data source, preset, recipe, precision, device,
 ...) so that settings are never silently merged. Metric columns, their scaling and their aggregation
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import paired_recipe
-from bench.metrics import BY_KEY, RUN_KEYS, aggregate
+from bench.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, shown
 from data.datasets import dataset_names
 from models import model_entry, model_names, study_result
 
@@ -24,12 +25,24 @@ SPEED_KEYS = ["device", "world size", "precision", "batch", "channels_last", "co
               "recipe", "model", "dataset"]
 SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "precision", "channels_last", "compile",
               "batch"]
+# A configuration: everything in a run's identity (bench/config.py hashes it into run_id) except its seed. The
+# seeds of one configuration aggregate into one row. Like run_id it leaves the machine out: the device is kept
+# beside it, so that the same configuration can be set against itself on other hardware.
+CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch", "global batch", "world size",
+               "precision", "channels_last", "compile", "lr", "stop_at_target", "eval_every", "target_accuracy",
+               "synthetic size"]
+# One headline table per dataset, data source, device and preset; in it one row per model.
+HEADLINE_GROUP = ["data_source", "dataset", "device", "preset"]
+HEADLINE_METRICS = ["test_acc", "train_time_s", "time_to_target_s", "train_images_per_s", "peak_mem_allocated_bytes"]
 ACCURACY_METRICS = ["test_acc", "train_time_s"]
 SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
                  "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes"]
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
-               "device", "world size", "batch", "global batch", "epochs", "channels_last", "compile", "started_at",
-               "history", "params", "train_gflops"]
+               "device", "world size", "batch", "global batch", "epochs", "channels_last", "compile", "lr",
+               "stop_at_target", "eval_every", "synthetic size", "started_at", "history", "params", "train_gflops",
+               "class_names", "per_class_acc", "confusion"]
+WEAKEST = 3  # classes listed per model in the weakest-classes table
+PRECISION_NAMES = {"no": "fp32"}  # Accelerate's "no" mixed precision, as people say it
 
 # Columns the report derives rather than measures: their formats and meanings.
 DERIVED = {
@@ -48,6 +61,28 @@ DERIVED = {
     "train GFLOPs/img": (".3f", "Training (forward + backward) GFLOPs per image, counted by FlopCounterMode."),
     "img/s": (",.0f", "Images per second (median of the timed windows), summed over processes."),
     "step ms": (",.2f", "Milliseconds per step (median of the timed windows)."),
+    "configs": (",.0f", "Configurations this model has in the table's group; the row shows the one of its most "
+                "recent run."),
+    "speed-up x": (",.2f", "The study's training seconds over ours (above 1: faster than the study's Colab GPU; "
+                   "indicative only, as hardware and epochs differ)."),
+    "peak mem GiB": (",.2f", "Peak allocated memory per process (max over processes and seeds) in GiB; on a CPU the "
+                     "process's peak RSS."),
+    # The comparison with a baseline (bench/compare.py).
+    "configuration": ("", "The configuration compared, in words (with model and dataset: everything in a run's "
+                      "identity but its seed and machine)."),
+    "baseline device": ("", "The device of the baseline's runs."),
+    "baseline n": (",.0f", "Runs (seeds) behind the baseline's numbers."),
+    "acc diff pp": ("+.2f", "Test accuracy minus the baseline's (each a mean over seeds), percentage points."),
+    "img/s change %": ("+.1f", "Training images/s relative to the baseline's, percent."),
+    "noise %": (".1f", "The throughput drop that noise can explain for this configuration: a fixed floor, or twice the "
+                "combined coefficient of variation of both sides' per-evaluation train img/s when larger (the rule "
+                "and why it is chosen: the comparison's introduction)."),
+    "peak mem change %": ("+.1f", "Peak allocated memory relative to the baseline's, percent."),
+    "to target change %": ("+.1f", "Time to target relative to the baseline's, percent (blank unless both sides "
+                           "have one)."),
+    "regression": ("", "`slower` where throughput fell by more than the noise."),
+    **{f"weakest {rank} %": (".1f", f"Test accuracy of the model's weakest class number {rank} (lowest first), mean "
+                             "over the seeds of its headline configuration.") for rank in range(1, WEAKEST + 1)},
 }
 
 
@@ -64,8 +99,15 @@ def run_rows(records: list[dict]) -> pd.DataFrame:
             "world size": record.get("world_size"), "batch": record.get("batch_size"),
             "global batch": record.get("global_batch_size"), "epochs": config.get("epochs"),
             "channels_last": config.get("channels_last"), "compile": config.get("compile_mode") or "off",
+            # Options older records lack, at the value they had before the option existed.
+            "lr": config.get("lr"), "stop_at_target": config.get("stop_at_target") or False,
+            "eval_every": config.get("eval_every"),
+            "synthetic size": f"{config.get('synthetic_train')}+{config.get('synthetic_test')}"
+            if record.get("data_source") == "synthetic" else None,
             "started_at": record.get("started_at"), "history": record.get("history") or [],
             "params": facts.get("params"), "train_gflops": facts.get("train_gflops"),
+            "class_names": record.get("class_names"), "per_class_acc": record.get("test_per_class_acc"),
+            "confusion": record.get("test_confusion"),
             **{key: metrics.get(key) for key in RUN_KEYS},
         })
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *RUN_KEYS])
@@ -194,3 +236,123 @@ def sweep_table(sweeps: list[dict]) -> pd.DataFrame:
     for metric in (memory, reserved, mfu):
         table[metric.label] *= metric.scale
     return sorted_rows(table, SWEEP_KEYS)
+
+
+def config_label(row: pd.Series) -> str:
+    """A configuration in words, from the keys that the headline's grouping and row leave open; settings at their
+    default (channels_last off, compile off, no lr override, the study's accuracy as target, ...) are not named."""
+    epochs, world = row["epochs"], row["world size"]
+    parts = [f"recipe {row['recipe']}", f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if pd.notna(epochs) else None,
+             f"batch {row['batch']} x {world} process{'' if world == 1 else 'es'}",
+             f"precision {PRECISION_NAMES.get(row['precision'], row['precision'])}",
+             "channels_last" if row["channels_last"] else None,
+             f"compile {row['compile']}" if row["compile"] != "off" else None]
+    optional = {"lr": "lr {:g}", "eval_every": "validation every {:g} steps", "synthetic size": "{} synthetic images",
+                "target_accuracy": "target {:.2%}"}
+    study_target = study_value(row, "test_acc_pct") / 100
+    parts += [text.format(row[key]) for key, text in optional.items()
+              if pd.notna(row[key]) and not (key == "target_accuracy" and np.isclose(row[key], study_target))]
+    return ", ".join([part for part in parts if part] + (["stop at target"] if row["stop_at_target"] else []))
+
+
+def with_gib(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its peak allocated memory (aggregated, in MiB) also in GiB: the headline's and the plots' unit."""
+    return table.assign(**{"peak mem GiB": table[BY_KEY["peak_mem_allocated_bytes"].label] * MIB / 2**30})
+
+
+def headline_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs behind the headline: per group and model, every seed of the configuration of the model's
+    most recent run (by started_at, time zones respected), with `configs` = the model's configurations there."""
+    finished = runs[runs["status"] == "finished"]
+    identity = list(dict.fromkeys([*HEADLINE_GROUP, *CONFIG_KEYS]))
+    started = pd.to_datetime(finished["started_at"], utc=True, errors="coerce", format="ISO8601")
+    newest_first = finished.assign(started=started).sort_values("started", ascending=False, na_position="last",
+                                                                kind="stable")
+    latest = newest_first.drop_duplicates([*HEADLINE_GROUP, "model"])[identity]
+    configs = (finished.drop_duplicates(identity).groupby([*HEADLINE_GROUP, "model"], dropna=False).size()
+               .rename("configs").reset_index())
+    return finished.merge(latest, on=identity).merge(configs, on=[*HEADLINE_GROUP, "model"])
+
+
+def headline_table(chosen: pd.DataFrame) -> pd.DataFrame:
+    """One row per group and model from `headline_runs`: its configuration, the headline metrics over its seeds,
+    and the study's numbers beside them (real data only)."""
+    keys = list(dict.fromkeys([*HEADLINE_GROUP, "model", *CONFIG_KEYS, "configs"]))
+    acc, seconds = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label
+    measured = [acc, f"{acc} std", "study %", "diff pp", seconds, "study train s", "speed-up x", "to target s",
+                "reached", BY_KEY["train_images_per_s"].label, "peak mem GiB"]
+    if chosen.empty:
+        return pd.DataFrame(columns=[*keys, "n", *measured])
+    table = grouped(chosen, keys, HEADLINE_METRICS)
+    table["study %"] = table.apply(study_value, axis=1, field="test_acc_pct", result_type="reduce")
+    table["diff pp"] = table[acc] - table["study %"]
+    table["study train s"] = table.apply(study_value, axis=1, field="train_seconds", result_type="reduce")
+    table["speed-up x"] = table["study train s"] / table[seconds]
+    return sorted_rows(with_gib(table).reindex(columns=[*keys, "n", *measured]), [*HEADLINE_GROUP, "model"])
+
+
+HEADLINE_SHOWN = ["model", "n", BY_KEY["test_acc"].label, "study %", "diff pp", BY_KEY["train_time_s"].label,
+                  "study train s", "speed-up x", BY_KEY["time_to_target_s"].label, BY_KEY["train_images_per_s"].label,
+                  "peak mem GiB"]
+
+
+def headline_view(rows: pd.DataFrame) -> pd.DataFrame:
+    """The columns a headline table shows; time to target with its reached count when some runs missed it
+    ("41.2 (4/5)", "not reached (0/3)"), blank without a target."""
+    metric = BY_KEY["time_to_target_s"]
+
+    def to_target(time: float, reached: str | None) -> str | None:
+        if pd.isna(reached):
+            return None
+        hit, runs = (int(part) for part in reached.split("/"))
+        if pd.isna(time):
+            return f"{'not reached' if hit == 0 else 'no result'} ({reached})"
+        return format(time, metric.fmt) + ("" if hit == runs else f" ({reached})")
+
+    view = rows[HEADLINE_SHOWN].copy()
+    view[metric.label] = [to_target(time, reached) for time, reached in zip(rows[metric.label], rows["reached"])]
+    return view.reset_index(drop=True)
+
+
+def group_title(keys: tuple) -> str:
+    source, dataset, device, preset = keys
+    return f"{dataset}, {source} data, {device}, preset {preset}"
+
+
+def headline_caption(rows: pd.DataFrame) -> str:
+    """The configuration(s) a headline table shows, and which models had others to choose from."""
+    models: dict[str, list[str]] = {}  # configuration in words -> the models shown with it
+    for _, row in rows.iterrows():
+        models.setdefault(config_label(row), []).append(row["model"])
+    if len(models) == 1:
+        text = f"Configuration: {next(iter(models))}."
+    else:
+        text = "Configurations: " + "; ".join(f"{label} ({', '.join(names)})" for label, names in models.items()) + "."
+    several = rows[rows["configs"] > 1]
+    if not several.empty:
+        text += (" " + ", ".join(f"{model} has {count} configurations" for model, count in
+                                 zip(several["model"], several["configs"]))
+                 + " here: each row is the configuration of the model's most recent run, over its seeds.")
+    return text
+
+
+def weakest_classes(chosen: pd.DataFrame) -> pd.DataFrame:
+    """Per group and model of the headline, its WEAKEST lowest per-class test accuracies, each the mean over the
+    seeds of its headline configuration. Classes the test split never showed (a row of zeros in the confusion
+    matrix) are no weakness and are left out, as are records without per-class results."""
+    acc = BY_KEY["test_acc"]
+    columns = [*HEADLINE_GROUP, "model", *(f"weakest {rank}{unit}" for rank in range(1, WEAKEST + 1)
+                                          for unit in ("", " %"))]
+    rows = []
+    for keys, group in chosen.groupby([*HEADLINE_GROUP, "model"], dropna=False, sort=False):
+        per_class = [np.where(np.sum(confusion, axis=1) > 0, values, np.nan) if confusion else np.asarray(values)
+                     for values, confusion in zip(group["per_class_acc"], group["confusion"]) if values]
+        if not per_class:
+            continue
+        mean = pd.DataFrame(per_class).mean()  # per class over seeds; NaN where no seed saw the class
+        names = next((names for names in group["class_names"] if names), None) or [str(i) for i in mean.index]
+        row = dict(zip([*HEADLINE_GROUP, "model"], keys))
+        for rank, (index, value) in enumerate(mean.dropna().sort_values(kind="stable").head(WEAKEST).items(), start=1):
+            row[f"weakest {rank}"], row[f"weakest {rank} %"] = names[index], shown(acc, value)
+        rows.append(row)
+    return sorted_rows(pd.DataFrame(rows, columns=columns), [*HEADLINE_GROUP, "model"])

@@ -1,34 +1,60 @@
-"""Reports from the records of the real 12-run smoke suite (`python -m bench.run`), and the Pareto front."""
+"""Reports from the records of the real 12-run smoke suite (`python -m bench.run`): the headline, the details, the
+formats, the Pareto plots and where the models go wrong; hand-made records where a test needs particular numbers."""
 from __future__ import annotations
 
-import json
+import copy
+import io
+import itertools
 import re
 import statistics
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.patches import ConnectionPatch
 
-from bench.plots import pareto_front
+from bench.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
+                         pareto_figure, pareto_front, slug)
+from bench.render import render
 from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
-from bench.tables import ACCURACY_KEYS, SPEED_KEYS, gains_table
+from bench.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
+                          headline_caption, headline_runs, headline_table, headline_view, run_rows)
+from data.datasets import CIFAR10_CLASSES
 from helpers import records_in, run_module
 from models import model_names
 
 DATASETS = ("mnist", "cifar10")
-# Most tests here read the session's smoke suite, which the first of them runs (slow); the rest are quick.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMOKE_CONFIGURATION = "Configuration: recipe fast, 1 epoch, batch 16 x 1 process, precision fp32, 64+21 synthetic images."
+
+
+@pytest.fixture(scope="module")
+def report(smoke_suite, tmp_path_factory):
+    """One report written from a copy of the smoke suite's records; the tests below only read it."""
+    return write_report(smoke_suite.copy_results(tmp_path_factory.mktemp("report") / "results"))
+
+
+def variant(record: dict, name: str, **changes) -> dict:
+    """A copy of a real record as another run: top-level fields, `config` and `metrics` entries changed."""
+    twin = copy.deepcopy(record)
+    twin["run_id"] = f"{record['run_id']}-{name}"
+    twin["config"].update(changes.pop("config", {}))
+    twin["metrics"].update(changes.pop("metrics", {}))
+    twin.update(changes)
+    return twin
 
 
 @pytest.mark.slow
 def test_runner_prints_summary_and_writes_report(smoke_suite) -> None:
-    assert "### Test accuracy (%)" in smoke_suite.stdout and "### Training speed" in smoke_suite.stdout
+    for dataset in DATASETS:
+        assert f"### {dataset}, synthetic data, CPU" in smoke_suite.stdout
+    assert SMOKE_CONFIGURATION in smoke_suite.stdout and "Full report:" in smoke_suite.stdout
     assert (smoke_suite.results / "REPORT.md").is_file()
 
 
-def test_tables_have_expected_rows_and_columns(smoke_suite, tmp_path: Path) -> None:
-    results = smoke_suite.copy_results(tmp_path / "results")
-    report = write_report(results)
+def test_tables_have_expected_rows_and_columns(report) -> None:
     accuracy = report.accuracy
     study_models = list(model_names())
     assert list(accuracy["model"]) == study_models * len(DATASETS)  # data source, dataset, then model order
@@ -53,40 +79,120 @@ def test_tables_have_expected_rows_and_columns(smoke_suite, tmp_path: Path) -> N
     improved = [model for model in study_models if model.endswith("_improved")]
     assert sorted(gains["model"]) == sorted(improved * len(DATASETS))
     assert (gains["recipe part pp"] == 0).all() and (gains["arch part pp"] == gains["gain pp"]).all()
-    assert report.failures.empty and report.sweep.empty and report.skipped == []
-    frames = {"accuracy": accuracy, "gains": gains, "speed": speed, "speed_sweep": report.sweep,
-              "failures": report.failures}
+    assert report.failures.empty and report.sweep.empty and report.skipped == [] and report.comparison is None
+    frames = {"headline": report.headline, "weakest_classes": report.weakest, "accuracy": accuracy, "gains": gains,
+              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures}
     assert set(report.csv_paths) == set(frames)
     for name, path in report.csv_paths.items():
-        assert path.parent == results / "tables"
+        assert path.parent == report.report_path.parent / "tables"
         written = pd.read_csv(path)
         assert list(written.columns) == list(frames[name].columns) and len(written) == len(frames[name])
-    assert report.summary_markdown.startswith("### Test accuracy (%)") and "### Training speed" in report.summary_markdown
+    # md is the default format: each shown table is a markdown file too, the headline one per group.
+    assert {path.suffix for path in report.table_paths} == {".md"}
+    device = slug(speed["device"].iloc[0])
+    assert {path.name for path in report.table_paths if path.name.startswith("headline")} == {
+        f"headline_{dataset}_synthetic_{device}_smoke.md" for dataset in DATASETS}
 
 
-def test_seeds_aggregate_to_mean_and_std(smoke_suite, tmp_path: Path) -> None:
+def test_headline_from_the_smoke_suite(report) -> None:
+    headline = report.headline
+    groups = list(headline.groupby(HEADLINE_GROUP, sort=False))
+    assert [keys[1] for keys, _ in groups] == list(DATASETS)  # mnist, then cifar10: the registry's order
+    for (source, _, device, preset), rows in groups:
+        assert (source, preset) == ("synthetic", "smoke") and device.startswith("CPU")
+        assert list(rows["model"]) == list(model_names()) and (rows["n"] == 1).all() and (rows["configs"] == 1).all()
+        assert headline_caption(rows) == SMOKE_CONFIGURATION
+        view = headline_view(rows)
+        assert list(view.columns) == HEADLINE_SHOWN and len(view.columns) <= 12
+        assert view[["study %", "diff pp", "study train s", "speed-up x"]].isna().all().all()  # synthetic: blank
+        assert view["to target s"].isna().all()  # no target on synthetic data
+        assert (view["test acc %"] == rows["test acc %"].to_numpy()).all() and (view["peak mem GiB"] > 0.1).all()
+    text = report.report_path.read_text()
+    sections = [text.index(title) for title in ("## Headline", "### mnist, synthetic data", SMOKE_CONFIGURATION,
+                                                "## Where the models go wrong", "## Details", "### Test accuracy (%)")]
+    assert sections == sorted(sections)  # the headline first, the per-configuration tables in Details
+    first_table = text[text.index("\n|") + 1:].splitlines()[0]
+    assert [cell.strip() for cell in first_table.strip("|").split("|")] == HEADLINE_SHOWN
+    summary = report.summary_markdown
+    assert summary.startswith("### mnist, synthetic data, CPU") and summary.count(SMOKE_CONFIGURATION) == 2
+    assert "### Test accuracy (%)" not in summary and summary.endswith(f"Full report: {report.report_path}")
+
+
+def test_headline_takes_each_models_most_recent_configuration(smoke_suite) -> None:
+    records = records_in(smoke_suite.results)
+    real = {(r["model"], r["dataset"]): r for r in records}
+    resnet, vgg, inception = (real[(model, "mnist")] for model in ("resnet18", "vgg16", "inception_v1"))
+    later = "2099-01-01T00:00:00+0000"
+    added = [
+        # resnet18: a bf16 configuration, run later with two seeds; one reached its target.
+        *(variant(resnet, f"bf16-{seed}", seed=seed, precision="bf16", started_at=later,
+                  metrics={"test_acc": acc, "target_accuracy": 0.6, "time_to_target_s": time})
+          for seed, acc, time in ((0, 0.5, 12.0), (1, 0.7, None))),
+        # vgg16: three epochs, three seeds, none reached the target.
+        *(variant(vgg, f"3ep-{seed}", seed=seed, started_at=later, config={"epochs": 3},
+                  metrics={"target_accuracy": 0.9, "time_to_target_s": None}) for seed in range(3)),
+        # inception_v1: the fp16 run is the later one although its local time reads earlier.
+        variant(inception, "bf16", precision="bf16", started_at="2099-01-01T02:00:00+0500"),
+        variant(inception, "fp16", precision="fp16", started_at=later, metrics={"test_acc": 0.25}),
+        # Models the registry does not know (a plugin's): after the study's, alphabetically.
+        variant(resnet, "zeta", model="zeta_net"), variant(resnet, "alpha", model="alpha_net"),
+    ]
+    table = headline_table(headline_runs(run_rows(records + added)))
+    mnist = table[table["dataset"] == "mnist"].set_index("model", drop=False)
+    assert list(mnist["model"]) == [*model_names(), "alpha_net", "zeta_net"]
+    assert mnist.loc["resnet18", ["precision", "n", "configs"]].tolist() == ["bf16", 2, 2]
+    assert mnist.loc["resnet18", "test acc %"] == pytest.approx(60.0)
+    assert mnist.loc["vgg16", ["epochs", "n", "configs"]].tolist() == [3, 3, 2]
+    assert mnist.loc["inception_v1", ["precision", "configs"]].tolist() == ["fp16", 3]
+    assert mnist.loc["inception_v1", "test acc %"] == pytest.approx(25.0)
+    to_target = headline_view(mnist).set_index("model")["to target s"]
+    assert to_target["resnet18"] == "12.0 (1/2)" and to_target["vgg16"] == "not reached (0/3)"
+    assert to_target.drop(["resnet18", "vgg16"]).isna().all()
+    caption = headline_caption(mnist)
+    assert caption.startswith("Configurations: ")
+    assert "precision bf16, 64+21 synthetic images, target 60.00% (resnet18)" in caption
+    assert "recipe fast, 3 epochs, batch 16" in caption and "precision fp16" in caption
+    assert ("vgg16 has 2 configurations, resnet18 has 2 configurations, inception_v1 has 3 configurations here: "
+            "each row is the configuration of the model's most recent run") in caption
+    assert (table[table["dataset"] == "cifar10"]["configs"] == 1).all()  # other groups are untouched
+
+
+def test_real_data_rows_carry_the_study_numbers(smoke_suite) -> None:
+    (resnet,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
+    real = variant(resnet, "real", data_source="real", metrics={
+        "test_acc": 0.9900, "train_time_s": 902.0, "target_accuracy": 0.9899, "time_to_target_s": 100.0})
+    table = headline_table(headline_runs(run_rows([real])))
+    (row,) = table.to_dict("records")
+    assert (row["study %"], row["study train s"]) == (98.99, 1804)  # docs/STUDY.md
+    assert row["diff pp"] == pytest.approx(0.01) and row["speed-up x"] == pytest.approx(2.0)
+    assert headline_view(table)["to target s"].tolist() == ["100.0"]  # every run reached it
+    assert "target" not in headline_caption(table)  # the study's accuracy is the default target: not named
+    other = variant(real, "target", metrics={"target_accuracy": 0.95})
+    assert "target 95.00%" in headline_caption(headline_table(headline_runs(run_rows([other]))))
+
+
+def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:
     """Two more seeds of one configuration, hand-made from its real record, aggregate to mean and sample std."""
-    results = smoke_suite.copy_results(tmp_path / "results")
-    (record,) = [r for r in records_in(results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
+    (record,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
     values = [record["metrics"]["test_acc"], 0.4, 0.7]
-    for seed, value in enumerate(values[1:], start=1):
-        twin = json.loads(json.dumps(record))
-        twin.update(run_id=f"{record['run_id']}-seed{seed}", seed=seed)
-        twin["metrics"]["test_acc"] = value
-        (results / "runs" / f"{twin['run_id']}.json").write_text(json.dumps(twin))
-    accuracy = write_report(results).accuracy.set_index(["model", "dataset"])
+    seeds = [variant(record, f"seed{seed}", seed=seed, metrics={"test_acc": value})
+             for seed, value in enumerate(values[1:], start=1)]
+    accuracy = accuracy_table(run_rows([record, *seeds])).set_index(["model", "dataset"])
     row = accuracy.loc[("resnet18", "mnist")]
     assert row["n"] == 3
     assert row["test acc %"] == pytest.approx(statistics.mean(values) * 100)
     assert row["test acc % std"] == pytest.approx(statistics.stdev(values) * 100)
 
 
-def test_plots_are_written_and_linked(smoke_suite) -> None:
-    results = smoke_suite.results
+def test_plots_are_written_and_linked(report) -> None:
+    results = report.report_path.parent
     names = {path.name for path in (results / "plots").glob("*.png")}
+    device = slug(report.headline["device"].iloc[0])
     for dataset in DATASETS:
-        assert {f"accuracy_vs_time_{dataset}_synthetic.png", f"val_accuracy_{dataset}_synthetic.png"} <= names
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (results / "REPORT.md").read_text())
+        assert {f"accuracy_vs_time_{dataset}_synthetic.png", f"accuracy_vs_memory_{dataset}_synthetic.png",
+                f"val_accuracy_{dataset}_synthetic.png", f"confusion_{dataset}_synthetic_{device}_smoke.png"} <= names
+    assert names == {path.name for path in report.plot_paths}
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.report_path.read_text())
     assert sorted(links) == sorted(f"plots/{name}" for name in names)
     for link in links:
         data = (results / link).read_bytes()
@@ -117,6 +223,13 @@ def test_empty_folder_is_one_clear_line_and_exit_1(tmp_path: Path, capsys: pytes
     assert out == "" and len(err.strip().splitlines()) == 1
     assert "no run records" in err and str(tmp_path) in err
     assert not (tmp_path / "REPORT.md").exists()
+    for option in ("--results-dir", "--baseline"):  # a folder that is not there: the option, and what it expects
+        with pytest.raises(SystemExit) as exit_info:
+            report_main([*(["--results-dir", str(tmp_path)] if option == "--baseline" else []), option,
+                         str(tmp_path / "missing")])
+        assert exit_info.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert option in line and "missing is not a folder; expected a results folder" in line
 
 
 def test_filters_select_records(smoke_suite, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -131,9 +244,9 @@ def test_filters_select_records(smoke_suite, tmp_path: Path, capsys: pytest.Capt
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_gain_splits_into_recipe_and_architecture(smoke_suite, tmp_path: Path) -> None:
+def test_gain_splits_into_recipe_and_architecture(report) -> None:
     """Gains from the smoke run's accuracy row, relabelled as the study's models and recipes (plus offsets)."""
-    row = write_report(smoke_suite.copy_results(tmp_path / "results")).accuracy.iloc[[0]]
+    row = report.accuracy.iloc[[0]]
     vanilla = float(row["test acc %"].iloc[0])
 
     def table(*rows: tuple[str, str, float]) -> pd.DataFrame:
@@ -163,3 +276,130 @@ def test_pareto_front_on_known_points() -> None:
     # (2, .6) and (3, .7) are beaten by (2, .7); (5, .85) by (4, .9); equal points do not beat each other.
     assert pareto_front(points) == [True, True, False, False, True, True, True, False]
     assert pareto_front([]) == [] and pareto_front([(1.0, 0.1)]) == [True]
+
+
+class TableCells(HTMLParser):
+    """The header and body cells of the HTML tables in a text, as lists of rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.tables = 0
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag == "table":
+            self.tables += 1
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag in ("th", "td"):
+            self.cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td"):
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
+
+
+def html_cells(text: str) -> TableCells:
+    parser = TableCells()
+    parser.feed(text)
+    return parser
+
+
+def test_every_format_parses(report) -> None:
+    rows = report.headline[report.headline["dataset"] == "mnist"]
+    view = headline_view(rows)
+    data = pd.read_csv(io.StringIO(render(view, "csv")))
+    assert list(data.columns) == HEADLINE_SHOWN and list(data["model"]) == list(model_names())
+    assert data["test acc %"].to_numpy() == pytest.approx(rows["test acc %"].to_numpy())  # full precision
+    latex = render(view, "latex")
+    assert "\\begin{tabular}" in latex and "test acc \\%" in latex and "inception\\_v1\\_improved" in latex
+    assert "nan" not in latex.lower()  # missing values stay blank
+    cells = html_cells(render(view, "html"))
+    assert cells.tables == 1 and cells.rows[0] == HEADLINE_SHOWN and len(cells.rows) == 1 + len(rows)
+    assert [row[0] for row in cells.rows[1:]] == list(model_names())
+    assert cells.rows[1][2] == format(rows["test acc %"].iloc[0], ".2f") and cells.rows[1][3] == ""  # blank study %
+    markdown = render(view, "md").splitlines()
+    assert len(markdown) == 2 + len(rows) and markdown[0].startswith("| model")
+
+
+def test_format_option_shapes_the_summary_and_the_table_files(smoke_suite, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "html"
+    assert report_main(["--results-dir", str(smoke_suite.results), "--out", str(out), "--format", "html",
+                        "--dataset", "cifar10"]) == 0
+    printed = capsys.readouterr().out
+    cells = html_cells(printed)
+    assert cells.tables == 1 and cells.rows[0] == HEADLINE_SHOWN and SMOKE_CONFIGURATION in printed
+    files = {path.suffix for path in (out / "tables").iterdir()}
+    assert files == {".csv", ".html"}  # CSV always, as data
+    for path in (out / "tables").glob("*.html"):
+        assert html_cells(path.read_text()).tables == 1
+    assert not (smoke_suite.results / "html").exists()
+
+
+def test_pareto_labels_of_the_whole_suite_do_not_overlap(smoke_suite) -> None:
+    """All twelve runs in one plot: the label column's rendered text boxes are pairwise disjoint, right of the axes
+    and inside the figure; each label names model, precision and batch and has a leader line to its point."""
+    points = configuration_points(run_rows(records_in(smoke_suite.results)))
+    for x, log_x in ((TIME, True), (MEMORY, False)):
+        figure = pareto_figure(points, x, "cost", "twelve runs", log_x=log_x)
+        figure.draw_without_rendering()
+        labels = [text for text in figure.texts if text.get_gid() == POINT_LABEL]
+        boxes = [text.get_window_extent() for text in labels]
+        assert len(labels) == len(points) == 12
+        assert not [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b) in
+                    itertools.combinations(zip(labels, boxes), 2) if box_a.overlaps(box_b)]
+        axes_box, figure_box = figure.axes[0].get_window_extent(), figure.bbox
+        assert all(box.x0 > axes_box.x1 and box.y0 >= figure_box.y0 and box.y1 <= figure_box.y1 for box in boxes)
+        assert sorted(text.get_text() for text in labels) == sorted(
+            f"{model}, fp32, b16, dataset {dataset}" for model, dataset in zip(points["model"], points["dataset"]))
+        assert len([artist for artist in figure.artists if isinstance(artist, ConnectionPatch)]) == 12
+
+
+def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
+    records = [r for r in records_in(smoke_suite.results) if r["dataset"] == "mnist"][:2]
+    for record, accuracy in zip(records, (0.9950, 0.9951)):
+        record["metrics"]["test_acc"] = accuracy
+    points = configuration_points(run_rows(records))
+    figure = pareto_figure(points, TIME, "training time, s", "two runs", log_x=True)
+    figure.draw_without_rendering()
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    assert high - low >= MIN_ACCURACY_SPAN_PP and low < 99.50 and high > 99.51
+    heights = axes.transData.transform(points[[TIME, "test acc %"]].to_numpy())[:, 1]
+    assert abs(heights[0] - heights[1]) > 5  # pixels: visibly apart
+    ticks = [label.get_text() for label in axes.get_yticklabels() if label.get_text()]
+    assert len(set(ticks)) == len(ticks) >= 3 and all(len(tick.split(".")[1]) >= 2 for tick in ticks)
+    assert axes.yaxis.get_offset_text().get_text() == ""  # no "+9.95e1" offset
+
+
+def test_weakest_classes_and_confusion_matrices(report, smoke_suite) -> None:
+    records = {(r["model"], r["dataset"]): r for r in records_in(smoke_suite.results)}
+    weakest = report.weakest
+    assert list(weakest["model"]) == list(model_names()) * len(DATASETS)
+    for row in weakest.itertuples(index=False):
+        record = records[(row.model, row.dataset)]
+        seen = [i for i, counts in enumerate(record["test_confusion"]) if sum(counts) > 0]
+        order = sorted(seen, key=lambda i: record["test_per_class_acc"][i])[:3]
+        assert [row[5], row[7], row[9]] == [record["class_names"][i] for i in order]
+        assert [row[6], row[8], row[10]] == pytest.approx([record["test_per_class_acc"][i] * 100 for i in order])
+    chosen = headline_runs(run_rows(list(records.values())))
+    for keys, group in chosen.groupby(HEADLINE_GROUP, sort=False):
+        figure = confusion_figure(keys, group)
+        panels = [axes for axes in figure.axes if axes.images and axes.get_title()]
+        assert [axes.get_title() for axes in panels] == list(model_names())
+        for axes in panels:
+            counts = np.array(records[(axes.get_title(), keys[1])]["test_confusion"], dtype=float)
+            expected = counts * 100 / counts.sum(axis=1, keepdims=True)
+            assert np.allclose(axes.images[0].get_array().filled(np.nan), expected, equal_nan=True)
+        figure.draw_without_rendering()
+        names = list(CIFAR10_CLASSES) if keys[1] == "cifar10" else list("0123456789")
+        assert [label.get_text() for label in panels[-1].get_xticklabels()] == names  # bottom row: class names
+        assert [label.get_text() for label in panels[0].get_yticklabels()] == names  # left column
+    assert "## Where the models go wrong" in report.report_path.read_text()

@@ -1,0 +1,141 @@
+"""Results from several folders as one, and a configuration-by-configuration comparison with a baseline.
+
+Merging: suites sharded over machines, or re-run after a crash, leave the same run in more than one
+folder. A run is identified by its run_id (every setting that changes its result, bench/config.py) and
+the device it ran on (run_id leaves the machine out): the same run on the same kind of device counts
+once, the finished record kept, else the most recent. Speed-sweep points merge the same way.
+
+Comparison: configurations (tables.CONFIG_KEYS: a run's identity without seed and machine) present on
+both sides are set against each other, each side aggregated over its seeds per device. A throughput
+drop is flagged as a regression only beyond the noise: max(NOISE_FLOOR_PCT, NOISE_SIGMAS x the combined
+coefficient of variation of both sides' per-evaluation train img/s). The floor is there because
+separate processes on the same GPU typically differ by 1-3 % in throughput (clocks, placement, other
+tenants), which no single run's spread shows; the per-evaluation spread is each run's own noise, and
+two of its combined standard deviations cover about 95 % of the differences that noise alone makes
+between single evaluations (conservative for means over several evaluations or seeds).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.metrics import BY_KEY
+from bench.records import load_records, load_sweeps
+from bench.tables import CONFIG_KEYS, config_label, grouped, sorted_rows
+
+NOISE_FLOOR_PCT = 5.0  # separate processes on one GPU differ by 1-3 % in throughput; 5 % clears that
+NOISE_SIGMAS = 2.0  # two combined standard deviations: ~95 % of noise-only differences stay inside
+SWEEP_IDENTITY = ("model", "dataset", "mode", "precision", "channels_last", "compile", "batch_size", "data",
+                  "world_size")
+COMPARED = ["test_acc", "train_images_per_s", "peak_mem_allocated_bytes", "time_to_target_s"]
+SIDE = [*CONFIG_KEYS, "device", "n", *(BY_KEY[key].label for key in COMPARED), "img/s cv"]
+
+
+@dataclass
+class Merged:
+    """The records of one or more results folders, duplicates dropped."""
+
+    folders: list[Path]
+    runs: list[dict] = field(default_factory=list)
+    sweeps: list[dict] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    dropped: int = 0  # duplicate run and sweep records left out
+
+
+def deduplicated(records: list[dict], identity: Callable[[dict], Hashable], good: str,
+                 stamps: tuple[str, ...]) -> tuple[list[dict], int]:
+    """One record per identity: one with status `good` if there is one, the latest among those (by the first of
+    `stamps` a record has; time zones respected, no time loses), else the first met. Returns the records kept and
+    how many were not."""
+    frame = pd.DataFrame({
+        "key": [identity(record) for record in records],
+        "good": [record.get("status") == good for record in records],
+        "time": pd.to_datetime([next((record[stamp] for stamp in stamps if record.get(stamp)), None)
+                                for record in records], utc=True, errors="coerce", format="ISO8601"),
+        "earlier folder": range(len(records), 0, -1),  # a full tie keeps the record met first
+    })
+    ranked = frame.sort_values(["good", "time", "earlier folder"], na_position="first")
+    kept = ranked.drop_duplicates("key", keep="last")
+    return [records[index] for index in sorted(kept.index)], len(records) - len(kept)
+
+
+def load_merged(folders: Sequence[Path]) -> Merged:
+    """Every run and sweep record under `folders`, the same run on the same device kind kept once."""
+    merged = Merged(folders=[Path(folder) for folder in folders])
+    runs, sweeps = [], []
+    for folder in merged.folders:
+        for found, load in ((runs, load_records), (sweeps, load_sweeps)):
+            good, bad = load(folder)
+            found += good
+            merged.skipped += bad
+    merged.runs, dropped_runs = deduplicated(runs, lambda r: (r["run_id"], r.get("device")), "finished",
+                                             ("finished_at", "started_at"))
+    merged.sweeps, dropped_sweeps = deduplicated(
+        sweeps, lambda r: (*(r.get(key) for key in SWEEP_IDENTITY), r.get("device")), "ok", ("measured_at",))
+    merged.dropped = dropped_runs + dropped_sweeps
+    return merged
+
+
+def throughput_cv(histories: pd.Series) -> float:
+    """Coefficient of variation of the train img/s of every evaluation row of these runs (NaN below two rows)."""
+    rates = pd.to_numeric(pd.Series([row.get("train_images_per_s") for history in histories for row in history],
+                                    dtype=object), errors="coerce")
+    rates = rates[rates > 0]
+    return float(rates.std() / rates.mean()) if len(rates) > 1 else math.nan
+
+
+def sides(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration and device: the compared metrics over seeds, and the throughput's noise."""
+    finished = runs[runs["status"] == "finished"]
+    if finished.empty:
+        return pd.DataFrame(columns=SIDE)
+    table = grouped(finished, [*CONFIG_KEYS, "device"], COMPARED,
+                    facts=lambda group: {"img/s cv": throughput_cv(group["history"])})
+    return table.reindex(columns=SIDE)
+
+
+def change_pct(ours: pd.Series, baseline: pd.Series) -> pd.Series:
+    return (ours / baseline - 1) * 100
+
+
+def comparison_table(current: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """Every configuration on both sides (per device pair): accuracy difference, changes in throughput, memory and
+    time to target, the noise allowed, and whether throughput fell beyond it."""
+    ours = sides(current)
+    theirs = sides(baseline).rename(columns=lambda column: column if column in CONFIG_KEYS else f"baseline {column}")
+    both = ours.merge(theirs, on=CONFIG_KEYS)
+    acc, rate, memory, target = (BY_KEY[key].label for key in COMPARED)
+    both["acc diff pp"] = both[acc] - both[f"baseline {acc}"]
+    both["img/s change %"] = change_pct(both[rate], both[f"baseline {rate}"])
+    both["peak mem change %"] = change_pct(both[memory], both[f"baseline {memory}"])
+    both["to target change %"] = change_pct(both[target], both[f"baseline {target}"])
+    combined = np.hypot(both["img/s cv"].astype(float).fillna(0), both["baseline img/s cv"].astype(float).fillna(0))
+    both["noise %"] = np.maximum(NOISE_FLOOR_PCT, NOISE_SIGMAS * 100 * combined)
+    both["regression"] = both["img/s change %"] < -both["noise %"]
+    columns = [*CONFIG_KEYS, "device", "baseline device", "n", "baseline n", acc, f"baseline {acc}", "acc diff pp",
+               rate, f"baseline {rate}", "img/s change %", "noise %", "regression", memory, f"baseline {memory}",
+               "peak mem change %", target, f"baseline {target}", "to target change %"]
+    return sorted_rows(both.reindex(columns=columns), [*CONFIG_KEYS, "device", "baseline device"])
+
+
+COMPARISON_SHOWN = ["model", "dataset", "configuration", "device", "baseline device", "acc diff pp", "img/s change %",
+                    "noise %", "peak mem change %", "to target change %", "regression"]
+
+
+def comparison_view(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The columns the report shows: the configuration in words, the differences, and the flag as text."""
+    view = comparison.assign(configuration=[config_label(row) for _, row in comparison.iterrows()],
+                             regression=comparison["regression"].map({True: "slower", False: ""}))
+    return view.reindex(columns=COMPARISON_SHOWN)
+
+
+def regressions(comparison: pd.DataFrame) -> list[str]:
+    """One phrase per flagged configuration: what, where, and by how much."""
+    flagged = comparison[comparison["regression"].astype(bool)]
+    return [f"{row['model']} on {row['dataset']} ({config_label(row)}; {row['device']} vs {row['baseline device']}): "
+            f"{row['img/s change %']:+.1f} % img/s, noise {row['noise %']:.1f} %" for _, row in flagged.iterrows()]
