@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import ConnectionPatch
-from matplotlib.ticker import FuncFormatter, LogFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
 from bench.metrics import BY_KEY
 from bench.tables import CONFIG_KEYS, HEADLINE_GROUP, PRECISION_NAMES, grouped, sorted_rows, with_gib
@@ -137,7 +137,8 @@ def pareto_figure(points: pd.DataFrame, x: str, x_label: str, title: str, log_x:
     if log_x:
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(PLAIN_NUMBER)
-        axes.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        low, high = axes.get_xlim()  # within about a decade the minor ticks (2, 3, ... 9) carry their numbers too
+        axes.xaxis.set_minor_formatter(PLAIN_NUMBER if high / low < 30 else NullFormatter())
     accuracy_axis(axes, points[ACCURACY])
     axes.set_xlabel(x_label, fontsize=AXIS_SIZE)
     axes.set_ylabel("test accuracy, %", fontsize=AXIS_SIZE)
