@@ -1,8 +1,9 @@
 """The Python half of scripts/gpu-check.sh: what this machine offers (`probe`) and the one-page SUMMARY.md (`summary`).
 
-`python -m bench.gpu_check probe [--data-dir DIR]` prints KEY=VALUE lines for the script to read: whether
-ffcv imports, whether CUDA is there, the device's name and a file-name slug of it, the `fast` preset's
-batch, and which of the study's datasets DIR holds (with where MNIST's files are looked for).
+`python -m bench.gpu_check probe [--data-dir DIR] [--wheels DIR]` prints KEY=VALUE lines for the script to
+read: whether ffcv imports, whether CUDA is there, the device's name and a file-name slug of it, the `fast`
+preset's batch, which of the study's datasets DIR holds (with where MNIST's files are looked for), and
+which of the wheels to install should ffcv be missing.
 
 `python -m bench.gpu_check summary --run-dir DIR --budget-s S [--cpu]` reads what the script left in its
 run folder (steps.tsv, logs/, the run and sweep records) and writes DIR/SUMMARY.md: the device and versions,
@@ -24,7 +25,7 @@ import torch
 from accelerate import Accelerator
 
 from bench.config import PRESETS, RECIPES, recipe_batch
-from bench.environment import environment, use_cpu
+from bench.environment import environment, package_version, use_cpu
 from bench.measure import device_name
 from bench.metrics import BY_KEY
 from bench.records import load_records, load_sweeps
@@ -52,7 +53,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
 
 
-def probe(data_dir: Path | None) -> list[str]:
+def wheels_to_install(folder: Path | None) -> list[str]:
+    """ffcv's wheel, and each other wheel in `folder` whose distribution this Python lacks: what the machine
+    has stays its own (a copy earlier on PYTHONPATH would shadow it, torch's numpy say)."""
+    wheels = sorted(folder.glob("*.whl")) if folder is not None and folder.is_dir() else []
+    return [wheel.name for wheel in wheels
+            if wheel.name.startswith("ffcv-") or package_version(wheel.name.split("-")[0]) is None]
+
+
+def probe(data_dir: Path | None, wheels: Path | None) -> list[str]:
     """KEY=VALUE lines; values are single lines (the script splits each at its first '=')."""
     try:
         import ffcv  # noqa: F401  -- the import itself is the check (on Python 3.12 it also needs setuptools)
@@ -69,7 +78,8 @@ def probe(data_dir: Path | None) -> list[str]:
             present.append(dataset)
     return [f"ffcv={ffcv_status}", f"cuda={'yes' if cuda else 'no'}", f"device={name}", f"slug={slug(name)}",
             f"fast_batch={fast.batch_size or recipe_batch(RECIPES[fast.recipe], num_processes=1)}",
-            f"datasets={' '.join(present)}", f"mnist_files={get_spec('mnist').source.place_hint()}"]
+            f"datasets={' '.join(present)}", f"mnist_files={get_spec('mnist').source.place_hint()}",
+            f"wheels={' '.join(wheels_to_install(wheels))}"]
 
 
 # ----- summary -------------------------------------------------------------------------------------------------
@@ -228,13 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     probe_parser = commands.add_parser("probe", help="KEY=VALUE lines about this machine and the data folder")
     probe_parser.add_argument("--data-dir", type=Path, default=None)
+    probe_parser.add_argument("--wheels", type=Path, default=None, help="the folder ffcv would be installed from")
     summary_parser = commands.add_parser("summary", help="write RUN_DIR/SUMMARY.md")
     summary_parser.add_argument("--run-dir", type=existing_folder, required=True)
     summary_parser.add_argument("--budget-s", type=positive_int, required=True)
     summary_parser.add_argument("--cpu", action="store_true", help="the run was a CPU rehearsal")
     args = parser.parse_args(argv)
     if args.command == "probe":
-        print("\n".join(probe(args.data_dir)))
+        print("\n".join(probe(args.data_dir, args.wheels)))
         return 0
     text = summary_markdown(args.run_dir, args.budget_s, args.cpu, environment(Accelerator(cpu=use_cpu())))
     print(atomic_write(args.run_dir / "SUMMARY.md", lambda tmp: tmp.write_text(text)))

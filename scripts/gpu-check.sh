@@ -4,19 +4,20 @@
 #   bash scripts/gpu-check.sh [--data-dir DIR] [--out DIR] [--budget-s SECONDS] [--wheels DIR]
 #                             [--results-dir DIR] [--cpu]
 #
-# In order: ffcv from local wheels if it does not import (nothing else is installed, torch never touched),
-# the CUDA-only tests, the harness-overhead benchmark, the speed sweep's eager points, the input-pipeline
-# benchmark, the `fast` suite on MNIST (and CIFAR-10 when DIR has it), the sweep's compiled points, and the
-# report.
-# Everything goes to one folder, <results-dir>/<gpu-slug>-<YYYYMMDD-HHMM>/ (records, REPORT.md, tables/,
-# plots/, logs/, gpu-check.log, SUMMARY.md); --out DIR receives that folder packed as one .tar.gz beside
-# plain copies of gpu-check.log and SUMMARY.md, which is all a lent GPU machine hands back.
+# In order: ffcv, when it does not import, from the wheels in --wheels (default .device-wheels/; only those
+# of what is missing, into a private folder: the machine's own packages, torch above all, stay as they are);
+# the CUDA-only tests; the harness-overhead benchmark; the speed sweep's eager points; the input-pipeline
+# benchmark; the `fast` suite on MNIST (and CIFAR-10 when --data-dir has it; default $DEEPNETS_DATA_DIR);
+# the sweep's compiled points; the report. Everything goes to one folder, <--results-dir, default
+# results/gpu-check>/<gpu-slug>-<YYYYMMDD-HHMM>/ (records, REPORT.md, tables/, plots/, logs/, gpu-check.log,
+# SUMMARY.md); --out DIR receives that folder packed as one .tar.gz beside plain copies of gpu-check.log and
+# SUMMARY.md, which is all a lent GPU machine hands back. $PYTHON (default python3) is the interpreter.
 #
-# A GPU is lent for minutes, so the check keeps to --budget-s (default 420): a step starts only while
-# time is left, is stopped when the budget runs out, and the speed sweep has its own share. Each step
-# prints one line (ok / failed (exit N) / stopped: budget / skipped: budget, and its seconds); a failed
-# step does not stop the others; the exit status is 1 when any step failed, 2 for bad options.
-# --cpu rehearses every step's real command line on a CPU machine with tiny sizes and synthetic data.
+# A GPU is lent for minutes, so the check keeps to --budget-s (default 420): a step starts only while time
+# is left and is stopped when the budget runs out, and the speed sweep has its own share. Each step prints
+# one line (ok / failed (exit N) / stopped: budget / skipped: budget, and its seconds); a failed step does
+# not stop the others; the exit status is 1 when any step failed, 2 for bad options or a machine that lacks
+# what the check needs. --cpu rehearses every step's command line on a CPU with tiny sizes and synthetic data.
 set -uo pipefail  # no -e: a failed step is recorded and the check goes on
 
 PROG=gpu-check.sh
@@ -67,6 +68,7 @@ if [ "$cpu" = 1 ]; then
   [ "$data_dir_given" = 0 ] || die "--data-dir: not used with --cpu (the rehearsal trains on synthetic data)"
   data_dir=""
   export CUDA_VISIBLE_DEVICES=""  # a rehearsal on the CPU even where a GPU is present
+  export OMP_NUM_THREADS=1  # tiny sizes gain nothing from more threads; on a busy CPU they would only spin
 elif [ -n "$data_dir" ] && [ ! -d "$data_dir" ]; then
   die "--data-dir: expected a folder holding MNIST's idx files, got '$data_dir' (not a folder)"
 fi
@@ -78,7 +80,7 @@ export PYTHONUNBUFFERED=1  # each command's output reaches the log as it happens
 # ----- what this machine has ------------------------------------------------------------------------------------
 work=$(mktemp -d)  # the probe's messages, and the private site folder where ffcv may be installed
 trap 'rm -rf "$work"' EXIT
-probe_out=$("$PYTHON" -m bench.gpu_check probe ${data_dir:+--data-dir "$data_dir"} 2>"$work/probe.err") \
+probe_out=$("$PYTHON" -m bench.gpu_check probe --wheels "$wheels" ${data_dir:+--data-dir "$data_dir"} 2>"$work/probe.err") \
   || { echo "$PROG: error: $PYTHON -m bench.gpu_check probe failed: $(tail -n 1 "$work/probe.err")" >&2; exit 1; }
 declare -A probe
 while IFS='=' read -r key value; do probe[$key]=$value; done <<<"$probe_out"
@@ -88,9 +90,9 @@ if [ "$cpu" = 0 ]; then
   [ -n "$data_dir" ] || die "--data-dir: expected a folder holding MNIST (or set DEEPNETS_DATA_DIR): ${probe[mnist_files]}"
   [[ " ${datasets[*]} " == *" mnist "* ]] || die "--data-dir: no MNIST in '$data_dir'; expected ${probe[mnist_files]}"
 fi
-if [ "${probe[ffcv]}" != ok ]; then
-  compgen -G "$wheels/ffcv-*.whl" >/dev/null \
-    || die "--wheels: ffcv does not import here (${probe[ffcv]}) and '$wheels' holds no ffcv-*.whl; expected a folder with ffcv's wheel and its pure-Python requirements (a copy of shared/device/wheels)"
+read -r -a wheels_needed <<<"${probe[wheels]}"  # ffcv's, and those of requirements this Python lacks
+if [ "${probe[ffcv]}" != ok ] && [[ " ${wheels_needed[*]} " != *" ffcv-"* ]]; then
+  die "--wheels: ffcv does not import here (${probe[ffcv]}) and '$wheels' holds no ffcv-*.whl; expected a folder with ffcv's wheel and its pure-Python requirements (a copy of shared/device/wheels)"
 fi
 
 # ----- the run folder, the log and the step runner ---------------------------------------------------------------
@@ -158,12 +160,12 @@ if [ "${probe[ffcv]}" = ok ]; then
 else
   # Into a private site folder: nothing of the machine's own Python (torch above all) is replaced.
   step install-ffcv 300 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target "$work/site" "$wheels"/*.whl
+    --target "$work/site" "${wheels_needed[@]/#/$wheels/}"
   export PYTHONPATH=$work/site:$PYTHONPATH
   [ ${#failed[@]} -gt 0 ] || step import-ffcv 120 "$PYTHON" -c "import ffcv.loader; print('ffcv', ffcv.__version__, 'from', ffcv.__file__)"
 fi
 if [ ${#failed[@]} -gt 0 ]; then
-  say "$PROG: ffcv is not usable here (see $log); nothing else can run"
+  say "$PROG: ffcv is not usable here (on Python 3.12 it also needs setuptools, for distutils; see $log); nothing else can run"
 else
   step cuda-tests "$(left)" "$PYTHON" -m pytest -m cuda
   for model in "${overhead_models[@]}"; do

@@ -36,7 +36,7 @@ case "$*" in
 esac
 """
 CPU_PROBE = {"ffcv": "ok", "cuda": "no", "device": "CPU: test", "slug": "cpu-test", "fast_batch": "512",
-             "datasets": "", "mnist_files": "the four idx files in DIR/"}
+             "datasets": "", "mnist_files": "the four idx files in DIR/", "wheels": ""}
 NO_FFCV = "missing (ModuleNotFoundError: No module named 'ffcv')"
 
 
@@ -139,7 +139,7 @@ def test_bad_option_is_one_line_and_exit_2(tmp_path, args, option):
 
 
 @pytest.mark.parametrize("args, probe, message", [
-    (["--cpu", "--wheels", "/nonexistent"], {"ffcv": NO_FFCV}, "--wheels: ffcv does not import here"),
+    (["--cpu"], {"ffcv": NO_FFCV, "wheels": "assertpy-1.1-py3-none-any.whl"}, "--wheels: ffcv does not import here"),
     ([], {}, "no CUDA device here"),
     (["--data-dir", "."], {"cuda": "yes"}, "--data-dir: no MNIST in"),
 ])
@@ -151,16 +151,16 @@ def test_what_the_machine_lacks_is_one_line_and_exit_2(tmp_path, args, probe, me
 
 
 def test_ffcv_is_installed_from_the_wheels_into_a_private_folder(tmp_path):
-    (tmp_path / "wheels").mkdir()
-    (tmp_path / "wheels" / "ffcv-1.0.2-cp38-abi3-linux_x86_64.whl").touch()
+    wheels = "assertpy-1.1-py3-none-any.whl ffcv-1.0.2-cp38-abi3-linux_x86_64.whl"  # what the probe found missing
     done = run_check("--cpu", "--budget-s", "1", "--wheels", str(tmp_path / "wheels"),
-                     "--results-dir", str(tmp_path / "results"), env=fake_python(tmp_path, ffcv=NO_FFCV))
+                     "--results-dir", str(tmp_path / "results"), env=fake_python(tmp_path, ffcv=NO_FFCV, wheels=wheels))
     assert done.returncode == 0, done.stdout + done.stderr
     assert {"install-ffcv": "ok", "import-ffcv": "ok"}.items() <= step_lines(done.stdout).items()
     calls = (tmp_path / "calls").read_text().splitlines()
     install = next(call for call in calls if " :: -m pip install" in call)
     site = re.search(r"--target (\S+) ", install)[1]
     assert install.endswith(f"--no-index --no-deps --no-compile --no-cache-dir --target {site} "
+                            f"{tmp_path}/wheels/assertpy-1.1-py3-none-any.whl "
                             f"{tmp_path}/wheels/ffcv-1.0.2-cp38-abi3-linux_x86_64.whl")
     after = calls[calls.index(install) + 1:]
     assert after and all(call.startswith(f"{site}:{REPO}") for call in after)  # the wheels come first
@@ -168,15 +168,24 @@ def test_ffcv_is_installed_from_the_wheels_into_a_private_folder(tmp_path):
 
 
 def test_a_failed_ffcv_install_stops_the_check_but_still_hands_back_the_log(tmp_path):
-    (tmp_path / "wheels").mkdir()
-    (tmp_path / "wheels" / "ffcv-1.0.2-cp38-abi3-linux_x86_64.whl").touch()
-    done = run_check("--cpu", "--wheels", str(tmp_path / "wheels"), "--out", str(tmp_path / "out"),
-                     "--results-dir", str(tmp_path / "results"),
-                     env={**fake_python(tmp_path, ffcv=NO_FFCV), "FAKE_FAIL": "-m pip install"})
+    env = {**fake_python(tmp_path, ffcv=NO_FFCV, wheels="ffcv-1.0.2-cp38-abi3-linux_x86_64.whl"),
+           "FAKE_FAIL": "-m pip install"}
+    done = run_check("--cpu", "--out", str(tmp_path / "out"), "--results-dir", str(tmp_path / "results"), env=env)
     assert done.returncode == 1
     assert step_lines(done.stdout) == {"install-ffcv": "failed (exit 1)", "summary": "ok"}
     assert "ffcv is not usable here" in done.stdout and "install-ffcv failed; everything is in" in done.stdout
     assert {"gpu-check.log", "SUMMARY.md"} < handed_back(tmp_path / "out")
+
+
+def test_only_wheels_of_what_is_missing_are_installed(tmp_path):
+    from bench.gpu_check import wheels_to_install
+
+    for name in ("ffcv-1.0.2-cp38-abi3-linux_x86_64.whl", "numpy-1.0-py3-none-any.whl",
+                 "no_such_distribution-1.0-py3-none-any.whl"):
+        (tmp_path / name).touch()
+    assert wheels_to_install(tmp_path) == ["ffcv-1.0.2-cp38-abi3-linux_x86_64.whl",
+                                           "no_such_distribution-1.0-py3-none-any.whl"]  # numpy stays the machine's
+    assert wheels_to_install(tmp_path / "absent") == []
 
 
 @pytest.mark.parametrize("budget, ran", [(1, []), (43, ["cuda-tests", "report"])])
