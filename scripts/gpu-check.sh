@@ -162,7 +162,8 @@ else
   step install-ffcv 300 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target "$work/site" "${wheels_needed[@]/#/$wheels/}"
   export PYTHONPATH=$work/site:$PYTHONPATH
-  [ ${#failed[@]} -gt 0 ] || step import-ffcv 120 "$PYTHON" -c "import ffcv.loader; print('ffcv', ffcv.__version__, 'from', ffcv.__file__)"
+  [ ${#failed[@]} -gt 0 ] || step import-ffcv 120 "$PYTHON" -c \
+    "import importlib.metadata, ffcv.loader; print('ffcv', importlib.metadata.version('ffcv'), 'from', ffcv.__file__)"
 fi
 if [ ${#failed[@]} -gt 0 ]; then
   say "$PROG: ffcv is not usable here (on Python 3.12 it also needs setuptools, for distutils; see $log); nothing else can run"
