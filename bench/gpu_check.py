@@ -173,12 +173,13 @@ def sweep_lines(run_dir: Path, steps: list[Step]) -> list[str]:
 
 def throughput_lines(run_dir: Path, steps: list[Step]) -> list[str]:
     """The table data.throughput printed, as it printed it (it writes no file)."""
-    if not any(step.name == "throughput" for step in steps):
+    step = next((step for step in steps if step.name == "throughput"), None)
+    if step is None:
         return ["_(not run)_"]
     log = step_log(run_dir, "throughput").splitlines()
     start = next((number for number, line in enumerate(log) if line.startswith("images/s reaching")), None)
     if start is None:
-        return ["_(no result: see logs/throughput.log)_"]
+        return [f"_(no result: {step.status}; see logs/throughput.log)_"]
     table = [line for line in log[start + 1:] if line.startswith("|")]
     return [log[start] + ":", "", *table]
 
