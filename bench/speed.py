@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 from bench.config import COMPILE_MODES, PRECISIONS, add_plugin_option, load_plugins, results_folder
 from bench.environment import environment, use_cpu
@@ -30,7 +31,7 @@ from bench.profiling import StepProfiler
 from bench.records import sweeps_dir
 from bench.runtime import AUTOCAST_DTYPES, build_model_and_optimizer, configure_backends, precision_error, release
 from data.augment import DevicePreprocess
-from data.cli import OneLineParser, positive_int
+from data.cli import OneLineParser, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
 from data.encode import IMAGE_SIZE
 from data.files import write_json_atomic
@@ -203,11 +204,16 @@ def build_parser() -> OneLineParser:
                         help="cap the memory the sweep may use (per process), to preview a smaller device")
     parser.add_argument("--results-dir", type=results_folder, default=Path("results"))
     parser.add_argument("--profile", action="store_true", help="torch.profiler trace of the first window of each point")
+    parser.add_argument("--time-budget-s", type=non_negative_float, default=None, metavar="S",
+                        help="start no new point once S seconds have passed since the sweep began (the point in "
+                        "progress finishes); one line names the points skipped. Points run model by model, then "
+                        "mode, precision, channels_last, compile mode and batch size, each in the order given")
     add_plugin_option(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()
     load_plugins(argv, "bench/speed.py")
     args = build_parser().parse_args(argv)
     accelerator = Accelerator(mixed_precision="no", cpu=use_cpu())  # each point autocasts itself
@@ -228,7 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.models, args.modes, args.precisions, on_off(args.channels_last), args.compile, args.batch_sizes)
     ]
     rows = []
-    for point in points:
+    for number, point in enumerate(points):
+        # Every process must agree to stop, or the others would wait forever at the next point's collectives.
+        if args.time_budget_s is not None and broadcast_object_list(
+                [time.monotonic() - started >= args.time_budget_s])[0]:
+            accelerator.print(f"bench/speed.py: time budget of {args.time_budget_s:g} s spent after {number} of "
+                              f"{len(points)} point(s); skipped: {', '.join(p.key for p in points[number:])}")
+            break
         if args.data == "synthetic":
             batches = synthetic_batches(point.batch_size, get_spec(point.dataset), device)
         else:

@@ -1,0 +1,258 @@
+"""scripts/gpu-check.sh: the CPU rehearsal run for real, and the script's own logic with a stand-in interpreter.
+
+The rehearsal (`--cpu`) runs every step's real command line at tiny sizes, once for the module. The other
+tests give the script a few lines of bash in place of Python, so that option errors, what the machine lacks,
+the ffcv install and the time budget are checked in a second or two each.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+SCRIPT = REPO / "scripts" / "gpu-check.sh"
+# The rehearsal's steps, in order (on a GPU the overhead runs for resnet18_improved and inception_v1).
+STEPS = ["cuda-tests", "overhead-resnet18", "sweep-eager", "throughput", "suite", "sweep-compiled", "report", "summary"]
+STEP_LINE = re.compile(r"^(?P<name>\S+) +(?P<status>ok|failed \(exit \d+\)|stopped: budget|skipped: budget) +"
+                       r"\d+ s$", re.M)
+HANDED_BACK = {"files": 8, "bytes": 16 * 2**20, "folders": 2}  # what a lent GPU machine returns from --out
+
+# Stands in for Python: logs "PYTHONPATH :: arguments" to $FAKE_CALLS, fails what matches $FAKE_FAIL, answers
+# the probe with $FAKE_PROBE, writes a summary, and lets the tests step take $FAKE_PYTEST_S.
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$PYTHONPATH :: $*" >> "$FAKE_CALLS"
+case "$*" in
+  *"${FAKE_FAIL:-no such command}"*) exit 1 ;;
+  "-m bench.gpu_check probe"*) printf '%s\\n' "$FAKE_PROBE" ;;
+  "-m bench.gpu_check summary --run-dir "*) echo "# fake summary" > "$5/SUMMARY.md" ;;
+  "-m pytest"*) sleep "${FAKE_PYTEST_S:-0}" ;;
+esac
+"""
+CPU_PROBE = {"ffcv": "ok", "cuda": "no", "device": "CPU: test", "slug": "cpu-test", "fast_batch": "512",
+             "datasets": "", "mnist_files": "the four idx files in DIR/", "wheels": ""}
+NO_FFCV = "missing (ModuleNotFoundError: No module named 'ffcv')"
+
+
+def run_check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable, **(env or {})})
+
+
+def fake_python(tmp_path: Path, **probe: str) -> dict:
+    """Environment that makes the script run the stand-in interpreter, whose probe says `probe`."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    lines = "\n".join(f"{key}={value}" for key, value in {**CPU_PROBE, **probe}.items())
+    return {"PYTHON": str(fake), "FAKE_PROBE": lines, "FAKE_CALLS": str(tmp_path / "calls")}
+
+
+def step_lines(stdout: str) -> dict[str, str]:
+    return {found["name"]: found["status"] for found in STEP_LINE.finditer(stdout)}
+
+
+def handed_back(out: Path) -> set[str]:
+    """The names in --out, after checking that a lent machine would return them all."""
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert len(files) <= HANDED_BACK["files"]
+    assert all(path.stat().st_size <= HANDED_BACK["bytes"] for path in files)
+    assert all(len(path.relative_to(out).parts) - 1 <= HANDED_BACK["folders"] for path in out.rglob("*"))
+    return {path.name for path in files}
+
+
+# ----- the rehearsal, for real ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory, cache_dir) -> tuple[subprocess.CompletedProcess, Path]:
+    tmp = tmp_path_factory.mktemp("gpu-check")
+    done = run_check("--cpu", "--out", str(tmp / "out"), "--results-dir", str(tmp / "results"),
+                     env={"DEEPNETS_CACHE_DIR": str(cache_dir)})  # the suite's data is the smoke suite's
+    return done, tmp / "out"
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_step(rehearsal):
+    done, _ = rehearsal
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert step_lines(done.stdout) == dict.fromkeys(STEPS, "ok"), done.stdout
+    assert "ffcv imports: nothing to install" in done.stdout
+    assert "s, no step failed; everything is in " in done.stdout and "out of budget" not in done.stdout
+
+
+@pytest.mark.slow
+def test_rehearsal_archive_holds_records_report_and_log(rehearsal):
+    _, out = rehearsal
+    (archive,) = out.glob("*.tar.gz")
+    name = archive.name.removesuffix(".tar.gz")
+    assert re.fullmatch(r"cpu-[a-z0-9-]+-\d{8}-\d{4}", name)
+    assert handed_back(out) == {archive.name, "SUMMARY.md", "gpu-check.log"}
+    with tarfile.open(archive) as tar:
+        members = tar.getnames()
+        log = tar.extractfile(f"{name}/gpu-check.log").read()
+    assert {f"{name}/REPORT.md", f"{name}/SUMMARY.md", f"{name}/gpu-check.log"} <= set(members)
+    assert any(re.fullmatch(rf"{name}/runs/fast_mnist-synthetic_resnet18_.*\.json", m) for m in members)
+    assert any(re.fullmatch(rf"{name}/speed/resnet18_.*_eager_b2_synthetic\.json", m) for m in members)
+    assert any(m.startswith(f"{name}/plots/") and m.endswith(".png") for m in members)
+    for step in STEPS[:-1]:  # every command's output, under its own header
+        assert f"\n=== {step} (at most ".encode() in log
+    assert b"skipped: resnet18_cifar10_train_bf16_cl_compile-reduce-overhead_b2_synthetic" in log
+    assert (out / "gpu-check.log").read_bytes().startswith(log)  # the plain copy has the closing lines too
+
+
+@pytest.mark.slow
+def test_rehearsal_summary_has_the_key_numbers(rehearsal):
+    _, out = rehearsal
+    summary = (out / "SUMMARY.md").read_text()
+    assert "CPU rehearsal" in summary and "torch " in summary and "ffcv 1.0.2" in summary
+    assert re.search(r"\| sweep-compiled +\| ok +\|", summary)
+    assert re.search(r"\| resnet18 +\| 2 +\| bf16 +\|( [\d,.]+ +\|){3}", summary)  # the overhead ratio
+    assert "1 point(s) measured (0 out of memory), 2 skipped by the sweep's budget" in summary
+    assert re.search(r"\| resnet18 +\| +[\d,.]+ \| bf16 +\| off +\| +2 \|", summary)  # best img/s per model
+    assert re.search(r"\| mnist +\| train +\| +[\d,.]+ \|", summary)  # the input pipeline
+    assert re.search(r"\| synthetic +\| mnist +\| resnet18 +\| +[\d.]+ \|", summary)  # the suite's headline
+
+
+# ----- the script's logic, with a stand-in interpreter ----------------------------------------------------------
+
+@pytest.mark.parametrize("args, option", [
+    (["--budget-s", "0"], "--budget-s"),
+    (["--budget-s", "7m"], "--budget-s"),
+    (["--budget-s"], "--budget-s"),
+    (["--data-dir", "/nonexistent"], "--data-dir"),
+    (["--cpu", "--data-dir", "."], "--data-dir"),
+    (["--out", str(SCRIPT)], "--out"),
+    (["--results-dir", str(SCRIPT)], "--results-dir"),
+    (["--gpus", "2"], "unknown option '--gpus'"),
+])
+def test_bad_option_is_one_line_and_exit_2(tmp_path, args, option):
+    done = run_check(*args, env=fake_python(tmp_path))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"gpu-check.sh: error: {option}")
+    assert not (tmp_path / "calls").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("args, probe, message", [
+    (["--cpu"], {"ffcv": NO_FFCV, "wheels": "assertpy-1.1-py3-none-any.whl"}, "--wheels: ffcv does not import here"),
+    ([], {}, "no CUDA device here"),
+    (["--data-dir", "."], {"cuda": "yes"}, "--data-dir: no MNIST in"),
+])
+def test_what_the_machine_lacks_is_one_line_and_exit_2(tmp_path, args, probe, message):
+    done = run_check(*args, "--results-dir", str(tmp_path / "results"), env=fake_python(tmp_path, **probe))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"gpu-check.sh: error: {message}")
+    assert not (tmp_path / "results").exists()
+
+
+def test_ffcv_is_installed_from_the_wheels_into_a_private_folder(tmp_path):
+    wheels = "assertpy-1.1-py3-none-any.whl ffcv-1.0.2-cp38-abi3-linux_x86_64.whl"  # what the probe found missing
+    done = run_check("--cpu", "--budget-s", "1", "--wheels", str(tmp_path / "wheels"),
+                     "--results-dir", str(tmp_path / "results"), env=fake_python(tmp_path, ffcv=NO_FFCV, wheels=wheels))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {"install-ffcv": "ok", "import-ffcv": "ok"}.items() <= step_lines(done.stdout).items()
+    calls = (tmp_path / "calls").read_text().splitlines()
+    install = next(call for call in calls if " :: -m pip install" in call)
+    site = re.search(r"--target (\S+) ", install)[1]
+    assert install.endswith(f"--no-index --no-deps --no-compile --no-cache-dir --target {site} "
+                            f"{tmp_path}/wheels/assertpy-1.1-py3-none-any.whl "
+                            f"{tmp_path}/wheels/ffcv-1.0.2-cp38-abi3-linux_x86_64.whl")
+    after = calls[calls.index(install) + 1:]
+    assert after and all(call.startswith(f"{site}:{REPO}") for call in after)  # the wheels come first
+    assert not Path(site).parent.exists()  # the private folder goes when the check ends
+
+
+def test_a_failed_ffcv_install_stops_the_check_but_still_hands_back_the_log(tmp_path):
+    env = {**fake_python(tmp_path, ffcv=NO_FFCV, wheels="ffcv-1.0.2-cp38-abi3-linux_x86_64.whl"),
+           "FAKE_FAIL": "-m pip install"}
+    done = run_check("--cpu", "--out", str(tmp_path / "out"), "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 1
+    assert step_lines(done.stdout) == {"install-ffcv": "failed (exit 1)", "summary": "ok"}
+    assert "ffcv is not usable here" in done.stdout and "install-ffcv failed; everything is in" in done.stdout
+    assert {"gpu-check.log", "SUMMARY.md"} < handed_back(tmp_path / "out")
+
+
+def test_only_wheels_of_what_is_missing_are_installed(tmp_path):
+    from bench.gpu_check import wheels_to_install
+
+    for name in ("ffcv-1.0.2-cp38-abi3-linux_x86_64.whl", "numpy-1.0-py3-none-any.whl",
+                 "no_such_distribution-1.0-py3-none-any.whl"):
+        (tmp_path / name).touch()
+    assert wheels_to_install(tmp_path) == ["ffcv-1.0.2-cp38-abi3-linux_x86_64.whl",
+                                           "no_such_distribution-1.0-py3-none-any.whl"]  # numpy stays the machine's
+    assert wheels_to_install(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize("budget, ran", [(1, []), (41, ["cuda-tests", "report"])])
+def test_budget_skips_the_later_steps_and_names_them(tmp_path, budget, ran):
+    # 41 s leave the measuring steps 11 s (the report keeps 30): the 2-s test step starts, nothing after it.
+    env = {**fake_python(tmp_path), "FAKE_PYTEST_S": "2"}
+    done = run_check("--cpu", "--budget-s", str(budget), "--out", str(tmp_path / "out"),
+                     "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cut = [step for step in STEPS[:-1] if step not in ran]
+    assert step_lines(done.stdout) == {**dict.fromkeys(cut, "skipped: budget"), **dict.fromkeys(ran, "ok"),
+                                       "summary": "ok"}
+    assert f"out of budget ({budget} s): skipped or stopped {' '.join(cut)}\n" in done.stdout
+    calls = (tmp_path / "calls").read_text()
+    assert "bench.speed" not in calls and "bench/run.py" not in calls
+    (run_dir,) = (tmp_path / "results").iterdir()
+    assert handed_back(tmp_path / "out") == {"gpu-check.log", "SUMMARY.md", f"{run_dir.name}.tar.gz"}
+
+
+def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
+    # The rehearsal runs other sizes and models than a GPU: read the GPU's command lines with the real parsers.
+    from accelerate.commands.launch import launch_command_parser
+
+    from bench.config import build_parser as run_parser
+    from bench.report import build_parser as report_parser
+    from bench.speed import build_parser as speed_parser
+    from models import model_names
+
+    env = fake_python(tmp_path, cuda="yes", device="NVIDIA H100 80GB HBM3", slug="nvidia-h100-80gb-hbm3",
+                      datasets="mnist cifar10")
+    done = run_check("--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert step_lines(done.stdout) == dict.fromkeys(
+        ["cuda-tests", "overhead-resnet18_improved", "overhead-inception_v1", "sweep-eager", "throughput", "suite",
+         "sweep-compiled", "report", "summary"], "ok")
+    (run_dir,) = (tmp_path / "results").iterdir()
+    assert run_dir.name.startswith("nvidia-h100-80gb-hbm3-")
+    calls = [line.split(" :: ", 1)[1].split(" ") for line in (tmp_path / "calls").read_text().splitlines()]
+    by_module = {}
+    for call in calls:
+        by_module.setdefault(call[1], []).append(call[2:])
+    assert by_module["pytest"] == [["-m", "cuda"]]
+    for args, model in zip(by_module["bench.overhead"], ["resnet18_improved", "inception_v1"], strict=True):
+        assert args == ["--model", model, "--batch-size", "512", "--precision", "bf16", "--channels-last"]
+        assert model in model_names()
+    eager, compiled = (speed_parser().parse_args(args) for args in by_module["bench.speed"])
+    for sweep in (eager, compiled):
+        assert sweep.models == ["resnet18", "inception_v1", "resnet18_improved", "inception_v1_improved", "vgg16",
+                                "vgg16_improved"]
+        assert (sweep.modes, sweep.precisions, sweep.channels_last, sweep.batch_sizes, sweep.results_dir) == (
+            ["train"], ["bf16", "fp16"], "on", [256, 1024], run_dir)
+    assert (eager.compile, eager.time_budget_s) == (["off"], 105)  # a quarter of the default 420 s
+    assert compiled.compile == ["reduce-overhead", "default"] and 90 <= compiled.time_budget_s <= 105
+    assert by_module["data.throughput"] == [["--datasets", "mnist", "cifar10", "--data-dir", str(tmp_path)]]
+    (launch,) = by_module["accelerate.commands.launch"]
+    launcher = launch_command_parser().parse_args(launch)
+    assert (launcher.num_processes, launcher.training_script) == (1, "bench/run.py")
+    suite = run_parser().parse_args(launcher.training_script_args)
+    assert (suite.preset, suite.datasets, suite.data_dir, suite.results_dir) == (
+        "fast", ["mnist", "cifar10"], tmp_path, run_dir)
+    assert report_parser().parse_args(by_module["bench.report"][0]).results_dir == run_dir
+
+
+def test_speed_time_budget_rejects_a_negative_number(capsys):
+    from bench.speed import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--time-budget-s", "-1"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "bench/speed.py: error: argument --time-budget-s: expected a number >= 0, got '-1'\n"
