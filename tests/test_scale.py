@@ -1,8 +1,11 @@
-"""Beyond one machine, for real on this one: two `accelerate launch` processes with machine ranks 0 and 1
-stand for two machines (one process each, gloo over 127.0.0.1) in one run.
+"""Beyond one machine, for real on this one: a run over two machines, and the SLURM templates.
+
+Two `accelerate launch` processes with machine ranks 0 and 1 stand for two machines (one process each,
+gloo over 127.0.0.1), and the templates' dry runs get stand-ins for SLURM's own `scontrol` and `srun`.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -122,3 +125,55 @@ def test_resume_without_a_shared_results_folder_stops_with_one_line(two_machine_
                         f"{record['run_id']} in {results}, process 1 finds record none, checkpoint none; expected "
                         "--results-dir to be one folder shared by every machine"]
     assert records_in(own[0]) == records_in(own[1]) == []
+
+
+SLURM_BIN = {
+    # Stand-ins for SLURM's commands: scontrol expands the job's node list, srun starts its command once per
+    # node with that node's SLURM_NODEID and SLURM_PROCID (--ntasks-per-node=1), ignoring its own options.
+    "scontrol": '[ "$*" = "show hostnames gpu-[07-08]" ] || exit 9\nprintf "gpu-07\\ngpu-08\\n"\n',
+    "srun": 'while [ "${1#-}" != "$1" ]; do shift; done\n'
+            'for ((node = 0; node < SLURM_NNODES; node++)); do SLURM_NODEID=$node SLURM_PROCID=$node "$@" || exit; done\n',
+}
+
+
+def dry_run(template: str, tmp_path: Path, slurm_env: dict[str, str]) -> list[list[str]]:
+    """The template's launcher command lines, printed by DRY_RUN=1 with fake SLURM variables and commands."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in SLURM_BIN.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}")
+        (bin_dir / name).chmod(0o755)
+    path = REPO / "scripts" / "slurm" / template
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    env = {**os.environ, **slurm_env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRY_RUN": "1",
+           "RESULTS_DIR": "/shared/results", "RUNNER_ARGS": "--preset fast --models resnet18 vgg16"}
+    done = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [line.split() for line in done.stdout.splitlines()]
+
+
+def option(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+def test_multinode_template_starts_one_launcher_per_node(tmp_path):
+    lines = dry_run("multinode.sbatch", tmp_path, {"SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu-[07-08]",
+                                                    "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4"})
+    assert len(lines) == 2  # one launcher per node
+    for rank, words in enumerate(lines):
+        assert words[:3] == ["python", "-m", "accelerate.commands.launch"] and "--multi_gpu" in words
+        assert option(words, "--machine_rank") == str(rank) and option(words, "--num_machines") == "2"
+        assert option(words, "--main_process_ip") == "gpu-07"  # the first node of the list
+        assert option(words, "--main_process_port") == str(20000 + 123456 % 20000)
+        assert option(words, "--num_processes") == "8"  # 2 nodes x 4 GPUs
+        assert words[words.index("-m", 3):] == ["-m", "bench.run", "--results-dir", "/shared/results", "--preset",
+                                                "fast", "--models", "resnet18", "vgg16"]
+
+
+@pytest.mark.parametrize("gpus, launcher", [("1", []), ("4", ["--multi_gpu", "--main_process_port", "0"])])
+def test_array_template_runs_its_shard_of_the_suite(tmp_path, gpus, launcher):
+    (words,) = dry_run("array.sbatch", tmp_path, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0",
+                                                   "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_GPUS_ON_NODE": gpus})
+    assert words == ["python", "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", gpus,
+                     *launcher, "-m", "bench.run", "--shard", "3/4", "--results-dir", "/shared/results", "--preset",
+                     "fast", "--models", "resnet18", "vgg16"]
