@@ -1,11 +1,14 @@
-"""Beyond one machine, for real on this one: a run over two machines, and the SLURM templates.
+"""Beyond one machine, for real on this one: a run over two machines, a suite over jobs, and the SLURM
+templates.
 
 Two `accelerate launch` processes with machine ranks 0 and 1 stand for two machines (one process each,
-gloo over 127.0.0.1), and the templates' dry runs get stand-ins for SLURM's own `scontrol` and `srun`.
+gloo over 127.0.0.1), submitit's local executor stands for a cluster, and the templates' dry runs get
+stand-ins for SLURM's own `scontrol` and `srun`.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import RECIPES
+from bench.config import RECIPES, parse_suite
+from bench.submit import main as submit_main
 from helpers import REPO, TINY, records_in, run_bench
 
-# Two processes side by side on this machine's two cores: one loader thread (and torch thread) each.
+# Two processes or jobs side by side on this machine's two cores: one loader thread (and torch thread) each.
 ONE_CORE = ["--num-workers", "1"]
 ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1",
                              "--batch-size", "5"]  # 21 test images over 2 ranks in batches of 5: the distributed loader pads
@@ -125,6 +129,43 @@ def test_resume_without_a_shared_results_folder_stops_with_one_line(two_machine_
                         f"{record['run_id']} in {results}, process 1 finds record none, checkpoint none; expected "
                         "--results-dir to be one folder shared by every machine"]
     assert records_in(own[0]) == records_in(own[1]) == []
+
+
+SUBMITTED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "1"]
+
+
+@pytest.mark.slow
+def test_submit_runs_each_shard_as_a_job_into_one_results_folder(tmp_path, cache_dir, capsys, monkeypatch):
+    # No SLURM here: submitit's AutoExecutor runs the jobs as local processes, all at once, from this folder.
+    monkeypatch.chdir(REPO)
+    results, jobs = tmp_path / "results", tmp_path / "jobs"
+    assert submit_main(["--shards", "2", "--gpus-per-node", "0", "--folder", str(jobs), "--wait", *SUBMITTED,
+                        "--results-dir", str(results), "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s) in 2 job(s) (local)" in out
+    assert len(re.findall(r"^shard [12]/2: job \S+ finished$", out, flags=re.M)) == 2
+    whole = parse_suite(SUBMITTED, gpu_available=False, num_processes=1).runs
+    assert sorted(record["run_id"] for record in records_in(results)) == sorted(run.run_id for run in whole)
+    logs = "".join(path.read_text() for path in jobs.glob("*_log.out"))
+    assert "shard 1/2" in logs and "shard 2/2" in logs  # each job ran its own part
+    assert "from 2 run record(s)" in (results / "REPORT.md").read_text()  # --wait reported over both
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--shards", "3"], "--shards 3: the suite has 2 run(s); expected at most that many jobs"),
+    (["--shards", "2", "--shard", "1/2"], "--shard: each job gets its own; expected --shards N for the number of jobs"),
+])
+def test_submit_refuses_a_bad_split_before_submitting(tmp_path, capsys, args, expected):
+    assert submit_main([*args, "--gpus-per-node", "0", *SUBMITTED, "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"python -m bench.submit: error: {expected}"
+    assert list(tmp_path.iterdir()) == []  # nothing submitted, no job folder
+
+
+def test_submit_without_submitit_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without the `slurm` extra looks like
+    assert submit_main(["--shards", "2", *SUBMITTED, "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("python -m bench.submit: error: submitit is not installed; expected it "
+                                               "with pip install 'deepnets-bench[slurm]'")
 
 
 SLURM_BIN = {
