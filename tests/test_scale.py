@@ -1,5 +1,5 @@
-"""Beyond one machine, for real on this one: a run over two machines, a suite over jobs, and the SLURM
-templates.
+"""Beyond one machine, for real on this one: a run over two machines, a suite over shards and jobs, and
+the SLURM templates.
 
 Two `accelerate launch` processes with machine ranks 0 and 1 stand for two machines (one process each,
 gloo over 127.0.0.1), submitit's local executor stands for a cluster, and the templates' dry runs get
@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.config import RECIPES, parse_suite
@@ -129,6 +130,22 @@ def test_resume_without_a_shared_results_folder_stops_with_one_line(two_machine_
                         f"{record['run_id']} in {results}, process 1 finds record none, checkpoint none; expected "
                         "--results-dir to be one folder shared by every machine"]
     assert records_in(own[0]) == records_in(own[1]) == []
+
+
+@pytest.mark.slow
+def test_concurrent_shards_make_the_whole_suite_once(smoke_suite):
+    """The smoke suite ran as `--shard 1/2` and `--shard 2/2` at once into one folder (tests/conftest.py)."""
+    whole = [run.run_id for run in parse_suite(list(smoke_suite.args), gpu_available=False, num_processes=1).runs]
+    shares = re.findall(r"^(\d+) run\(s\), 1 process", smoke_suite.stdout, flags=re.M)
+    assert len(shares) == 2 and "0" not in shares  # both shards had runs of their own
+    recorded = [record["run_id"] for record in records_in(smoke_suite.results)]
+    assert sorted(recorded) == sorted(whole)  # none lost, none twice
+    for run_id in whole:  # each run trained by one shard only
+        assert smoke_suite.stdout.count(f"finished: {run_id}") == 1
+    assert not [path for path in smoke_suite.results.rglob("*") if path.name.endswith(".tmp")]
+    report = (smoke_suite.results / "REPORT.md").read_text()
+    assert "from 12 run record(s)" in report
+    assert len(pd.read_csv(smoke_suite.results / "tables" / "accuracy.csv")) == 12
 
 
 SUBMITTED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "1"]
