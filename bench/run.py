@@ -93,7 +93,8 @@ def resume_mismatch(results_dir: Path, runs: Sequence[RunConfig]) -> str | None:
     """
     seen = []  # per run: its record's status and the checkpoint its progress.json names, as this process sees them
     for cfg in runs:
-        record, progress = records.existing_record(results_dir, cfg.run_id), records.read_progress(results_dir, cfg.run_id)
+        record = records.existing_record(results_dir, cfg.run_id)
+        progress = records.read_progress(results_dir, cfg.run_id)
         seen.append((record.get("status") if record else None, progress["state"] if progress else None))
     views = gather_object([seen])
     for rank, view in enumerate(views):

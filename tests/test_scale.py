@@ -25,8 +25,8 @@ from helpers import REPO, TINY, records_in, run_bench
 
 # Two processes or jobs side by side on this machine's two cores: one loader thread (and torch thread) each.
 ONE_CORE = ["--num-workers", "1"]
-ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1",
-                             "--batch-size", "5"]  # 21 test images over 2 ranks in batches of 5: the distributed loader pads
+# 21 test images over 2 ranks in batches of 5: the distributed loader pads, de-duplication must undo it.
+ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5"]
 KEEP_STATE = ["--keep-checkpoints", "--checkpoint-minutes", "0"]
 
 
@@ -36,8 +36,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_on_two_machines(args: list[str], results: tuple[Path, Path], cache: Path) -> list[subprocess.CompletedProcess]:
-    """Accelerate's launcher as machines 0 and 1 of one run, side by side, each with its results folder."""
+def launch_on_two_machines(args: list[str], results: tuple[Path, Path],
+                           cache: Path) -> list[subprocess.CompletedProcess]:
+    """Accelerate's launcher as machines 0 and 1 of one run, side by side, each with its results folder.
+
+    --multi_gpu is Accelerate's torchrun launcher, which also starts CPU processes (the runner then asks for
+    gloo); the runner goes as a module (-m bench.run) so that this checkout runs, whichever one is installed.
+    """
     port = str(free_port())
 
     def machine(rank: int) -> subprocess.CompletedProcess:
@@ -190,7 +195,9 @@ SLURM_BIN = {
     # node with that node's SLURM_NODEID and SLURM_PROCID (--ntasks-per-node=1), ignoring its own options.
     "scontrol": '[ "$*" = "show hostnames gpu-[07-08]" ] || exit 9\nprintf "gpu-07\\ngpu-08\\n"\n',
     "srun": 'while [ "${1#-}" != "$1" ]; do shift; done\n'
-            'for ((node = 0; node < SLURM_NNODES; node++)); do SLURM_NODEID=$node SLURM_PROCID=$node "$@" || exit; done\n',
+            'for ((node = 0; node < SLURM_NNODES; node++)); do\n'
+            '  SLURM_NODEID=$node SLURM_PROCID=$node "$@" || exit\n'
+            'done\n',
 }
 
 
