@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     executor.update_parameters(
         name="deepnets-bench", timeout_min=args.timeout_min, nodes=1, tasks_per_node=1,
         gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, slurm_partition=args.partition,
-        slurm_account=args.account, slurm_array_parallelism=args.shards)
+        slurm_account=args.account, slurm_array_parallelism=args.shards,
+        # SLURM 22.05 to 23.02 do not pass the job's --cpus-per-task on to srun, which submitit's job script uses.
+        slurm_srun_args=[f"--cpus-per-task={args.cpus_per_task}"] if args.cpus_per_task else None)
     jobs = executor.submit_array([
         submitit.helpers.CommandFunction(runner_command(runner_args, index, args.shards, args.gpus_per_node),
                                          cwd=Path.cwd())
