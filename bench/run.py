@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object
 
 from bench import records
-from bench.config import parse_suite
+from bench.config import RunConfig, parse_suite
 from bench.environment import cpu_launch_error, use_cpu
 from bench.report import write_report
 from bench.runtime import configure_backends, cpu_has_native_bf16, precision_error
@@ -49,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "
                       f"{accelerator.device.type}, precision {precision}, results in {suite.results_dir}/")
     configure_backends(accelerator.device)
+    if suite.resume and (error := resume_mismatch(suite.results_dir, suite.runs)):
+        accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)
+        accelerator.end_training()
+        return 2
 
     outcomes: list[tuple[str, str]] = []
     for cfg in suite.runs:
@@ -86,6 +92,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator.print(f"  {status}: {run_id}")
     accelerator.end_training()
     return 1 if failed else 0
+
+
+def resume_mismatch(results_dir: Path, runs: Sequence[RunConfig]) -> str | None:
+    """Why --resume cannot go on because the processes see different results folders, or None.
+
+    Each process reads the folder to decide whether a run is skipped or continued from its checkpoint,
+    and they must all decide alike: one training a run that another skips would wait forever in the first
+    collective. On several machines that holds only for one folder they all share: the main process
+    alone writes records, progress.json and the weights, and every process its own random state.
+    """
+    seen = []  # per run: its record's status and the checkpoint its progress.json names, as this process sees them
+    for cfg in runs:
+        record = records.existing_record(results_dir, cfg.run_id)
+        progress = records.read_progress(results_dir, cfg.run_id)
+        seen.append((record.get("status") if record else None, progress["state"] if progress else None))
+    views = gather_object([seen])
+    for rank, view in enumerate(views):
+        for cfg, mine, main in zip(runs, view, views[0]):
+            if mine != main:
+                return (f"--resume: process 0 finds {found(*main)} for {cfg.run_id} in {results_dir}, process {rank} "
+                        f"finds {found(*mine)}; expected --results-dir to be one folder shared by every machine")
+    return None
+
+
+def found(status: str | None, state: str | None) -> str:
+    return f"record {status or 'none'}, checkpoint {state or 'none'}"
 
 
 if __name__ == "__main__":

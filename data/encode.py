@@ -3,7 +3,8 @@
 A .beton is reused only when its manifest's recipe equals what would be written now (same source
 checksum, split, resize, library versions...) and the file passes a structural check; otherwise it is
 rebuilt. Files are written under a temporary name and moved into place with os.replace, so a reader
-(or a concurrent prepare on another rank) never sees a half-written file.
+never sees a half-written file, and a build holds a lock file per dataset in the cache folder, so that
+processes, jobs or machines sharing one cache build each dataset once: the others wait and find it warm.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -61,6 +63,11 @@ def beton_path(cache_dir: Path, key: str, split: str) -> Path:
 
 def manifest_path(cache_dir: Path, key: str, split: str) -> Path:
     return beton_path(cache_dir, key, split).with_suffix(".json")
+
+
+def lock_path(cache_dir: Path, key: str) -> Path:
+    """The lock a build of dataset `key` holds. It stays after the build: flock waiters share its inode."""
+    return Path(cache_dir) / f"{key}.lock"
 
 
 # ---------------------------------------------------------------- arrays: resize and split
@@ -272,6 +279,10 @@ def _cached_count(cache_dir: Path, key: str, split: str, recipe: dict[str, Any])
         return None
 
 
+def _cached_counts(cache_dir: Path, key: str, recipes: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+    return {split: _cached_count(cache_dir, key, split, recipes[split]) for split in SPLITS}
+
+
 def _write_split(cache_dir: Path, key: str, split: str, recipe: dict[str, Any], spec: DatasetSpec,
                  images: np.ndarray, labels: np.ndarray, origin: str) -> int:
     beton = beton_path(cache_dir, key, split)
@@ -299,8 +310,10 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
                     synthetic_test: int = SYNTHETIC_TEST, download: bool = True) -> EncodedDataset:
     """Make sure `{key}_{split}_64.beton` exist and are current for every split; encode only what is not.
 
-    Safe to call from several processes at once (each write is atomic); the runner still calls it on
-    the main process first so that the others find a warm cache.
+    Safe to call from several processes, jobs or machines at once on one cache folder: a warm cache is
+    read without a lock; otherwise the source is read, then the dataset's lock taken and the cache checked
+    again, so only the first holder encodes and the others find its files. The source is read before the
+    lock so that a source that cannot be read leaves nothing in the cache, not even a lock file.
     """
     spec = get_spec(name)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -319,12 +332,16 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
         checksum, load, val_size = source.checksum, partial(read_source, spec, source), spec.val_size
 
     recipes = {split: _recipe(key, split, spec, checksum, val_size) for split in SPLITS}
-    counts = {split: _cached_count(cache, key, split, recipes[split]) for split in SPLITS}
-    stale = tuple(split for split in SPLITS if counts[split] is None)
-    if stale:
+    counts = _cached_counts(cache, key, recipes)
+    stale: tuple[str, ...] = ()
+    if None in counts.values():
         raw = load()
-        arrays = _split_arrays(raw, val_size)
-        for split in stale:
-            counts[split] = _write_split(cache, key, split, recipes[split], spec, *arrays[split], raw.origin)
+        with FileLock(lock_path(cache, key)):
+            counts = _cached_counts(cache, key, recipes)  # another holder may have encoded them meanwhile
+            stale = tuple(split for split in SPLITS if counts[split] is None)
+            if stale:
+                arrays = _split_arrays(raw, val_size)
+                for split in stale:
+                    counts[split] = _write_split(cache, key, split, recipes[split], spec, *arrays[split], raw.origin)
     return EncodedDataset(key, spec, {s: beton_path(cache, key, s) for s in SPLITS},
                           {s: int(c) for s, c in counts.items() if c is not None}, stale)

@@ -4,19 +4,21 @@ Real-data tests read genuine MNIST from the directory named by DEEPNETS_DATA_DIR
 local copy when there is one) and are skipped when it is unset or holds no MNIST files.
 
 The 12-run smoke suite (the six models on synthetic MNIST and CIFAR-10) is run once per session
-through the real runner; the tests that read its records, report and output share it.
+through the real runner, as two concurrent shards sharing one results folder and one cache (the way a
+job array runs a suite), then reported on once; the tests that read its records, report and output share it.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TINY, run_bench
+from helpers import TINY, run_bench, run_module
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -56,7 +58,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @dataclass(frozen=True)
 class SmokeSuite:
     results: Path  # read-only for tests: copy it (`copy_results`) before writing into it
-    stdout: str
+    stdout: str  # both shards' output, then the report's
+    args: tuple[str, ...]  # the runner's options, less --shard and the folders
 
     def copy_results(self, destination: Path) -> Path:
         shutil.copytree(self.results, destination)
@@ -66,6 +69,11 @@ class SmokeSuite:
 @pytest.fixture(scope="session")
 def smoke_suite(tmp_path_factory, cache_dir) -> SmokeSuite:
     results = tmp_path_factory.mktemp("smoke-suite")
-    done = run_bench(TINY + ["--epochs", "1"], results, cache_dir)
-    assert done.returncode == 0, f"smoke suite failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return SmokeSuite(results, done.stdout)
+    args = (*TINY, "--epochs", "1", "--num-workers", "1")  # one core per shard: two shards on two cores
+    with ThreadPoolExecutor(2) as pool:
+        shards = list(pool.map(lambda shard: run_bench([*args, "--shard", f"{shard}/2"], results, cache_dir), (1, 2)))
+    for done in shards:
+        assert done.returncode == 0, f"smoke suite shard failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    report = run_module("bench.report", "--results-dir", str(results))  # over both shards' records
+    assert report.returncode == 0, report.stderr[-3000:]
+    return SmokeSuite(results, "".join(done.stdout for done in shards) + report.stdout, args)

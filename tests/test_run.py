@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +22,12 @@ from models import model_names
 @pytest.mark.slow
 def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite):
     results, stdout = smoke_suite.results, smoke_suite.stdout
-    assert re.search(rf"^12 run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(results))}/$",
-                     stdout, flags=re.M), stdout[:2000]
-    assert "suite done: 12 finished, 0 not finished" in stdout
+    # Two shards, each with its own header and summary line (tests/conftest.py): their counts make the 12.
+    headers = re.findall(rf"^(\d+) run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(results))}/$",
+                         stdout, flags=re.M)
+    assert len(headers) == 2 and sum(map(int, headers)) == 12, stdout[:2000]
+    finished = re.findall(r"^suite done: (\d+) finished, 0 not finished$", stdout, flags=re.M)
+    assert len(finished) == 2 and sum(map(int, finished)) == 12
     records = records_in(results)
     assert sorted((r["model"], r["dataset"]) for r in records) == sorted(
         (m, d) for m in model_names() for d in ("mnist", "cifar10"))
@@ -71,53 +73,6 @@ def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, c
     # Wall clock counts data preparation, model build and every validation: more than training alone.
     assert metrics["time_to_target_wall_s"] == history[-1]["elapsed_s"] > metrics["time_to_target_s"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-
-
-def evaluate_in_one_process(state_dir: Path, model_name: str, cache: Path) -> float:
-    """Test accuracy of saved weights, evaluated by a single process with no distributed loader."""
-    code = f"""
-import sys
-from pathlib import Path
-import torch
-from accelerate import Accelerator
-from safetensors.torch import load_file
-from bench.loop import evaluate
-from data.augment import DevicePreprocess
-from data.encode import prepare_dataset
-from data.loaders import make_loader
-from models import build_model
-encoded = prepare_dataset("mnist", cache_dir=Path({str(cache)!r}), synthetic=True, synthetic_train=64, synthetic_test=21)
-accelerator = Accelerator(cpu=True)
-model = build_model({model_name!r}, 1)
-model.load_state_dict(load_file(str(Path({str(state_dir)!r}) / "model.safetensors")))
-loader = make_loader(encoded.paths["test"], batch_size=7, train=False, device=accelerator.device)
-result = evaluate(model, loader, DevicePreprocess(encoded.spec.mean, encoded.spec.std), encoded.counts["test"], accelerator)
-print(repr(result.acc))
-"""
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return float(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.slow
-def test_two_process_launch_counts_every_test_sample_once(tmp_path, cache_dir):
-    # Accelerate's own `--cpu` launcher starts several processes only through MPI; its torchrun launcher
-    # (`--multi_gpu`) starts them on CPU too, and the runner then asks Accelerate for gloo on the CPU.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-                str(REPO / "bench" / "run.py")]
-    # 21 test images over 2 ranks with batch 5: the distributed loader pads, de-duplication must undo it.
-    done = run_bench(TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5",
-                             "--keep-checkpoints", "--checkpoint-minutes", "0"], tmp_path, cache_dir, launcher=launcher)
-    assert done.returncode == 0, done.stderr[-4000:]
-    (record,) = records_in(tmp_path)
-    assert record["world_size"] == 2 and record["global_batch_size"] == 10
-    per_process = record["history"][0]["train_images_per_s_per_process"]
-    assert len(per_process) == 2 and all(rate > 0 for rate in per_process)
-    assert record["history"][0]["train_images_per_s"] == pytest.approx(sum(per_process))
-    state = next((tmp_path / "checkpoints" / record["run_id"]).glob("epoch-*"))
-    single = evaluate_in_one_process(state, "resnet18", cache_dir)
-    assert record["metrics"]["test_acc"] == pytest.approx(single, abs=1e-9)
 
 
 @pytest.mark.slow

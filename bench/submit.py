@@ -1,0 +1,109 @@
+"""`python -m bench.submit --shards N [options] [runner options]`: one suite as N cluster jobs.
+
+Job i of N runs the runner with the options given here plus `--shard i/N` (bench/shards.py splits the
+suite by expected training FLOPs), through Accelerate's launcher with one process per GPU of its node,
+from this folder and with this environment. The N jobs share --results-dir: every record is named by its
+run, and every file is written whole, so they never overwrite or damage one another's, and their records
+together are the whole suite. `python -m bench.report --results-dir DIR` then writes one report over all
+of them (`--wait` waits for the jobs and does it).
+
+Jobs go through submitit: a SLURM job array where SLURM is installed, else local processes on this
+machine, all at once (the same jobs, to try a submission before a cluster has it). submitit is the
+optional extra `slurm`. Options this command does not know are the runner's (`python -m bench.run
+--help`); the runner's parser checks them here before anything is submitted.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from bench.config import parse_suite
+from bench.report import main as report_main
+from data.cli import OneLineParser, non_negative_int, positive_int
+
+PROG = "python -m bench.submit"
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG, allow_abbrev=False,  # a runner option must never pass for an abbreviation of one of these
+        description="Split a benchmark suite into N jobs (a SLURM job array via submitit, or local processes).",
+        epilog="Every other option goes to each job's runner (see python -m bench.run --help), which also "
+        "gets --shard i/N.")
+    parser.add_argument("--shards", type=positive_int, required=True, metavar="N",
+                        help="number of jobs; job i runs the i-th of N parts of the suite")
+    parser.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    parser.add_argument("--account", help="SLURM account to charge (default: yours)")
+    parser.add_argument("--timeout-min", type=positive_int, default=240, metavar="M",
+                        help="time limit of each job in minutes (default 240)")
+    parser.add_argument("--gpus-per-node", type=non_negative_int, default=1, metavar="G",
+                        help="GPUs per job, one runner process each (default 1; 0 runs one process on the CPU)")
+    parser.add_argument("--cpus-per-task", type=positive_int, metavar="C",
+                        help="CPU cores per job, which feed the FFCV loaders (default: the cluster's)")
+    parser.add_argument("--folder", type=Path, metavar="DIR",
+                        help="submitit's job files and logs (default: RESULTS_DIR/jobs)")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the jobs, say how each ended, then write the report over all their records")
+    return parser
+
+
+def runner_command(runner_args: Sequence[str], shard: int, shards: int, gpus: int) -> list[str]:
+    """Job `shard`'s command: Accelerate's launcher, one process per GPU (one on a CPU), the runner as a module."""
+    processes = max(gpus, 1)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+                "--num_processes", str(processes)]
+    if processes > 1:
+        launcher += ["--multi_gpu", "--main_process_port", "0"]  # 0: a free port, as two jobs may share a node
+    return [*launcher, "-m", "bench.run", *runner_args, "--shard", f"{shard}/{shards}"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, runner_args = build_parser().parse_known_args(argv)
+    try:
+        import submitit
+    except ImportError:
+        print(f"{PROG}: error: submitit is not installed; expected it with pip install 'deepnets-bench[slurm]'",
+              file=sys.stderr)
+        return 2
+    suite = parse_suite(runner_args, gpu_available=args.gpus_per_node > 0, num_processes=max(args.gpus_per_node, 1))
+    if suite.shard:
+        print(f"{PROG}: error: --shard: each job gets its own; expected --shards N for the number of jobs",
+              file=sys.stderr)
+        return 2
+    if args.shards > len(suite.runs):
+        print(f"{PROG}: error: --shards {args.shards}: the suite has {len(suite.runs)} run(s); expected at most that "
+              "many jobs", file=sys.stderr)
+        return 2
+
+    folder = args.folder or suite.results_dir / "jobs"
+    executor = submitit.AutoExecutor(folder=folder)
+    executor.update_parameters(
+        name="deepnets-bench", timeout_min=args.timeout_min, nodes=1, tasks_per_node=1,
+        gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, slurm_partition=args.partition,
+        slurm_account=args.account, slurm_array_parallelism=args.shards,
+        # SLURM 22.05 to 23.02 do not pass the job's --cpus-per-task on to srun, which submitit's job script uses.
+        slurm_srun_args=[f"--cpus-per-task={args.cpus_per_task}"] if args.cpus_per_task else None)
+    jobs = executor.submit_array([
+        submitit.helpers.CommandFunction(runner_command(runner_args, index, args.shards, args.gpus_per_node),
+                                         cwd=Path.cwd())
+        for index in range(1, args.shards + 1)])
+    print(f"{len(suite.runs)} run(s) in {args.shards} job(s) ({executor.cluster}), logs in {folder}/")
+    for index, job in enumerate(jobs, 1):
+        print(f"shard {index}/{args.shards}: job {job.job_id}")
+    if not args.wait:
+        print(f"when every job has ended: python -m bench.report --results-dir {suite.results_dir}")
+        return 0
+
+    failed = 0
+    for index, job in enumerate(jobs, 1):
+        error = job.exception()  # waits for the job to end
+        failed += error is not None
+        print(f"shard {index}/{args.shards}: job {job.job_id} "
+              + ("finished" if error is None else f"failed (see {job.paths.stderr})"))
+    reported = report_main(["--results-dir", str(suite.results_dir)])
+    return 1 if failed or reported else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
