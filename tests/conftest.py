@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from helpers import TINY, run_bench, run_module
 
@@ -40,6 +41,16 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder every pytest-xdist worker of this session sees (scripts/test.sh runs one per core; the
+    base temp folder's parent is common to them), else a temp folder of this process."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / name
+        folder.mkdir(exist_ok=True)
+        return folder
+    return tmp_path_factory.mktemp(name)
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The directory with genuine MNIST, or skip the test."""
@@ -51,8 +62,9 @@ def real_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One FFCV cache for the runner tests: each synthetic size is encoded once per session."""
-    return tmp_path_factory.mktemp("cache")
+    """One FFCV cache for the runner tests of every worker: each synthetic size is encoded once per session
+    (prepare_dataset's file lock lets the workers share it)."""
+    return shared_folder(tmp_path_factory, "cache")
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,18 @@ class SmokeSuite:
 
 @pytest.fixture(scope="session")
 def smoke_suite(tmp_path_factory, cache_dir) -> SmokeSuite:
-    results = tmp_path_factory.mktemp("smoke-suite")
+    """Run once per session, whichever worker asks first (the others wait on its lock and read its files)."""
+    folder = shared_folder(tmp_path_factory, "smoke")
+    results, output = folder / "results", folder / "stdout.txt"
     args = (*TINY, "--epochs", "1", "--num-workers", "1")  # one core per shard: two shards on two cores
-    with ThreadPoolExecutor(2) as pool:
-        shards = list(pool.map(lambda shard: run_bench([*args, "--shard", f"{shard}/2"], results, cache_dir), (1, 2)))
-    for done in shards:
-        assert done.returncode == 0, f"smoke suite shard failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    report = run_module("bench.report", "--results-dir", str(results))  # over both shards' records
-    assert report.returncode == 0, report.stderr[-3000:]
-    return SmokeSuite(results, "".join(done.stdout for done in shards) + report.stdout, args)
+    with FileLock(folder / "build.lock"):
+        if not output.exists():
+            with ThreadPoolExecutor(2) as pool:
+                shards = list(pool.map(lambda shard: run_bench([*args, "--shard", f"{shard}/2"], results, cache_dir),
+                                       (1, 2)))
+            for done in shards:
+                assert done.returncode == 0, f"smoke suite shard failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            report = run_module("bench.report", "--results-dir", str(results))  # over both shards' records
+            assert report.returncode == 0, report.stderr[-3000:]
+            output.write_text("".join(done.stdout for done in shards) + report.stdout)
+    return SmokeSuite(results, output.read_text(), args)

@@ -246,7 +246,7 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
     suite = run_parser().parse_args(launcher.training_script_args)
     assert (suite.preset, suite.datasets, suite.data_dir, suite.results_dir) == (
         "fast", ["mnist", "cifar10"], tmp_path, run_dir)
-    assert report_parser().parse_args(by_module["bench.report"][0]).results_dir == run_dir
+    assert report_parser().parse_args(by_module["bench.report"][0]).results_dir == [run_dir]
 
 
 def test_speed_time_budget_rejects_a_negative_number(capsys):

@@ -26,7 +26,8 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
     headers = re.findall(rf"^(\d+) run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(results))}/$",
                          stdout, flags=re.M)
     assert len(headers) == 2 and sum(map(int, headers)) == 12, stdout[:2000]
-    finished = re.findall(r"^suite done: (\d+) finished, 0 not finished$", stdout, flags=re.M)
+    finished = re.findall(r"^suite done: (\d+) finished, 0 not finished, [\d,.]+ s wall \(\d\d:\d\d:\d\d\)$", stdout,
+                          flags=re.M)
     assert len(finished) == 2 and sum(map(int, finished)) == 12
     records = records_in(results)
     assert sorted((r["model"], r["dataset"]) for r in records) == sorted(
@@ -76,7 +77,7 @@ def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, c
 
 
 @pytest.mark.slow
-def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir):
+def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir, capsys):
     # A target out of reach (a learning rate too small to learn anything in three epochs) under
     # --stop-at-target: the run trains all its epochs and says it never got there.
     args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "3", "--synthetic-size", "240", "32",
@@ -112,13 +113,14 @@ def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, c
 
     path = tmp_path / "runs" / f"{record['run_id']}.json"
     before = path.stat().st_mtime_ns
-    again = run_bench(args + ["--resume"], tmp_path, cache_dir)
-    assert again.returncode == 0 and "skip" in again.stdout
+    # The runner once more, in this process (a finished run is skipped before any data or model is touched).
+    assert run_main(args + ["--resume", "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
+    assert f"skip {record['run_id']}: already recorded (finished)" in capsys.readouterr().out
     assert path.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
-def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
+def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir, capsys):
     done = run_bench(TINY + ["--models", "resnet18", "inception_v1", "--datasets", "mnist", "--epochs", "2",
                              "--lr", "1e30"], tmp_path, cache_dir)
     assert done.returncode == 1
@@ -128,9 +130,9 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
     assert "diverged" in done.stdout and "not finished" in done.stdout
     assert not list((tmp_path / "checkpoints").glob("*/progress.json"))  # final runs leave no checkpoint
 
-    again = run_bench(TINY + ["--models", "resnet18", "inception_v1", "--datasets", "mnist", "--epochs", "2",
-                              "--lr", "1e30", "--resume"], tmp_path, cache_dir)
-    assert again.returncode == 1 and again.stdout.count("already recorded (diverged)") == 2
+    again = run_main(TINY + ["--models", "resnet18", "inception_v1", "--datasets", "mnist", "--epochs", "2",
+                             "--lr", "1e30", "--resume", "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)])
+    assert again == 1 and capsys.readouterr().out.count("already recorded (diverged)") == 2  # in this process
 
 
 @pytest.mark.parametrize("args, expected", [
