@@ -6,7 +6,10 @@ the device it ran on (run_id leaves the machine out): the same run on the same k
 once, the finished record kept, else the most recent. Speed-sweep points merge the same way.
 
 Comparison: configurations (tables.CONFIG_KEYS: a run's identity without seed and machine) present on
-both sides are set against each other, each side aggregated over its seeds per device. A throughput
+both sides are set against each other, each side aggregated over its seeds per device. A configuration
+measured on the same device kind on both sides is compared on that device only (an H100 against an
+H100, an A100 against an A100); one with no device in common is compared across devices (the new
+machine against the old), each pair named in the table. A throughput
 drop is flagged as a regression only beyond the noise: max(NOISE_FLOOR_PCT, NOISE_SIGMAS x the combined
 coefficient of variation of both sides' per-evaluation train img/s). The floor is there because
 separate processes on the same GPU typically differ by 1-3 % in throughput (clocks, placement, other
@@ -104,11 +107,14 @@ def change_pct(ours: pd.Series, baseline: pd.Series) -> pd.Series:
 
 
 def comparison_table(current: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    """Every configuration on both sides (per device pair): accuracy difference, changes in throughput, memory and
+    """Every configuration on both sides (on the same device when it has one in common, else per device pair): accuracy difference, changes in throughput, memory and
     time to target, the noise allowed, and whether throughput fell beyond it."""
     ours = sides(current)
     theirs = sides(baseline).rename(columns=lambda column: column if column in CONFIG_KEYS else f"baseline {column}")
     both = ours.merge(theirs, on=CONFIG_KEYS)
+    same = both["device"] == both["baseline device"]
+    has_same = same.groupby([both[key] for key in CONFIG_KEYS], dropna=False).transform("any").astype(bool)
+    both = both[same | ~has_same].copy()
     acc, rate, memory, target = (BY_KEY[key].label for key in COMPARED)
     both["acc diff pp"] = both[acc] - both[f"baseline {acc}"]
     both["img/s change %"] = change_pct(both[rate], both[f"baseline {rate}"])

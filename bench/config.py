@@ -156,6 +156,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class SuiteConfig:
     runs: tuple[RunConfig, ...]
+    precision: str  # every run's: one Accelerator serves the suite
     notes: tuple[str, ...]  # choices the options left to the harness, said in the suite's first lines
     shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
     log_with: tuple[str, ...]  # experiment trackers (bench/tracking.py)
@@ -330,13 +331,13 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     recipe_choice = args.recipe or preset.recipe
     synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
     runs = []
-    for dataset in args.datasets:
-        for model in args.models:
+    for dataset in dict.fromkeys(args.datasets):  # a name given twice is one run, not two writing one record
+        for model in dict.fromkeys(args.models):
             recipe = RECIPES[paired_recipe(model) if recipe_choice == PAIRED else recipe_choice]
             study = None if synthetic else study_result(model, dataset)
             target = args.target_accuracy if args.target_accuracy is not None else (
                 study.test_acc_pct / 100 if study else None)
-            for seed in args.seeds:
+            for seed in dict.fromkeys(args.seeds):
                 runs.append(RunConfig(
                     model=model, dataset=dataset, seed=seed, preset=preset.name, recipe=recipe,
                     epochs=args.epochs or preset.epochs or recipe.epochs,
@@ -350,7 +351,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(
-        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs),
+        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), precision=precision,
         notes=tuple(note for note in (auto_reason, precision_reason) if note),
         shard=args.shard, log_with=tuple(args.log_with), results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,

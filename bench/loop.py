@@ -64,6 +64,18 @@ class Stretch:
     seconds: float = 0.0  # wall time of the training (timed window or not)
     steps: int = 0
 
+    def to_json(self) -> dict:
+        """For a checkpoint: a resumed run's next history row still covers the steps trained before it."""
+        per_process = None if self.per_process is None else self.per_process.tolist()
+        return {**{name: getattr(self, name) for name in ("loss_sum", "correct", "seen", "seconds", "steps")},
+                "per_process": per_process}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> Stretch:
+        per_process = saved.get("per_process")
+        return cls(**{**saved, "per_process": None if per_process is None
+                      else torch.tensor(per_process, dtype=torch.float64)})
+
     def __add__(self, other: Stretch) -> Stretch:
         per_process = other.per_process if self.per_process is None else self.per_process + other.per_process
         return Stretch(self.loss_sum + other.loss_sum, self.correct + other.correct, self.seen + other.seen,

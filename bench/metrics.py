@@ -9,6 +9,7 @@ in bench/train.py (or bench/measure.py).
 Aggregation over the seeds of one configuration:
 - `mean`: the mean; with `spread` also the sample standard deviation (blank for one run).
 - `max` / `first`: memory peaks take the worst seed; facts that do not vary take the first.
+- `count`: a yes/no measurement as how many of how many runs (e.g. `reached target` 3/5).
 - `time`: time to target, MLPerf Training's way: with 5 or more runs, every run that missed the
   target counts as infinitely slow, the fastest and slowest are dropped and the rest averaged (no
   result when a miss survives the drop); with fewer, the mean and spread of the runs that reached it.
@@ -35,7 +36,7 @@ class Metric:
     explanation: str
     scale: float = 1.0  # shown value = recorded value x scale
     fmt: str = ",.2f"  # markdown number format of the shown value
-    aggregate: str = "mean"  # over seeds: "mean", "max", "first", "time"
+    aggregate: str = "mean"  # over seeds: "mean", "max", "first", "time", "count"
     spread: bool = False  # also show the sample standard deviation over seeds
     per_epoch: bool = False  # a column of the history rows
     per_run: bool = True  # a field of the run's metrics
@@ -46,6 +47,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("epoch", "epoch", "Epochs completed when the row was taken (fractional with --eval-every).",
            fmt=".2f", per_epoch=True, per_run=False),
     Metric("step", "step", "Training steps completed when the row was taken.", fmt=",.0f", per_epoch=True,
+           per_run=False),
+    Metric("train_images", "train images", "Training images (all processes) since the previous row: every step "
+           "between two rows is in the next one, across epoch ends and resumes.", fmt=",.0f", per_epoch=True,
            per_run=False),
     Metric("train_loss", "train loss", "Training loss on the augmented batches since the previous row "
            "(the last row's for a run); includes label smoothing.", fmt=".4f", per_epoch=True),
@@ -65,8 +69,8 @@ METRICS: tuple[Metric, ...] = (
     # -- time to accuracy
     Metric("target_accuracy", "target %", "Validation accuracy the run aims for (the study's test accuracy for "
            "that model and dataset unless --target-accuracy; none on synthetic data).", scale=100, aggregate="first"),
-    Metric("reached_target", "reached target", "Whether validation accuracy reached the target.", fmt="",
-           aggregate="first"),
+    Metric("reached_target", "reached target", "Whether validation accuracy reached the target; over seeds, in how "
+           "many of how many runs.", fmt="", aggregate="count"),
     Metric("time_to_target_s", "to target s", "Training seconds (evaluation excluded) until validation accuracy "
            "first reached the target. Over seeds: MLPerf's rule (see `reached`).", fmt=",.1f", aggregate="time",
            spread=True),
@@ -93,8 +97,9 @@ METRICS: tuple[Metric, ...] = (
            fmt=",.1f"),
     Metric("checkpoint_s", "checkpoint s", "Wall time spent writing resumable checkpoints (--checkpoint-minutes).",
            fmt=",.1f"),
-    Metric("data_stall", "data stall %", "Share of the timed window the host spent blocked waiting for the "
-           "next batch.", scale=100, fmt=".1f", per_epoch=True),
+    Metric("data_stall", "data stall %", "Share of the timed window spent waiting for the next batch: on a GPU the "
+           "device's idle time for want of one (CUDA events around the loader), so a host held back by a busy GPU "
+           "does not count; on a CPU the host's wait.", scale=100, fmt=".1f", per_epoch=True),
     Metric("achieved_tflops", "TFLOP/s", "Training FLOP/s achieved: training GFLOPs per image x images/s.",
            fmt=",.2f"),
     Metric("peak_tflops", "peak TFLOP/s", "The devices' peak for this precision (datasheet for known GPUs, "
@@ -174,6 +179,9 @@ def aggregate(group: pd.DataFrame, keys: Iterable[str]) -> dict[str, Any]:
         elif metric.aggregate == "first":
             present = values.dropna()
             out[metric.label] = shown(metric, present.iloc[0]) if len(present) else None
+        elif metric.aggregate == "count":
+            present = values.dropna()
+            out[metric.label] = f"{int(present.astype(bool).sum())}/{len(present)}" if len(present) else None
         elif metric.aggregate == "max":
             out[metric.label] = shown(metric, numeric.max())
         else:
@@ -196,7 +204,8 @@ def glossary(columns: Iterable[str]) -> list[str]:
     return [f"- `{column}`: {by_label[column].explanation}" for column in columns if column in by_label]
 
 
-AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same for all", "time": "MLPerf's rule"}
+AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same for all", "time": "MLPerf's rule",
+                     "count": "how many of how many"}
 
 
 def markdown_glossary() -> str:

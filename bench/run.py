@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu = state.device.type == "cuda"
     suite = parse_suite(argv, gpu_available=gpu, num_processes=state.num_processes,
                         native_bf16=gpu or cpu_has_native_bf16())
-    precision = suite.runs[0].precision
+    precision = suite.precision
     if error := precision_error(precision, state.device):
         print(f"bench/run.py: error: --precision {precision}: {error}", file=sys.stderr)
         return 2
@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator.print(note)
     if suite.shard:
         accelerator.print(f"shard {suite.shard[0]}/{suite.shard[1]}")
+        if not suite.runs:  # an array with more tasks than the suite has runs: the spare tasks succeed idle
+            accelerator.print("no runs in this part: the suite has fewer runs than parts; nothing to do")
+            accelerator.end_training()
+            return 0
     accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "
                       f"{accelerator.device.type}, precision {precision}, results in {suite.results_dir}/")
     configure_backends(accelerator.device)
@@ -68,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = train_run(cfg, accelerator, suite.results_dir, suite.cache_dir, resume=suite.resume,
                                keep_checkpoints=suite.keep_checkpoints, profile=suite.profile)
         except DataError as error:
-            accelerator.print(f"bench/run.py: error: {error}")
+            accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)
+            accelerator.end_training()
             return 2
         except Exception as error:  # a broken run is a result; the suite goes on
             accelerator.print(f"run {cfg.run_id} failed: {error!r}")
@@ -86,10 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report.summary_markdown)
     failed = [(run_id, status) for run_id, status in outcomes if status != "finished"]
     wall = time.time() - started
+    for run_id, status in failed:
+        accelerator.print(f"{status}: {run_id}")
     accelerator.print(f"suite done: {len(outcomes) - len(failed)} finished, {len(failed)} not finished, "
                       f"{wall:,.1f} s wall ({time.strftime('%H:%M:%S', time.gmtime(wall))})")
-    for run_id, status in failed:
-        accelerator.print(f"  {status}: {run_id}")
     accelerator.end_training()
     return 1 if failed else 0
 

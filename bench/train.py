@@ -50,6 +50,9 @@ class Progress:
     stall_seconds: float = 0.0
     wall_time_s: float = 0.0  # the run's wall time up to the last checkpoint
     checkpoint_s: float = 0.0  # of which spent writing checkpoints
+    # Trained since the last validation (with --eval-every, an epoch can end between two), and the LR then.
+    pending: Stretch = field(default_factory=Stretch)
+    pending_lr: float | None = None
 
 
 def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
@@ -162,7 +165,7 @@ def restore(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, trainin
         return None
     state = records.checkpoint_dir(results_dir, cfg.run_id) / saved.pop("state")
     try:
-        progress = Progress(**saved)
+        progress = Progress(**{**saved, "pending": Stretch.from_json(saved.get("pending", {}))})
     except TypeError:  # written by another version of the harness: start over
         return None
     accelerator.load_state(str(state))
@@ -181,7 +184,8 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, tr
     accelerator.wait_for_everyone()  # every rank's part of the state is on disk before progress.json names it
     if accelerator.is_main_process:
         torch.save(training.scheduler.state_dict(), folder / state_name / "lr_scheduler.pt")
-        records.write_progress(results_dir, run_id, {"state": state_name, **asdict(progress)})
+        records.write_progress(results_dir, run_id, {"state": state_name, **asdict(progress),
+                                                     "pending": progress.pending.to_json()})
         records.prune_states(folder, keep=state_name)
     accelerator.wait_for_everyone()
 
@@ -234,14 +238,16 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
     # Main process only, and only on a terminal (disable=None): logs get a line per validation instead.
     bar = tqdm(total=len(loader), desc=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}", leave=False,
                disable=None if accelerator.is_main_process else True, mininterval=2.0, dynamic_ncols=True)
-    batches, pending, lr, reached = iter(loader), Stretch(), training.optimizer.param_groups[0]["lr"], False
+    batches, reached = iter(loader), False
+    if progress.pending_lr is None:
+        progress.pending_lr = training.optimizer.param_groups[0]["lr"]
     try:
         while True:
             limit = cfg.eval_every - progress.step % cfg.eval_every if cfg.eval_every else None
             stretch, session_step, exhausted = train_steps(training, accelerator, batches,
                                                            WindowTimer(accelerator.device), start_timing_at,
                                                            session_step, limit=limit, bar=bar)
-            pending, progress.step = pending + stretch, progress.step + stretch.steps
+            progress.pending, progress.step = progress.pending + stretch, progress.step + stretch.steps
             if stretch.images:
                 progress.timed_images += stretch.images
                 progress.timed_seconds += stretch.images / stretch.images_per_s
@@ -249,9 +255,9 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
             if exhausted and not training.per_step_schedule:
                 training.scheduler.step()
             validate_now = (stretch.steps and progress.step % cfg.eval_every == 0) if cfg.eval_every else exhausted
-            if validate_now or (exhausted and epoch + 1 == cfg.epochs and pending.steps):
-                reached = validate(cfg, accelerator, training, progress, pending, lr, len(loader), elapsed)
-                pending, lr = Stretch(), training.optimizer.param_groups[0]["lr"]
+            if validate_now or (exhausted and epoch + 1 == cfg.epochs and progress.pending.steps):
+                reached = validate(cfg, accelerator, training, progress, len(loader), elapsed)
+                progress.pending, progress.pending_lr = Stretch(), training.optimizer.param_groups[0]["lr"]
                 if reached and cfg.stop_at_target:
                     break
             if exhausted:
@@ -266,15 +272,16 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
     return session_step, reached
 
 
-def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, trained: Stretch,
-             lr: float, steps_per_epoch: int, elapsed) -> bool:
-    """Score the validation split, add the history row for the steps since the last one, and say whether
-    the target is reached."""
+def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress,
+             steps_per_epoch: int, elapsed) -> bool:
+    """Score the validation split, add the history row for the steps since the last one (`progress.pending`),
+    and say whether the target is reached."""
+    trained, lr = progress.pending, progress.pending_lr
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
                    accelerator, pad_to=training.eval_pad_to)
     epochs = progress.step / steps_per_epoch
     progress.history.append(row := history_row(
-        epoch=epochs, step=progress.step, train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
+        epoch=epochs, step=progress.step, train_images=int(trained.seen), train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
         val_acc=val.acc, train_time_s=trained.seconds, eval_time_s=val.seconds, elapsed_s=elapsed(),
         train_images_per_s=trained.images_per_s, train_images_per_s_per_process=trained.images_per_s_per_process,
         eval_images_per_s=val.images_per_s, data_stall=trained.data_stall, lr=lr,

@@ -105,6 +105,24 @@ def test_baseline_differences_have_the_expected_signs_and_noise(smoke_suite, tmp
     assert phrase.startswith("resnet18 on mnist (recipe fast, 1 epoch, batch 16 x 1 process") and "-20.0 %" in phrase
 
 
+def test_a_device_is_compared_with_itself_when_both_sides_have_it(smoke_suite, tmp_path: Path) -> None:
+    a100 = "NVIDIA A100-SXM4-80GB"
+    folder = smoke_suite.copy_results(tmp_path / "results")
+    original = next(r for r in records_in(folder) if (r["model"], r["dataset"]) == ("resnet18", "mnist"))
+    fast = {**original, "device": H100, "metrics": {**original["metrics"], "train_images_per_s": 50_000.0}}
+    slow = {**original, "device": a100, "metrics": {**original["metrics"], "train_images_per_s": 20_000.0}}
+    for name, record in (("fast", fast), ("slow", slow)):
+        add_record(folder, record, name)
+    rows = run_rows(records_in(folder))
+    table = comparison_table(rows, rows)  # a folder against itself: nothing changed, nothing flagged
+    pairs = table[(table["model"] == "resnet18") & (table["dataset"] == "mnist")]
+    assert sorted(pairs["device"]) == sorted(pairs["baseline device"]) == sorted([original["device"], H100, a100])
+    assert not table["regression"].astype(bool).any()
+    # With no device in common, the new machine is set against the old one.
+    only_a100 = comparison_table(run_rows([fast]), run_rows([slow]))
+    assert list(only_a100["baseline device"]) == [a100] and only_a100["img/s change %"].iloc[0] == pytest.approx(150.0)
+
+
 def test_merge_baseline_and_fail_on_regression_from_the_command_line(smoke_suite, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
     baseline = smoke_suite.copy_results(tmp_path / "baseline")

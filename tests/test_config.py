@@ -143,6 +143,12 @@ def test_shards_split_a_suite_disjointly_and_by_cost():
     assert again == parts[1]
 
 
+def test_a_name_or_seed_given_twice_is_one_run():
+    suite = parse_suite(["--models", "resnet18", "vgg16", "resnet18", "--datasets", "mnist", "mnist",
+                         "--seeds", "0", "0", "1"], gpu_available=False, num_processes=1)
+    assert [(run.model, run.seed) for run in suite.runs] == [("resnet18", 0), ("resnet18", 1), ("vgg16", 0), ("vgg16", 1)]
+
+
 @pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "a/b", "2", "1/3/5"])
 def test_bad_shard_is_one_line(text, capsys):
     with pytest.raises(SystemExit):

@@ -44,6 +44,13 @@ def test_fewer_than_five_runs_average_those_that_reached_it():
     assert math.isnan(none["to target s"]) and none["reached"] == "0/2"
 
 
+def test_reaching_the_target_is_counted_over_seeds_and_absent_without_a_target():
+    seeds = runs([10.0, None, 12.0]).assign(reached_target=[True, False, True])
+    assert aggregate(seeds, ["reached_target"])["reached target"] == "2/3"
+    no_target = runs([None, None]).assign(reached_target=[None, None])
+    assert aggregate(no_target, ["reached_target"])["reached target"] is None
+
+
 def test_accuracy_is_mean_and_sample_std_in_percent_and_memory_the_worst_seed_in_mib():
     out = aggregate(runs([1.0, 2.0, 3.0], accuracies=[0.90, 0.92, 0.97]), ["test_acc", "peak_mem_allocated_bytes"])
     assert out["test acc %"] == pytest.approx(93.0)

@@ -56,6 +56,15 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
     assert not (results / "checkpoints").exists() or not any((results / "checkpoints").iterdir())
 
 
+def test_a_shard_with_no_runs_succeeds_idle(tmp_path, capsys):
+    # Two runs in four parts (a SLURM array larger than the suite): parts 3 and 4 have nothing to do.
+    argv = TINY + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--shard", "4/4",
+                   "--results-dir", str(tmp_path / "results")]
+    assert run_main(argv) == 0
+    assert "no runs in this part" in capsys.readouterr().out
+    assert records_in(tmp_path / "results") == []
+
+
 @pytest.mark.slow
 def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, cache_dir):
     done = run_bench(["--preset", "smoke", "--models", "resnet18", "--datasets", "cifar10", "--profile",
@@ -70,6 +79,8 @@ def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, c
     assert history[-1]["val_acc"] >= 0.6 > max(row["val_acc"] for row in history[:-1])
     assert metrics["epochs_completed"] == history[-1]["epoch"] < 4 and metrics["test_acc"] > 0.5
     assert [row["step"] for row in history] == [4 * (i + 1) for i in range(len(history))]  # every 4 steps
+    # Ten steps an epoch: the row at step 12 straddles the first epoch's end and still covers 4 steps.
+    assert [row["train_images"] for row in history] == [4 * record["global_batch_size"]] * len(history)
     assert metrics["time_to_target_s"] == pytest.approx(sum(row["train_time_s"] for row in history))
     # Wall clock counts data preparation, model build and every validation: more than training alone.
     assert metrics["time_to_target_wall_s"] == history[-1]["elapsed_s"] > metrics["time_to_target_s"]
@@ -80,8 +91,10 @@ def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, c
 def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir, capsys):
     # A target out of reach (a learning rate too small to learn anything in three epochs) under
     # --stop-at-target: the run trains all its epochs and says it never got there.
+    # Validation every 5 steps does not divide an epoch: the checkpoint holds steps no row covers yet.
     args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "3", "--synthetic-size", "240", "32",
-                   "--checkpoint-minutes", "0", "--stop-at-target", "--target-accuracy", "90", "--lr", "1e-7"]
+                   "--checkpoint-minutes", "0", "--stop-at-target", "--target-accuracy", "90", "--lr", "1e-7",
+                   "--eval-every", "5"]
     command = [sys.executable, "-m", "bench.run", *args, "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress_files = tmp_path / "checkpoints"
@@ -104,8 +117,12 @@ def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, c
     assert f"after epoch {progress['epoch']}" in resumed.stdout
     (record,) = records_in(tmp_path)
     assert record["status"] == "finished"
-    assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
-    assert record["history"][: progress["epoch"]] == progress["history"]
+    history = record["history"]
+    assert history[-1]["epoch"] == 3 and history[: len(progress["history"])] == progress["history"]
+    # The steps trained before the kill and not yet in a row are in the first row after the resume.
+    assert progress["pending"]["steps"] > 0
+    assert [row["train_images"] for row in history[:-1]] == [5 * 16] * (len(history) - 1)
+    assert sum(row["train_images"] for row in history) == history[-1]["step"] * 16
     assert record["metrics"]["checkpoint_s"] > 0 and record["metrics"]["checkpoint_s"] >= progress["checkpoint_s"]
     assert record["metrics"]["reached_target"] is False and record["metrics"]["time_to_target_s"] is None
     assert record["metrics"]["epochs_completed"] == 3
