@@ -8,7 +8,9 @@ together are the whole suite. `python -m bench.report --results-dir DIR` then wr
 of them (`--wait` waits for the jobs and does it).
 
 Jobs go through submitit: a SLURM job array where SLURM is installed, else local processes on this
-machine, all at once (the same jobs, to try a submission before a cluster has it). submitit is the
+machine (the same jobs, to try a submission before a cluster has it), one after another: run at once
+they would share this machine's devices (submitit gives every local job the same first GPUs) and time
+one another. submitit is the
 optional extra `slurm`. Options this command does not know are the runner's (`python -m bench.run
 --help`); the runner's parser checks them here before anything is submitted.
 """
@@ -84,11 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         slurm_account=args.account, slurm_array_parallelism=args.shards,
         # SLURM 22.05 to 23.02 do not pass the job's --cpus-per-task on to srun, which submitit's job script uses.
         slurm_srun_args=[f"--cpus-per-task={args.cpus_per_task}"] if args.cpus_per_task else None)
-    jobs = executor.submit_array([
-        submitit.helpers.CommandFunction(runner_command(runner_args, index, args.shards, args.gpus_per_node),
-                                         cwd=Path.cwd())
-        for index in range(1, args.shards + 1)])
+    commands = [submitit.helpers.CommandFunction(runner_command(runner_args, index, args.shards, args.gpus_per_node),
+                                                 cwd=Path.cwd())
+                for index in range(1, args.shards + 1)]
     print(f"{len(suite.runs)} run(s) in {args.shards} job(s) ({executor.cluster}), logs in {folder}/")
+    if executor.cluster == "local":
+        print("no SLURM here: the jobs run on this machine one after another, so that none times itself against "
+              "another")
+        jobs = []
+        for command in commands:
+            jobs.append(job := executor.submit(command))
+            job.wait()
+    else:
+        jobs = executor.submit_array(commands)
     for index, job in enumerate(jobs, 1):
         print(f"shard {index}/{args.shards}: job {job.job_id}")
     if not args.wait:

@@ -159,13 +159,13 @@ SUBMITTED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "-
 
 @pytest.mark.slow
 def test_submit_runs_each_shard_as_a_job_into_one_results_folder(tmp_path, cache_dir, capsys, monkeypatch):
-    # No SLURM here: submitit's AutoExecutor runs the jobs as local processes, all at once, from this folder.
+    # No SLURM here: submitit's AutoExecutor runs the jobs as local processes, one after another, from this folder.
     monkeypatch.chdir(REPO)
     results, jobs = tmp_path / "results", tmp_path / "jobs"
     assert submit_main(["--shards", "2", "--gpus-per-node", "0", "--folder", str(jobs), "--wait", *SUBMITTED,
                         "--results-dir", str(results), "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out
-    assert "2 run(s) in 2 job(s) (local)" in out
+    assert "2 run(s) in 2 job(s) (local)" in out and "one after another" in out
     assert len(re.findall(r"^shard [12]/2: job \S+ finished$", out, flags=re.M)) == 2
     whole = parse_suite(SUBMITTED, gpu_available=False, num_processes=1).runs
     assert sorted(record["run_id"] for record in records_in(results)) == sorted(run.run_id for run in whole)
@@ -265,10 +265,11 @@ def test_multinode_template_starts_one_launcher_per_node(tmp_path):
                                                 "fast", "--models", "resnet18", "vgg16"]
 
 
-@pytest.mark.parametrize("gpus, launcher", [("1", []), ("4", ["--multi_gpu", "--main_process_port", "0"])])
-def test_array_template_runs_its_shard_of_the_suite(tmp_path, gpus, launcher):
+@pytest.mark.parametrize("gpus, processes, launcher", [("0", "1", []), ("1", "1", []),
+                                                     ("4", "4", ["--multi_gpu", "--main_process_port", "0"])])
+def test_array_template_runs_its_shard_of_the_suite(tmp_path, gpus, processes, launcher):
     (words,) = dry_run("array.sbatch", tmp_path, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0",
                                                    "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_GPUS_ON_NODE": gpus})
-    assert words == ["python", "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", gpus,
+    assert words == ["python", "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", processes,
                      *launcher, "-m", "bench.run", "--shard", "3/4", "--results-dir", "/shared/results", "--preset",
                      "fast", "--models", "resnet18", "vgg16"]
