@@ -13,8 +13,9 @@
 # SUMMARY.md); --out DIR receives that folder packed as one .tar.gz beside plain copies of gpu-check.log and
 # SUMMARY.md, which is all a lent GPU machine hands back. $PYTHON (default python3) is the interpreter.
 #
-# A GPU is lent for minutes, so the check keeps to --budget-s (default 420): a step starts only while time
-# is left and is stopped when the budget runs out, and the speed sweep has its own share. Each step prints
+# A GPU is lent for minutes, so the check keeps to --budget-s (default 420), its summary included: a step
+# starts only while time is left and is stopped when its share runs out (killed KILL_GRACE_S later if it
+# ignores that), and the speed sweep has its own share. Each step prints
 # one line (ok / failed (exit N) / stopped: budget / skipped: budget, and its seconds); a failed step does
 # not stop the others; the exit status is 1 when any step failed, 2 for bad options or a machine that lacks
 # what the check needs. --cpu rehearses every step's command line on a CPU with tiny sizes and synthetic data.
@@ -25,10 +26,13 @@ PYTHON=${PYTHON:-python3}  # the interpreter that has torch (on the lent machine
 CALLER_DIR=$PWD
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
-# How the budget is shared: the report is cheap but must come last, so the measuring steps leave it
-# REPORT_RESERVE_S; the sweep (which could take an hour with every compile) gets SWEEP_SHARE_PCT; a step
-# with less than MIN_STEP_S left is not worth starting.
+# How the budget is shared: the report and the summary are cheap but must come last, so the measuring steps
+# leave them REPORT_RESERVE_S and SUMMARY_RESERVE_S, and every step's limit leaves room for KILL_GRACE_S, the
+# time a stopped step gets between TERM and KILL; the sweep (which could take an hour with every compile)
+# gets SWEEP_SHARE_PCT; a step with less than MIN_STEP_S left is not worth starting.
 REPORT_RESERVE_S=30
+SUMMARY_RESERVE_S=20
+KILL_GRACE_S=10
 SWEEP_SHARE_PCT=25
 MIN_STEP_S=10
 
@@ -41,7 +45,7 @@ absolute() {  # options name paths relative to where the command was typed
   case $1 in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac
 }
 
-data_dir=${DEEPNETS_DATA_DIR:-} data_dir_given=0 out="" budget=420 wheels=$REPO/.device-wheels
+data_dir=${DEEPNETS_DATA_DIR:+$(absolute "$DEEPNETS_DATA_DIR")} data_dir_given=0 out="" budget=420 wheels=$REPO/.device-wheels
 results=$REPO/results/gpu-check cpu=0
 while [ $# -gt 0 ]; do
   case $1 in --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;; esac  # --opt=value as --opt value
@@ -81,7 +85,7 @@ export PYTHONUNBUFFERED=1  # each command's output reaches the log as it happens
 work=$(mktemp -d)  # the probe's messages, and the private site folder where ffcv may be installed
 trap 'rm -rf "$work"' EXIT
 probe_out=$("$PYTHON" -m bench.gpu_check probe --wheels "$wheels" ${data_dir:+--data-dir "$data_dir"} 2>"$work/probe.err") \
-  || { echo "$PROG: error: $PYTHON -m bench.gpu_check probe failed: $(tail -n 1 "$work/probe.err")" >&2; exit 1; }
+  || die "$PYTHON -m bench.gpu_check probe failed: $(tail -n 1 "$work/probe.err")"
 declare -A probe
 while IFS='=' read -r key value; do probe[$key]=$value; done <<<"$probe_out"
 read -r -a datasets <<<"${probe[datasets]}"
@@ -109,7 +113,7 @@ say() {  # a line for the person watching and for the log
 }
 
 left() {  # seconds the measuring steps may still use
-  echo $((budget - REPORT_RESERVE_S - SECONDS))
+  echo $((budget - REPORT_RESERVE_S - SUMMARY_RESERVE_S - KILL_GRACE_S - SECONDS))
 }
 
 # step NAME LIMIT_S COMMAND...: one step, its output in logs/NAME.log and gpu-check.log, stopped after LIMIT_S.
@@ -121,7 +125,7 @@ step() {
     cut+=("$step_name")
   else
     printf '\n=== %s (at most %d s): %s\n' "$step_name" "$limit" "$*" >>"$log"
-    timeout --kill-after=20 "$limit" "$@" 2>&1 | tee "$run_dir/logs/$step_name.log" >>"$log"
+    timeout --kill-after="$KILL_GRACE_S" "$limit" "$@" 2>&1 | tee "$run_dir/logs/$step_name.log" >>"$log"
     rc=${PIPESTATUS[0]}
     if ((rc == 0)); then
       status=ok
@@ -192,14 +196,15 @@ else
   compiled_time=$((sweep_share < limit ? sweep_share : limit))
   if [ "$cpu" = 1 ]; then compiled_time=0; elif ((compiled_time < MIN_STEP_S)); then limit=0; fi
   step sweep-compiled "$limit" "${sweep[@]}" --compile reduce-overhead default --time-budget-s "$compiled_time"
-  step report $((budget - SECONDS)) "$PYTHON" -m bench.report --results-dir "$run_dir"
+  step report $((budget - SUMMARY_RESERVE_S - KILL_GRACE_S - SECONDS)) "$PYTHON" -m bench.report --results-dir "$run_dir"
 fi
 [ ${#cut[@]} -eq 0 ] || say "$PROG: out of budget ($budget s): skipped or stopped ${cut[*]}"
 
 # ----- the summary and what comes back ----------------------------------------------------------------------------
 cpu_flag=()
 [ "$cpu" = 0 ] || cpu_flag=(--cpu)
-step summary 120 "$PYTHON" -m bench.gpu_check summary --run-dir "$run_dir" --budget-s "$budget" "${cpu_flag[@]}"
+summary_limit=$((budget - KILL_GRACE_S - SECONDS))  # what the budget leaves, and never too little to write it
+step summary $((summary_limit > MIN_STEP_S ? summary_limit : MIN_STEP_S)) "$PYTHON" -m bench.gpu_check summary --run-dir "$run_dir" --budget-s "$budget" "${cpu_flag[@]}"
 if [ -n "$out" ]; then
   # A lent machine hands back at most 8 files of 16 MiB: the folder as one archive, and the two pages to read first.
   tarball=$out/$name.tar.gz

@@ -150,6 +150,23 @@ def test_what_the_machine_lacks_is_one_line_and_exit_2(tmp_path, args, probe, me
     assert not (tmp_path / "results").exists()
 
 
+def test_a_python_without_the_projects_requirements_is_one_line_and_exit_2(tmp_path):
+    env = {**fake_python(tmp_path), "FAKE_FAIL": "-m bench.gpu_check probe"}
+    done = run_check("--cpu", "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("gpu-check.sh: error: ") and "bench.gpu_check probe failed" in done.stderr
+
+
+def test_a_relative_data_dir_in_the_environment_is_where_the_command_was_typed(tmp_path):
+    (tmp_path / "datasets").mkdir()
+    env = {**os.environ, **fake_python(tmp_path, cuda="yes", datasets="mnist"), "DEEPNETS_DATA_DIR": "datasets"}
+    done = subprocess.run(["bash", str(SCRIPT), "--budget-s", "1", "--results-dir", str(tmp_path / "results")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    probe = next(call for call in (tmp_path / "calls").read_text().splitlines() if "gpu_check probe" in call)
+    assert probe.endswith(f"--data-dir {tmp_path / 'datasets'}")
+
+
 def test_ffcv_is_installed_from_the_wheels_into_a_private_folder(tmp_path):
     wheels = "assertpy-1.1-py3-none-any.whl ffcv-1.0.2-cp38-abi3-linux_x86_64.whl"  # what the probe found missing
     done = run_check("--cpu", "--budget-s", "1", "--wheels", str(tmp_path / "wheels"),
@@ -188,9 +205,10 @@ def test_only_wheels_of_what_is_missing_are_installed(tmp_path):
     assert wheels_to_install(tmp_path / "absent") == []
 
 
-@pytest.mark.parametrize("budget, ran", [(1, []), (41, ["cuda-tests", "report"])])
+@pytest.mark.parametrize("budget, ran", [(1, []), (71, ["cuda-tests", "report"])])
 def test_budget_skips_the_later_steps_and_names_them(tmp_path, budget, ran):
-    # 41 s leave the measuring steps 11 s (the report keeps 30): the 2-s test step starts, nothing after it.
+    # 71 s leave the measuring steps 11 s (the report keeps 30, the summary 20, a stopped step's grace 10): the 2-s
+    # test step starts, nothing after it.
     env = {**fake_python(tmp_path), "FAKE_PYTEST_S": "2"}
     done = run_check("--cpu", "--budget-s", str(budget), "--out", str(tmp_path / "out"),
                      "--results-dir", str(tmp_path / "results"), env=env)
