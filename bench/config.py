@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.shards import shard_runs, shard_spec
 from bench.tracking import ALL as ALL_TRACKERS, TRACKERS
-from data.cli import OneLineParser, non_negative_float, non_negative_int, positive_float, positive_int
+from data.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
+                      positive_float, positive_int)
 from data.datasets import dataset_names
 from data.loaders import default_num_workers
 from models import model_entry, model_names, study_datasets, study_result
@@ -173,27 +172,6 @@ def accuracy_fraction(text: str) -> float:
     if value > 100:
         raise argparse.ArgumentTypeError(f"expected an accuracy in (0, 1] or a percentage in (1, 100], got {text!r}")
     return value / 100 if value > 1 else value
-
-
-def load_plugins(argv: Sequence[str] | None, prog: str) -> None:
-    """Import the `--plugin MODULE` modules before the options are read, so that the models and datasets
-    they register are valid choices. A module that cannot be imported is a one-line error."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--plugin", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    for module in known.plugin:
-        try:
-            importlib.import_module(module)
-        except Exception as error:  # an import can fail in any way; the user needs the one line
-            print(f"{prog}: error: --plugin {module}: cannot import it ({error.__class__.__name__}: {error})",
-                  file=sys.stderr)
-            raise SystemExit(2) from None
-
-
-def add_plugin_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (repeatable): a module that registers models with "
-                        "models.register_model or datasets with data.datasets.register_dataset")
 
 
 def results_folder(text: str) -> Path:

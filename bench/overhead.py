@@ -26,7 +26,7 @@ from bench.measure import WindowTimer, synchronize
 from bench.runtime import build_model_and_optimizer, configure_backends, precision_error
 from bench.speed import bare_train_step
 from data.augment import DevicePreprocess
-from data.cli import OneLineParser, positive_int
+from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names, get_spec
 from data.encode import IMAGE_SIZE
 from models import model_names
@@ -60,6 +60,7 @@ def bare_loop(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    load_plugins(argv, "bench/overhead.py")
     parser = OneLineParser(prog="bench/overhead.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=model_names(), default="resnet18_improved")
     parser.add_argument("--dataset", choices=dataset_names(), default="cifar10")
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--steps", type=positive_int, default=30, help="timed steps per measurement")
     parser.add_argument("--rounds", type=positive_int, default=5, help="alternations of harness and bare loop")
+    add_plugin_option(parser)
     args = parser.parse_args(argv)
 
     accelerator = Accelerator(mixed_precision=args.precision, cpu=use_cpu())

@@ -31,7 +31,7 @@ from bench.render import EXTENSIONS, markdown_table, render, write_table
 from bench.tables import (CONFIG_KEYS, DERIVED, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
                           group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
                           speed_table, sweep_table, weakest_classes)
-from data.cli import OneLineParser
+from data.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
 from data.files import atomic_write
 
@@ -353,10 +353,12 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--dataset", choices=dataset_names(), help="only this dataset")
     parser.add_argument("--preset", choices=tuple(PRESETS), help="only runs of this preset (leaves out speed sweeps)")
     parser.add_argument("--since", type=iso_day, help="only records started on or after this day (YYYY-MM-DD)")
+    add_plugin_option(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    load_plugins(argv, PROG)  # a plugin's dataset is a valid --dataset, its models keep their registry order
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.fail_on_regression and not args.baseline:

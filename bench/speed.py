@@ -24,14 +24,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from bench.config import COMPILE_MODES, PRECISIONS, add_plugin_option, load_plugins, results_folder
+from bench.config import COMPILE_MODES, PRECISIONS, results_folder
 from bench.environment import environment, use_cpu
 from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
 from bench.records import sweeps_dir
 from bench.runtime import AUTOCAST_DTYPES, build_model_and_optimizer, configure_backends, precision_error, release
 from data.augment import DevicePreprocess
-from data.cli import OneLineParser, non_negative_float, positive_int
+from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
 from data.encode import IMAGE_SIZE
 from data.files import write_json_atomic

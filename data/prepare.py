@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from data.encode import FIELD_NAMES, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
-from data.cli import OneLineParser
+from data.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
 from data.errors import DataError
 from data.sources import DATA_DIR_ENV
@@ -18,6 +18,7 @@ from models import study_datasets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    load_plugins(argv, "python -m data.prepare")
     parser = OneLineParser(prog="python -m data.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=dataset_names(), default=list(study_datasets()),
                         help=f"datasets to encode (default: the study's, {', '.join(study_datasets())})")
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic", action="store_true",
                         help=f"encode deterministic synthetic stand-ins ({SYNTHETIC_TRAIN} train+val, {SYNTHETIC_TEST} test images)")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
+    add_plugin_option(parser)
     return parser.parse_args(argv)
 
 

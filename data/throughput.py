@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from data.augment import AugmentConfig, DevicePreprocess
-from data.cli import OneLineParser, positive_int
+from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names
 from data.encode import EncodedDataset, prepare_dataset
 from data.errors import DataError
@@ -133,6 +133,7 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    load_plugins(argv, "python -m data.throughput")
     parser = OneLineParser(prog="python -m data.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=dataset_names(), default=list(study_datasets()),
                         help=f"default: the study's, {', '.join(study_datasets())}")
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=512)
     parser.add_argument("--batches", type=positive_int, default=30, help="timed batches per measurement")
     parser.add_argument("--workers", type=positive_int, default=default_num_workers(), help="loader threads/processes")
+    add_plugin_option(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows = []

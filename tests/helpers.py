@@ -21,9 +21,9 @@ def run_bench(args: list[str], results: Path, cache: Path, launcher: list[str] |
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
-def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def records_in(results: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """Extending the harness from outside the package: a model registered by a plugin module runs through the
 real runner and report on the two datasets the study never used (no study numbers, no default target),
-logs to TensorBoard through Accelerate, and runs compiled as it does eager."""
+logs to TensorBoard through Accelerate, and runs compiled as it does eager; a dataset registered by a plugin
+is a choice of every command."""
 from __future__ import annotations
 
 import os
@@ -28,12 +29,30 @@ def tiny_cnn(in_channels: int, num_classes: int) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
 '''
 
+DATASET_PLUGIN = '''
+"""A dataset a user might add: Kuzushiji-MNIST, MNIST's format and sizes in folders of its own."""
+import dataclasses
+
+from data.datasets import DATASETS, register_dataset
+from data.formats import IdxFiles
+
+register_dataset(dataclasses.replace(
+    DATASETS["mnist"], name="kmnist", title="Kuzushiji-MNIST", mean=(0.1918,), std=(0.3483,),
+    class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    source=IdxFiles(folders=("kmnist",), torchvision_class="KMNIST")))
+'''
+
+
+def plugin_env(tmp_path, name: str, text: str) -> dict[str, str]:
+    """The environment of a process that can import the module `name`, written with `text`."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    (plugins / f"{name}.py").write_text(text)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
+
 
 def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_numbers(tmp_path, cache_dir):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "my_models.py").write_text(PLUGIN)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
+    env = plugin_env(tmp_path, "my_models", PLUGIN)
     results = tmp_path / "results"
     done = run_bench(["--plugin", "my_models", "--models", "tiny_cnn", "--datasets", "fashion_mnist", "cifar100",
                       "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
@@ -83,3 +102,18 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
     assert abs(record["metrics"]["test_acc"] - eager["metrics"]["test_acc"]) <= 0.05
     assert [row["val_acc"] for row in record["history"]] == pytest.approx(
         [row["val_acc"] for row in eager["history"]], abs=0.1)
+
+
+def test_a_plugin_dataset_is_a_choice_of_every_command(tmp_path):
+    env = plugin_env(tmp_path, "my_data", DATASET_PLUGIN)
+    prepared = run_module("data.prepare", "--plugin", "my_data", "--datasets", "kmnist", "--synthetic",
+                          "--cache-dir", str(tmp_path / "cache"), env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    assert prepared.stdout.count("kmnist") == 3  # train, val and test encoded
+    for module, option in (("bench.overhead", "--dataset"), ("data.throughput", "--datasets")):
+        assert run_module(module, "--plugin", "my_data", option, "kmnist", "--help", env=env).returncode == 0, module
+    reported = run_module("bench.report", "--plugin", "my_data", "--dataset", "kmnist", "--results-dir", str(tmp_path),
+                          env=env)
+    assert reported.stderr.startswith("python -m bench.report: error: no run records in")  # the choice was valid
+    refused = run_module("bench.report", "--dataset", "kmnist", "--results-dir", str(tmp_path), env=env)
+    assert refused.returncode == 2 and "invalid choice: 'kmnist'" in refused.stderr  # without the plugin
