@@ -210,33 +210,31 @@ class CifarLayout:
     def format(self) -> str:
         return "binary" if self.label_key is None else "python"
 
-    def read_member(self, container: Path, name: str) -> tuple[bytes, str]:
-        """One batch file, from the extracted folder or straight out of the official tar.gz."""
+    def read_members(self, container: Path, names: tuple[str, ...]) -> list[tuple[bytes, str]]:
+        """Batch files (bytes, where), from the extracted folder or out of the official tar.gz in one pass."""
         if container.is_dir():
-            path = container / name
-            if not path.is_file():
-                raise DataError(f"{path}: missing; expected the official batch file here")
-            return read_bytes(path), str(path)
-        inner = f"{self.folder}/{name}"
-        where = f"{container}:{inner}"
+            missing = [container / name for name in names if not (container / name).is_file()]
+            if missing:
+                raise DataError(f"{missing[0]}: missing; expected the official batch file here")
+            return [(read_bytes(container / name), str(container / name)) for name in names]
+        wanted, found = {f"{self.folder}/{name}": name for name in names}, {}
         try:
-            with tarfile.open(container, "r:gz") as tar:
-                member = tar.extractfile(inner)
-                if member is None:
-                    raise KeyError(inner)
-                return member.read(), where
-        except KeyError:
-            raise DataError(f"{where}: missing from the archive; expected the official layout") from None
+            with tarfile.open(container, "r|gz") as tar:  # a stream: the archive is decompressed once
+                for member in tar:
+                    if member.name in wanted and member.isfile():
+                        found[wanted[member.name]] = tar.extractfile(member).read()
         except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
             raise DataError(f"{container}: not a readable tar.gz ({e.__class__.__name__}: {e})") from None
+        for inner, name in wanted.items():
+            if name not in found:
+                raise DataError(f"{container}:{inner}: missing from the archive; expected the official layout")
+        return [(found[name], f"{container}:{self.folder}/{name}") for name in names]
 
     def parse(self, container: Path, num_classes: int) -> Arrays:
         def load(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-            parts = []
-            for name in names:
-                raw, where = self.read_member(container, name)
-                parts.append(parse_cifar_binary(raw, where, num_classes) if self.label_key is None
-                             else parse_cifar_pickle(raw, where, self.label_key, num_classes))
+            parts = [parse_cifar_binary(raw, where, num_classes) if self.label_key is None
+                     else parse_cifar_pickle(raw, where, self.label_key, num_classes)
+                     for raw, where in self.read_members(container, names)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
         return *load(self.train), *load(self.test)

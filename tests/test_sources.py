@@ -260,6 +260,14 @@ def test_cifar_missing_batch_in_tar(tmp_path):
         load_raw("cifar10", tmp_path, tmp_path / "cache", download=False)
 
 
+def test_cifar_truncated_tar_is_one_error_naming_it(tmp_path):
+    write_cifar(tmp_path, cifar_batches(np.random.default_rng(7)), binary=True, as_tar=True)
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cifar-10-binary.tar.gz: not a readable tar.gz"):
+        load_raw("cifar10", tmp_path, tmp_path / "cache", download=False)
+
+
 # ---------------------------------------------------------------- CIFAR-100, its official python format
 
 def write_cifar100(root: Path, rng: np.random.Generator, as_tar: bool, n: int = 6) -> dict[str, tuple]:
