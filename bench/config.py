@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from bench.shards import shard_runs, shard_spec
 from bench.tracking import ALL as ALL_TRACKERS, TRACKERS

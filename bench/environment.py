@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
-from bench.measure import device_name
+from bench.measure import device_name, math_mode
 from bench.runtime import cpu_has_native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +81,7 @@ def environment(accelerator: Accelerator) -> dict:
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
         "mixed_precision": accelerator.mixed_precision,
-        "tf32": torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() != "highest"
-        if accelerator.device.type == "cuda" else False,
+        "tf32": math_mode(accelerator.device, "no") == "tf32",
         "cpu_native_bf16": cpu_has_native_bf16(),
         "hostname": platform.node(),
         "git_commit": git_commit(),

@@ -28,8 +28,9 @@ from bench.config import PRESETS, RECIPES, recipe_batch
 from bench.environment import environment, package_version, use_cpu
 from bench.measure import device_name
 from bench.metrics import BY_KEY
+from bench.plots import slug
 from bench.records import load_records, load_sweeps
-from bench.report import markdown_table
+from bench.render import markdown_table
 from bench.tables import accuracy_table, run_rows, speed_table, sweep_table
 from data.cli import OneLineParser, positive_int
 from data.datasets import get_spec
@@ -47,11 +48,6 @@ SWEEP_SKIP_LINE = re.compile(r"^bench/speed\.py: time budget of .*; skipped: (?P
 
 
 # ----- probe ---------------------------------------------------------------------------------------------------
-
-def slug(text: str) -> str:
-    """A file-name-safe short form: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
-
 
 def wheels_to_install(folder: Path | None) -> list[str]:
     """ffcv's wheel, and each other wheel in `folder` whose distribution this Python lacks: what the machine
@@ -76,7 +72,8 @@ def probe(data_dir: Path | None, wheels: Path | None) -> list[str]:
         spec = get_spec(dataset)
         if spec.source.find(data_dir, spec):
             present.append(dataset)
-    return [f"ffcv={ffcv_status}", f"cuda={'yes' if cuda else 'no'}", f"device={name}", f"slug={slug(name)}",
+    folder_name = slug(name)[:40].strip("-")  # 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'
+    return [f"ffcv={ffcv_status}", f"cuda={'yes' if cuda else 'no'}", f"device={name}", f"slug={folder_name}",
             f"fast_batch={fast.batch_size or recipe_batch(RECIPES[fast.recipe], num_processes=1)}",
             f"datasets={' '.join(present)}", f"mnist_files={get_spec('mnist').source.place_hint()}",
             f"wheels={' '.join(wheels_to_install(wheels))}"]
@@ -163,7 +160,7 @@ def sweep_lines(run_dir: Path, steps: list[Step]) -> list[str]:
                      "best eager img/s": eager["img/s"].max(), "best compiled img/s": compiled["img/s"].max()})
     best = pd.DataFrame(rows, columns=["model", "img/s", "precision", "compile", "batch", mfu,
                                        "best eager img/s", "best compiled img/s"])
-    for column in ("best eager img/s", "best compiled img/s"):  # formatted here: report.FORMATS does not know them
+    for column in ("best eager img/s", "best compiled img/s"):  # formatted here: render.NUMBER_FORMATS does not know them
         best[column] = [f"{value:,.0f}" if pd.notna(value) else "" for value in best[column]]
     oom = int((table["status"] == "oom").sum())
     return [f"{len(table)} point(s) measured ({oom} out of memory), {skipped} skipped by the sweep's budget. "

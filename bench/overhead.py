@@ -24,11 +24,10 @@ from bench.environment import use_cpu
 from bench.loop import Training, make_schedule, train_steps
 from bench.measure import WindowTimer, synchronize
 from bench.runtime import build_model_and_optimizer, configure_backends, precision_error
-from bench.speed import bare_train_step
+from bench.speed import bare_train_step, synthetic_batches
 from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names, get_spec
-from data.encode import IMAGE_SIZE
 from models import model_names
 
 
@@ -79,9 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_backends(device)
     spec = get_spec(args.dataset)
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (args.batch_size, IMAGE_SIZE, IMAGE_SIZE, spec.channels), dtype=torch.uint8,
-                           device=device)
-    labels = torch.randint(0, spec.num_classes, (args.batch_size,), device=device)
+    images, labels = next(synthetic_batches(args.batch_size, spec, device))
     preprocess = DevicePreprocess(spec.mean, spec.std, None, args.channels_last)
     inputs = preprocess(images)
 

@@ -130,7 +130,8 @@ HEADLINE_INTRO = (
 COMPARISON_INTRO = (
     "Every configuration present here and in the baseline ({baseline}). Two runs are the same configuration when "
     "everything in their identity but the seed and the machine agrees: " + ", ".join(CONFIG_KEYS) + ". Each side "
-    "is aggregated over its seeds, per device; changes are ours relative to the baseline's. A throughput drop is "
+    "is aggregated over its seeds, per device; a configuration is compared on the same device kind when both sides "
+    "have it, else across devices; changes are ours relative to the baseline's. A throughput drop is "
     f"flagged as a regression beyond max({NOISE_FLOOR_PCT:g} %, {NOISE_SIGMAS:g} x the combined coefficient of "
     "variation of both sides' per-evaluation train img/s): separate processes on the same GPU typically differ "
     "by 1-3 % in throughput, which one run's own spread cannot show, and two combined standard deviations of "

@@ -13,7 +13,7 @@ import heapq
 from typing import TYPE_CHECKING
 
 from data.datasets import get_spec
-from data.encode import SYNTHETIC_VAL_DIVISOR
+from data.encode import synthetic_val_size
 from models.facts import model_facts
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def shard_spec(text: str) -> tuple[int, int]:
 def run_cost(cfg: RunConfig) -> float:
     """Expected training cost of a run in GFLOPs: per image x training images x epochs."""
     spec = get_spec(cfg.dataset)
-    images = cfg.synthetic_train - cfg.synthetic_train // SYNTHETIC_VAL_DIVISOR if cfg.synthetic else spec.train_size
+    images = cfg.synthetic_train - synthetic_val_size(cfg.synthetic_train) if cfg.synthetic else spec.train_size
     return model_facts(cfg.model, spec.channels, num_classes=spec.num_classes).train_gflops * images * cfg.epochs
 
 

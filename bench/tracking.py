@@ -60,13 +60,13 @@ def start(accelerator: Accelerator, config, run_id: str, results_dir: Path) -> N
 def log_row(accelerator: Accelerator, row: dict) -> None:
     """One history row, at its training step: numbers only, grouped as the report groups them."""
     values = {f"{'val' if key.startswith('val_') else 'train'}/{key}": value for key, value in row.items()
-              if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step",)}
+              if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"}
     accelerator.log(values, step=row["step"])
 
 
 def log_final(accelerator: Accelerator, metrics: dict, step: int) -> None:
     accelerator.log({f"final/{key}": float(value) for key, value in metrics.items()
-                     if isinstance(value, (int, float)) and value is not None}, step=step)
+                     if isinstance(value, (int, float))}, step=step)
 
 
 def finish(accelerator: Accelerator) -> None:

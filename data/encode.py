@@ -72,6 +72,11 @@ def lock_path(cache_dir: Path, key: str) -> Path:
 
 # ---------------------------------------------------------------- arrays: resize and split
 
+def synthetic_val_size(n_train: int) -> int:
+    """Images of a synthetic training set held out for validation (the rest is the train split)."""
+    return n_train // SYNTHETIC_VAL_DIVISOR
+
+
 def resize_images(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """(N, h, w, C) uint8 -> (N, size, size, C) uint8, bilinear with antialiasing.
 
@@ -326,7 +331,7 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
     if synthetic:
         checksum = synthetic_checksum(spec.name, synthetic_train, synthetic_test, 0)
         load = partial(make_synthetic, spec.name, synthetic_train, synthetic_test)
-        val_size = synthetic_train // SYNTHETIC_VAL_DIVISOR
+        val_size = synthetic_val_size(synthetic_train)
     else:
         source = locate_source(spec.name, data_dir, cache, download)
         checksum, load, val_size = source.checksum, partial(read_source, spec, source), spec.val_size
