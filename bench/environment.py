@@ -1,21 +1,17 @@
-"""What a result was measured on: versions, device, world size, git commit."""
+"""What a result was measured on: versions, device, world size, and the code (commit and source digest)."""
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
-from functools import lru_cache
 from importlib import metadata
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
 from bench.measure import device_name, math_mode
+from bench.provenance import git_commit, source_digest
 from bench.runtime import cpu_has_native_bf16
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_version(name: str) -> str | None:
@@ -23,19 +19,6 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-@lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The checkout's commit, with '+dirty' when it has uncommitted changes; None outside git."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit
 
 
 def use_cpu() -> bool:
@@ -84,5 +67,6 @@ def environment(accelerator: Accelerator) -> dict:
         "tf32": math_mode(accelerator.device, "no") == "tf32",
         "cpu_native_bf16": cpu_has_native_bf16(),
         "hostname": platform.node(),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(),  # also in a tree copied without .git: see bench/provenance.py
+        "source_digest": source_digest(),
     }

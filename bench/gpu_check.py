@@ -104,7 +104,8 @@ def machine_lines(env: dict, cpu: bool) -> list[str]:
     versions = ", ".join(f"{name} {env[name]}" for name in ("python", "torch", "cuda", "cudnn", "torchvision",
                                                             "accelerate", "ffcv", "numpy", "numba"))
     lines = [f"- device: {env['device_name']} ({env['visible_gpus']} visible GPU(s)), host {env['hostname']}",
-             f"- versions: {versions}", f"- git commit: {env['git_commit']}"]
+             f"- versions: {versions}", f"- code: git commit {env['git_commit']}, source digest {env['source_digest']} "
+             "(`python -m bench.provenance find DIGEST` in a clone names its commit)"]
     if cpu:
         lines.append("- **CPU rehearsal** (`--cpu`): tiny sizes and synthetic data; it checks the command lines, "
                      "its numbers mean nothing.")

@@ -40,6 +40,7 @@ class Training:
     generator: torch.Generator
     lr_warmup_steps: int = 0  # what the schedule resolved to
     compile_mode: str | None = None  # how the model is torch.compiled (None: eager)
+    cuda_graphs: bool = False  # whether that compiled model replays CUDA graphs (each step is marked)
     profiler: StepProfiler | None = None
 
     @property
@@ -186,7 +187,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
             exhausted = True
             break
         timer.count(labels.shape[0])
-        if training.compile_mode == "reduce-overhead":
+        if training.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed: reuse them
         inputs = training.train_preprocess(images, training.generator)
         outputs = model(inputs)
@@ -227,7 +228,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator,
-             num_classes: int | None = None, pad_to: int | None = None) -> EvalResult:
+             num_classes: int | None = None, pad_to: int | None = None, cuda_graphs: bool = False) -> EvalResult:
     """Loss and accuracy over a split (and with `num_classes`, its confusion matrix), each sample counted
     exactly once across processes.
 
@@ -235,7 +236,8 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
     distributed loader's padding repeats samples, which then just rewrite the same slot. So can ours:
     with `pad_to`, a partial last batch is filled up with copies of its last sample, so that a compiled
     model sees one shape and never recompiles (or records a new CUDA graph) for it. A max-reduce merges
-    the ranks. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
+    the ranks. With `cuda_graphs` every batch is marked as a CUDA-graph step, as training marks its own.
+    Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
     """
     model.eval()
     device = accelerator.device
@@ -251,7 +253,7 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
         if pad_to and labels.shape[0] < pad_to:
             images, labels, indices = (torch.cat([t, t[-1:].expand(pad_to - t.shape[0], *t.shape[1:])])
                                        for t in (images, labels, indices))
-        if pad_to and accelerator.device.type == "cuda":
+        if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         outputs = model(preprocess(images)).float()
         losses[indices] = F.cross_entropy(outputs, labels, reduction="none")

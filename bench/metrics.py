@@ -102,10 +102,13 @@ METRICS: tuple[Metric, ...] = (
            "does not count; on a CPU the host's wait.", scale=100, fmt=".1f", per_epoch=True),
     Metric("achieved_tflops", "TFLOP/s", "Training FLOP/s achieved: training GFLOPs per image x images/s.",
            fmt=",.2f"),
-    Metric("peak_tflops", "peak TFLOP/s", "The devices' peak for this precision (datasheet for known GPUs, "
-           "measured matmul peak on CPUs), summed over processes.", fmt=",.1f", aggregate="first"),
+    Metric("peak_tflops", "peak TFLOP/s", "The devices' dense peak for this precision, summed over processes: "
+           "the vendor's datasheet for known GPUs (bench/measure.py GPU_PEAKS names each), a large matmul timed on "
+           "the device for other GPUs; blank on a CPU, which has no peak to trust (a measured rate on a shared "
+           "machine is no upper bound).", fmt=",.1f", aggregate="first"),
     Metric("peak_tflops_source", "peak source", "Where the peak comes from.", fmt="", aggregate="first"),
-    Metric("mfu", "MFU %", "Model FLOPs utilisation: achieved over peak FLOP/s.", scale=100, fmt=".2f"),
+    Metric("mfu", "MFU %", "Model FLOPs utilisation: achieved over peak FLOP/s; GPUs only (blank on a CPU: no "
+           "trustworthy peak, see `peak TFLOP/s`).", scale=100, fmt=".2f"),
     Metric("peak_mem_allocated_bytes", "peak alloc MiB", "Peak allocated device memory per process (max over "
            "processes and seeds) from the opening of the timed window (after warm-up: compilation and cuDNN "
            "autotuning excluded) to the end of the run, evaluation included; on a CPU the process's peak RSS.",

@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from models import build_model
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that replay CUDA graphs
 FUSED_SGD_DEVICES = ("cuda", "cpu")  # where torch has a fused SGD kernel
 
 
@@ -35,6 +36,13 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
+
+
+def uses_cuda_graphs(compile_mode: str | None, device: torch.device) -> bool:
+    """Whether a model compiled in `compile_mode` replays CUDA graphs on `device`, so that every step must be
+    marked (torch.compiler.cudagraph_mark_step_begin): once one call is marked, cudagraph trees take unmarked
+    calls for the same step, and a step whose previous outputs are still alive records a new graph."""
+    return device.type == "cuda" and compile_mode in CUDA_GRAPH_MODES
 
 
 def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, device: torch.device, *,

@@ -5,7 +5,8 @@ channels_last x torch.compile x batch size, training and inference images/s (war
 synchronised, median of several timed windows), step time, peak memory and MFU. Inputs are either
 device-resident synthetic batches (`--data synthetic`) or the real FFCV loader (`--data ffcv`), so the
 difference between the two is the input pipeline's cost. A batch size that runs out of memory is
-recorded as `oom` and the sweep goes on. One JSON record per point under `<results>/speed/`.
+recorded as `oom`, a point that fails otherwise (a compiler error, say) as `error` with its message, and
+the sweep goes on; the exit status is 1 when any point failed. One JSON record per point under `<results>/speed/`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import resource
 import statistics
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +31,8 @@ from bench.environment import environment, use_cpu
 from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
 from bench.records import sweeps_dir
-from bench.runtime import AUTOCAST_DTYPES, build_model_and_optimizer, configure_backends, precision_error, release
+from bench.runtime import (AUTOCAST_DTYPES, build_model_and_optimizer, configure_backends, precision_error, release,
+                           uses_cuda_graphs)
 from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
@@ -118,9 +121,12 @@ def measure_point(point: SpeedPoint, accelerator: Accelerator, batches: Iterator
     preprocess = DevicePreprocess(spec.mean, spec.std, None, point.channels_last)
     dtype = AUTOCAST_DTYPES.get(point.precision)
     train_step = bare_train_step(model, optimizer.optimizer, point.precision, device) if training else None
+    cuda_graphs = uses_cuda_graphs(None if point.compile == "off" else point.compile, device)
 
     def step() -> None:
         images, labels = next(batches)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         inputs = preprocess(images)
         if train_step is not None:
             train_step(inputs, labels)
@@ -254,10 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_dir = args.results_dir / "profiles" / f"speed-{point.key}" if args.profile else None
         try:
             record.update(measure_point(point, accelerator, batches, args.warmup, args.steps, args.windows, profile_dir))
-        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_oom(error):
-                raise
-            record.update({"status": "oom", "error": str(error).splitlines()[0] if str(error) else "MemoryError"})
+        except Exception as error:  # noqa: BLE001 -- a point that fails is a result; the sweep goes on
+            # Out of memory is `oom`; anything else (an inductor or Triton failure on a compiled point, say) is
+            # `error` with its first line, and the traceback goes to stderr for the log.
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if is_oom(error):
+                record.update({"status": "oom", "error": message})
+            else:
+                traceback.print_exc()
+                record.update({"status": "error", "error": f"{type(error).__name__}: {message}"})
         finally:
             batches.close()
             release(accelerator, compiled=point.compile != "off")
@@ -268,17 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             accelerator.print(f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "
                               f"peak {record['peak_mem_allocated_bytes'] / 2**20:,.0f} MiB")
         else:
-            accelerator.print(f"{point.key}: oom ({record['error']})")
+            accelerator.print(f"{point.key}: {record['status']} ({record['error']})")
     accelerator.end_training()
     if accelerator.is_main_process and rows:
         table = pd.DataFrame(rows).reindex(columns=["model", "mode", "precision", "channels_last", "compile", "batch_size",
                                                     "status", "images_per_s", "step_time_ms", "peak_mem_allocated_bytes", "mfu"])
         table["peak_mem_allocated_bytes"] /= 2**20
-        table["mfu"] *= 100
+        table["mfu"] = pd.to_numeric(table["mfu"]) * 100  # None (a CPU: no MFU) becomes NaN, shown blank
         table = table.rename(columns={"images_per_s": "img/s", "step_time_ms": "ms/step",
                                       "peak_mem_allocated_bytes": "peak alloc MiB", "mfu": "MFU %"})
         print(table.to_markdown(index=False, floatfmt=",.2f"))
-    return 0
+    return 1 if any(row["status"] == "error" for row in rows) else 0
 
 
 if __name__ == "__main__":

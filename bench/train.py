@@ -29,7 +29,7 @@ from bench.measure import (WindowTimer, is_oom, peak_memory_bytes, peak_tflops, 
                            time_to_target)
 from bench.metrics import history_row, run_metrics
 from bench.profiling import StepProfiler
-from bench.runtime import build_model_and_optimizer, release
+from bench.runtime import build_model_and_optimizer, release, uses_cuda_graphs
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
@@ -80,7 +80,8 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         wall_before = progress.wall_time_s
         run_epochs(cfg, accelerator, training, progress, results_dir, profile, started, keep_checkpoints)
         test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
-                        accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to)
+                        accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to,
+                        cuda_graphs=training.cuda_graphs)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
         metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
@@ -155,6 +156,7 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
         train_preprocess=DevicePreprocess(spec.mean, spec.std, spec.augmentation(recipe.augment), cfg.channels_last),
         eval_preprocess=DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last),
         generator=torch.Generator(device=device), lr_warmup_steps=warmup, compile_mode=cfg.compile_mode,
+        cuda_graphs=uses_cuda_graphs(cfg.compile_mode, device),
     )
 
 
@@ -196,7 +198,7 @@ def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, pro
     epoch or, with `stop_at_target`, the first validation at the target; checkpoint when one is due,
     and at the end when the final state is to be kept (--keep-checkpoints)."""
     wall_before = progress.wall_time_s
-    reset_peak_memory(accelerator.device)
+    reset_peak_memory(accelerator.device, drop_cached=True)  # the previous run's cached blocks are not ours
     if profile and accelerator.is_main_process:
         training.profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, accelerator.device, cfg.warmup_steps)
     start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
@@ -278,7 +280,7 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
     and say whether the target is reached."""
     trained, lr = progress.pending, progress.pending_lr
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
-                   accelerator, pad_to=training.eval_pad_to)
+                   accelerator, pad_to=training.eval_pad_to, cuda_graphs=training.cuda_graphs)
     epochs = progress.step / steps_per_epoch
     progress.history.append(row := history_row(
         epoch=epochs, step=progress.step, train_images=int(trained.seen), train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
@@ -320,8 +322,8 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         target_accuracy=cfg.target_accuracy,
         reached_target=None if cfg.target_accuracy is None else target.seconds is not None,
         time_to_target_s=target.seconds, time_to_target_wall_s=target.wall_seconds, epochs_to_target=target.epochs,
-        achieved_tflops=achieved, peak_tflops=peak * accelerator.num_processes, peak_tflops_source=peak_source,
-        mfu=achieved / (peak * accelerator.num_processes) if peak > 0 else None,
+        achieved_tflops=achieved, peak_tflops=peak and peak * accelerator.num_processes, peak_tflops_source=peak_source,
+        mfu=achieved / (peak * accelerator.num_processes) if peak else None,
         peak_mem_allocated_bytes=peak_allocated, peak_mem_reserved_bytes=peak_reserved,
         peak_lr=training.optimizer.param_groups[0]["initial_lr"], lr_warmup_steps=training.lr_warmup_steps,
         compiled_graphs=compiled_graphs if cfg.compile_mode else None,

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from data.augment import AugmentConfig, DevicePreprocess
-from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
+from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import dataset_names
 from data.encode import EncodedDataset, prepare_dataset
 from data.errors import DataError
@@ -75,23 +75,30 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def images_per_second(batches: Iterable, preprocess: DevicePreprocess, device: torch.device, limit: int,
-                      warmup: int = 3) -> float:
-    """Rate of preprocessed batches on the device over `limit` batches after `warmup` untimed ones."""
-    count, start, generator = 0, 0.0, torch.Generator(device=device)
-    for number, (images, _labels, *_rest) in enumerate(batches):
-        if number == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-        out = preprocess(images.to(device, non_blocking=True), generator)
-        if number >= warmup:
-            count += out.shape[0]
-        if number + 1 >= warmup + limit:
-            break
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return count / (time.perf_counter() - start) if count else 0.0
+def images_per_second(epochs: Callable[[], Iterable], preprocess: DevicePreprocess, device: torch.device,
+                      min_seconds: float, warmup: int = 3) -> float:
+    """Rate of preprocessed batches on the device, timed inside epochs: each epoch's first `warmup` batches
+    (the loader filling its queue again) stay out, every window closes at its epoch's last batch (an epoch
+    restart never falls inside one), and epochs follow until the windows add up to `min_seconds` (at least
+    one epoch): a window of a tenth of a second, which a fast GPU pipeline gives, is mostly timer noise."""
+    count, seconds, generator = 0, 0.0, torch.Generator(device=device)
+    while True:
+        start = None
+        for number, (images, _labels, *_rest) in enumerate(epochs()):
+            if number == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+            out = preprocess(images.to(device, non_blocking=True), generator)
+            if start is not None:
+                count += out.shape[0]
+        if start is None:
+            raise DataError(f"an epoch has no more than the {warmup} warm-up batches; expected a smaller batch size")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - start
+        if seconds >= min_seconds:
+            return count / seconds
 
 
 @dataclass
@@ -103,7 +110,7 @@ class Measurement:
     dataloader_cpu_aug: float | None
 
 
-def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_size: int, batches: int,
+def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_size: int, min_seconds: float,
             workers: int) -> Measurement:
     train = pipeline == "train"
     spec = encoded.spec
@@ -111,12 +118,8 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
     preprocess = DevicePreprocess(spec.mean, spec.std, augment, channels_last=True)
     path = encoded.paths["train" if train else "test"]
 
-    def repeat(make: Callable[[], Iterable]) -> Iterable:
-        while True:
-            yield from make()
-
     loader = make_loader(path, batch_size=batch_size, train=train, device=device, num_workers=workers)
-    ffcv_rate = images_per_second(repeat(lambda: loader), preprocess, device, batches)
+    ffcv_rate = images_per_second(lambda: loader, preprocess, device, min_seconds)
 
     images, labels = read_split(path)
     torch.set_num_threads(workers)  # ffcv changed it; give the DataLoader's process the same cores
@@ -125,8 +128,8 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
         dataloader = DataLoader(ArrayImages(images, labels, transform), batch_size=batch_size, shuffle=train,
                                 num_workers=workers, pin_memory=device.type == "cuda", drop_last=train,
                                 persistent_workers=True)
-        return images_per_second(repeat(lambda: dataloader), preprocess if transform is None else
-                                 DevicePreprocess(spec.mean, spec.std, None, channels_last=True), device, batches)
+        return images_per_second(lambda: dataloader, preprocess if transform is None else
+                                 DevicePreprocess(spec.mean, spec.std, None, channels_last=True), device, min_seconds)
 
     return Measurement(spec.name, pipeline, ffcv_rate, plain(None),
                        plain(torchvision_transform(augment)) if train else None)
@@ -143,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic datasets")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=positive_int, default=512)
-    parser.add_argument("--batches", type=positive_int, default=30, help="timed batches per measurement")
+    parser.add_argument("--min-seconds", type=non_negative_float, default=2.0, metavar="S",
+                        help="time whole epochs (their first batches excluded) until S seconds are timed (default 2)")
     parser.add_argument("--workers", type=positive_int, default=default_num_workers(), help="loader threads/processes")
     add_plugin_option(parser)
     args = parser.parse_args(argv)
@@ -153,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.datasets:
             encoded = prepare_dataset(name, data_dir=args.data_dir, cache_dir=args.cache_dir, synthetic=args.synthetic)
             for pipeline in args.pipelines:
-                rows.append(measure(encoded, pipeline, device, args.batch_size, args.batches, args.workers))
+                rows.append(measure(encoded, pipeline, device, args.batch_size, args.min_seconds, args.workers))
     except DataError as error:
         print(f"python -m data.throughput: error: {error}", file=sys.stderr)
         return 2

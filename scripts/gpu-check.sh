@@ -154,7 +154,7 @@ if [ "$cpu" = 0 ]; then
 else  # tiny, the smallest model (ResNet18 is the quickest to build and step), and bf16 only: no fp16 on a CPU
   overhead_models=(resnet18) overhead_batch=2 overhead_sizes=(--steps 1 --rounds 1)
   sweep_models=(resnet18) sweep_precisions=(bf16) sweep_batches=(2) sweep_sizes=(--warmup 1 --steps 1 --windows 1)
-  datasets=(mnist) data_args=(--synthetic) throughput_sizes=(--batch-size 8 --batches 2 --workers 1)
+  datasets=(mnist) data_args=(--synthetic) throughput_sizes=(--batch-size 8 --min-seconds 0 --workers 1)
   suite_sizes=(--models resnet18 --synthetic-size 64 21 --batch-size 16 --epochs 1 --warmup-steps 1)
 fi
 

@@ -26,5 +26,13 @@ def run_module(module: str, *args: str, timeout: float = 600, env: dict | None =
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def plugin_env(tmp_path: Path, name: str, text: str) -> dict[str, str]:
+    """The environment of a process that can import the module `name`, written with `text`."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    (plugins / f"{name}.py").write_text(text)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
+
+
 def records_in(results: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]

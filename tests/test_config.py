@@ -9,8 +9,9 @@ import torch
 
 from bench.config import RECIPES, parse_suite
 from bench.loop import make_schedule
+from bench.runtime import uses_cuda_graphs
 from bench.shards import run_cost
-from bench.measure import (WindowTimer, datasheet_peak, math_mode, measured_matmul_tflops, peak_memory_bytes, peak_tflops,
+from bench.measure import (GPU_PEAKS, WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, peak_tflops,
                            reset_peak_memory, time_to_target)
 from models import study_result
 
@@ -106,16 +107,48 @@ def test_window_timer_counts_only_inside_the_window():
     assert timer.images_per_s == pytest.approx(32 / timer.seconds)
 
 
-def test_datasheet_peaks_match_whole_device_names_most_specific_first():
-    assert datasheet_peak("NVIDIA H100 80GB HBM3", "bf16") == (989.4, "datasheet H100 bf16")
-    assert datasheet_peak("NVIDIA H100 PCIe", "bf16") == (756.0, "datasheet H100 PCIe bf16")
-    assert datasheet_peak("NVIDIA H100 PCIe", "tf32") == (378.0, "datasheet H100 PCIe tf32")
-    assert datasheet_peak("NVIDIA L4", "fp16") == (121.0, "datasheet L4 fp16")
-    assert datasheet_peak("NVIDIA L40S", "fp16") == (362.0, "datasheet L40S fp16")
-    assert datasheet_peak("NVIDIA A100-SXM4-80GB", "bf16") == (312.0, "datasheet A100 bf16")
-    assert datasheet_peak("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 on a V100: no made-up peak
-    assert datasheet_peak("NVIDIA GH100X", "bf16") is None  # a key inside another word does not match
-    assert math_mode(torch.device("cpu"), "no") == "fp32" and math_mode(torch.device("cpu"), "bf16") == "bf16"
+@pytest.mark.parametrize("name, mode, expected", [
+    ("NVIDIA H100 80GB HBM3", "bf16", (989.4, "H100")),
+    ("NVIDIA H100 PCIe", "bf16", (756.0, "H100 PCIe")),
+    ("NVIDIA H100 PCIe", "tf32", (378.0, "H100 PCIe")),
+    ("NVIDIA H100 NVL", "bf16", (835.0, "H100 NVL")),
+    ("NVIDIA H200", "bf16", (989.4, "H200")),
+    ("NVIDIA H200 NVL", "bf16", (835.0, "H200 NVL")),  # not the SXM part's 989
+    ("NVIDIA GH200 480GB", "bf16", (989.4, "GH200")),  # not read as H200
+    ("NVIDIA H800", "bf16", (989.4, "H800")),
+    ("NVIDIA H800 PCIe", "fp32", (51.2, "H800 PCIe")),
+    ("NVIDIA B200", "bf16", (2250.0, "B200")),
+    ("NVIDIA A100-SXM4-80GB", "bf16", (312.0, "A100")),
+    ("NVIDIA A100-PCIE-40GB", "tf32", (156.0, "A100")),
+    ("NVIDIA A100 80GB PCIe", "fp16", (312.0, "A100")),
+    ("NVIDIA A10", "bf16", (125.0, "A10")),
+    ("NVIDIA A10G", "bf16", (70.0, "A10G")),
+    ("NVIDIA L4", "fp16", (121.0, "L4")),
+    ("NVIDIA L40S", "fp16", (362.05, "L40S")),
+    ("NVIDIA L40", "bf16", (181.05, "L40")),
+    ("NVIDIA GeForce RTX 4090", "bf16", (165.2, "RTX 4090")),
+    ("Tesla V100-SXM2-16GB", "fp16", (125.0, "V100")),
+    ("Tesla T4", "fp32", (8.1, "T4")),
+    ("Tesla V100-SXM2-16GB", "bf16", None),  # no bf16 on a V100: no made-up peak
+    ("NVIDIA GH100X", "bf16", None),  # a key inside another word does not match
+])
+def test_datasheet_peaks_match_whole_device_names_most_specific_first(name, mode, expected):
+    found = datasheet_peak(name, mode)
+    if expected is None:
+        assert found is None
+        return
+    tflops, source = found
+    assert tflops == expected[0] and source.startswith(f"datasheet {expected[1]} {mode}: ")
+    assert source.removeprefix(f"datasheet {expected[1]} {mode}: ") == GPU_PEAKS[expected[1]].source
+
+
+def test_datasheet_entries_are_dense_rates_in_the_order_tensor_cores_allow():
+    """Every entry is a dense rate: the tensor-core modes in the order bf16 = fp16 >= tf32, and fp32 never above
+    tf32 (a sparse figure copied by mistake would double one of them)."""
+    for key, peak in GPU_PEAKS.items():
+        rates = peak.tflops
+        assert rates.get("bf16", rates["fp16"]) == rates["fp16"] >= rates.get("tf32", 0), key
+        assert rates["fp32"] <= rates.get("tf32", rates["fp16"]), key
 
 
 def test_cpu_peak_memory_resets_between_runs():
@@ -171,10 +204,16 @@ def test_presets_choose_bf16_on_a_cpu_only_where_it_is_native(argv, gpu, native,
     assert len(precision_notes) == (1 if note else 0) and all(note in line for line in precision_notes)
 
 
-def test_cpu_peak_is_an_upper_bound_whatever_the_precision():
-    """MFU divides by the faster of the fp32 and bf16 matmul rates on a CPU, so an emulated bf16 (slower
-    than fp32) can never make the denominator small enough for MFU to pass 100 %."""
+def test_a_cpu_has_no_peak_and_so_no_mfu():
+    """A matmul rate measured on a shared CPU is no upper bound (it gave an MFU of 106 %): no peak, no MFU."""
     cpu = torch.device("cpu")
-    bf16_peak, source = peak_tflops(cpu, "bf16")
-    assert source == "measured matmul, max of fp32 and bf16" and peak_tflops(cpu, "no")[1] == source
-    assert bf16_peak >= 0.8 * measured_matmul_tflops(cpu, "no")  # the fp32 rate is a floor (timing noise aside)
+    for precision in ("no", "bf16"):
+        assert peak_tflops(cpu, precision) == (None, "none: no trustworthy peak on a CPU")
+
+
+@pytest.mark.parametrize("mode, graphs", [(None, False), ("default", False), ("reduce-overhead", True),
+                                          ("max-autotune", True), ("max-autotune-no-cudagraphs", False)])
+def test_every_compile_mode_that_replays_cuda_graphs_marks_its_steps(mode, graphs):
+    """max-autotune records CUDA graphs too: unmarked, its steps after the first validation re-record them."""
+    assert uses_cuda_graphs(mode, torch.device("cuda")) is graphs
+    assert uses_cuda_graphs(mode, torch.device("cpu")) is False

@@ -4,13 +4,11 @@ logs to TensorBoard through Accelerate, and runs compiled as it does eager; a da
 is a choice of every command."""
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import records_in, run_bench, run_module
+from helpers import plugin_env, records_in, run_bench, run_module
 
 pytestmark = pytest.mark.slow  # a real suite in a subprocess
 
@@ -41,14 +39,6 @@ register_dataset(dataclasses.replace(
     class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
     source=IdxFiles(folders=("kmnist",), torchvision_class="KMNIST")))
 '''
-
-
-def plugin_env(tmp_path, name: str, text: str) -> dict[str, str]:
-    """The environment of a process that can import the module `name`, written with `text`."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir(exist_ok=True)
-    (plugins / f"{name}.py").write_text(text)
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
 
 
 def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_numbers(tmp_path, cache_dir):

@@ -192,7 +192,7 @@ def test_inception_v1_settings(name: str) -> None:
 
 
 def test_init(model_1ch: tuple[str, nn.Module]) -> None:
-    """Each model's init per SPEC.md; swapped-in first layers must not keep PyTorch's default init."""
+    """Each model's init per docs/STUDY.md; swapped-in first layers must not keep PyTorch's default init."""
     name, model = model_1ch
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     for module in model.modules():

@@ -41,8 +41,9 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
         for key in ("train_loss", "val_loss", "test_loss"):
             assert math.isfinite(metrics[key]) and metrics[key] > 0, key
         for key in ("train_images_per_s", "eval_images_per_s", "epoch_time_s", "train_time_s", "eval_time_s",
-                    "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "achieved_tflops", "peak_tflops", "mfu"):
+                    "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "achieved_tflops"):
             assert metrics[key] > 0, key
+        assert metrics["peak_tflops"] is None and metrics["mfu"] is None  # no trustworthy peak on a CPU
         assert 0.0 <= metrics["data_stall"] < 1.0
         assert metrics["best_val_epoch"] == 1 and metrics["epochs_completed"] == 1
         assert record["facts"]["params"] > 1_000_000 and record["facts"]["train_gflops"] > record["facts"]["forward_gflops"]
