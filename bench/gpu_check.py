@@ -86,13 +86,15 @@ class Step:
     name: str
     status: str  # ok, failed (exit N), stopped: budget, skipped: ...
     seconds: int
+    command: str
 
 
 def read_steps(run_dir: Path) -> list[Step]:
     """steps.tsv, one `name<TAB>status<TAB>seconds<TAB>command` line per step, as the script wrote it."""
     path = run_dir / "steps.tsv"
     lines = path.read_text().splitlines() if path.exists() else []
-    return [Step(name, status, int(seconds)) for name, status, seconds, *_ in (line.split("\t") for line in lines)]
+    return [Step(name, status, int(seconds), command)
+            for name, status, seconds, command in (line.split("\t", 3) for line in lines)]
 
 
 def step_log(run_dir: Path, name: str) -> str:
@@ -117,7 +119,7 @@ def counted(names: list[str], what: str) -> str:
 
 
 def steps_lines(steps: list[Step], budget_s: int) -> list[str]:
-    table = pd.DataFrame([vars(step) for step in steps], columns=["name", "status", "seconds"])
+    table = pd.DataFrame([vars(step) for step in steps]).reindex(columns=["name", "status", "seconds"])
     ok = [step.name for step in steps if step.status == "ok"]
     failed = [step.name for step in steps if step.status.startswith("failed")]
     cut = [step.name for step in steps if step.status.startswith(("skipped", "stopped"))]
@@ -182,10 +184,14 @@ def throughput_lines(run_dir: Path, steps: list[Step]) -> list[str]:
     return [log[start] + ":", "", *table]
 
 
-def suite_lines(run_dir: Path) -> list[str]:
+def suite_lines(run_dir: Path, steps: list[Step]) -> list[str]:
+    """What the check's suite ran (its command line: it is smaller than the `fast` preset, to fit its share of
+    the budget), then its headline."""
+    step = next((step for step in steps if step.name == "suite"), None)
+    ran = [f"Ran `{step.command.split(' bench/run.py ', 1)[-1]}` ({step.status}, {step.seconds} s).", ""] if step else []
     records, _ = load_records(run_dir)
     if not records:
-        return ["_(no run records)_"]
+        return [*ran, "_(no run records)_"]
     runs = run_rows(records)
     keys = ["data_source", "dataset", "model"]
     label = {key: BY_KEY[key].label for key in ("test_acc", "train_time_s", "time_to_target_s", "train_images_per_s",
@@ -196,7 +202,8 @@ def suite_lines(run_dir: Path) -> list[str]:
                                                label["train_images_per_s"], label["mfu"],
                                                label["peak_mem_allocated_bytes"]])
     headline = accuracy.merge(speed, on=keys, how="outer")
-    lines = [markdown_table(headline)]
+    finished = int((runs["status"] == "finished").sum())
+    lines = [*ran, f"{finished} of {len(runs)} run(s) finished.", "", markdown_table(headline)]
     unfinished = runs[runs["status"] != "finished"]
     for row in unfinished.itertuples():
         error = str(row.error).splitlines()[0] if row.error else ""
@@ -213,7 +220,7 @@ def summary_markdown(run_dir: Path, budget_s: int, cpu: bool, env: dict) -> str:
         "Harness overhead (bench.overhead: harness vs bare loop, same device-resident batch)": overhead_lines(run_dir, steps),
         "Speed sweep (bench.speed)": sweep_lines(run_dir, steps),
         "Input pipeline (data.throughput)": throughput_lines(run_dir, steps),
-        "Suite (bench/run.py --preset fast): accuracy, time and MFU": suite_lines(run_dir),
+        "Suite (bench/run.py --preset fast, shortened): accuracy, time and MFU": suite_lines(run_dir, steps),
     }
     lines = [f"# GPU check: {run_dir.name}", "", f"Written {time.strftime('%Y-%m-%d %H:%M %Z')}. Every number below, "
              f"and the rest (REPORT.md, tables/, plots/, runs/, speed/, logs/, gpu-check.log), is in the run folder "

@@ -6,35 +6,47 @@
 #
 # In order: ffcv, when it does not import, from the wheels in --wheels (default .device-wheels/; only those
 # of what is missing, into a private folder: the machine's own packages, torch above all, stay as they are);
-# the CUDA-only tests; the harness-overhead benchmark; the speed sweep's eager points; the input-pipeline
-# benchmark; the `fast` suite on MNIST (and CIFAR-10 when --data-dir has it; default $DEEPNETS_DATA_DIR);
-# the sweep's compiled points; the report. Everything goes to one folder, <--results-dir, default
-# results/gpu-check>/<gpu-slug>-<YYYYMMDD-HHMM>/ (records, REPORT.md, tables/, plots/, logs/, gpu-check.log,
-# SUMMARY.md); --out DIR receives that folder packed as one .tar.gz beside plain copies of gpu-check.log and
-# SUMMARY.md, which is all a lent GPU machine hands back. $PYTHON (default python3) is the interpreter.
+# the CUDA-only tests; the check's suite (the `fast` recipe for SUITE_EPOCHS epochs, the six models, on MNIST,
+# and CIFAR-10 too when --data-dir has it; default $DEEPNETS_DATA_DIR); the harness-overhead benchmark; the
+# input-pipeline benchmark; the speed sweep's eager, then compiled points; the report. Everything goes to one
+# folder, <--results-dir, default results/gpu-check>/<gpu-slug>-<YYYYMMDD-HHMM>/ (records, REPORT.md, tables/,
+# plots/, logs/, gpu-check.log, SUMMARY.md); --out DIR receives that folder packed as one .tar.gz beside plain
+# copies of gpu-check.log and SUMMARY.md, refreshed after every step, so that a check cut short from outside
+# still hands back everything done until then. $PYTHON is the interpreter (default: the project's .venv when
+# scripts/setup.sh made one, else python3).
 #
-# A GPU is lent for minutes, so the check keeps to --budget-s (default 420), its summary included: a step
-# starts only while time is left and is stopped when its share runs out (killed KILL_GRACE_S later if it
-# ignores that), and the speed sweep has its own share. Each step prints
-# one line (ok / failed (exit N) / stopped: budget / skipped: budget, and its seconds); a failed step does
-# not stop the others; the exit status is 1 when any step failed, 2 for bad options or a machine that lacks
-# what the check needs. --cpu rehearses every step's command line on a CPU with tiny sizes and synthetic data.
+# The check keeps to --budget-s (default 420), its summary included. Every measuring step has a capped share
+# of the budget (SHARES below), so a step that hangs costs its share and nothing more: it is stopped when the
+# share runs out (killed KILL_GRACE_S later if it ignores that), and a CUDA test that hangs is stopped by
+# pytest-timeout sooner still. The compiled sweep comes last and takes whatever the others left. Each step
+# prints one line (ok / failed (exit N) / stopped: budget / skipped: budget, and its seconds); a failed step
+# does not stop the others; the exit status is 1 when any step failed, 2 for bad options or a machine that
+# lacks what the check needs. --cpu rehearses every step's command line on a CPU with tiny sizes and
+# synthetic data.
 set -uo pipefail  # no -e: a failed step is recorded and the check goes on
 
 PROG=gpu-check.sh
-PYTHON=${PYTHON:-python3}  # the interpreter that has torch (on the lent machines: python3)
 CALLER_DIR=$PWD
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+venv=${DEEPNETS_VENV:-.venv}  # where scripts/setup.sh puts it (relative to the repository)
+case $venv in /*) ;; *) venv=$REPO/$venv ;; esac
+if [ -z "${PYTHON:-}" ]; then  # the interpreter that has torch: set-up's venv, else the machine's own
+  if [ -x "$venv/bin/python" ]; then PYTHON=$venv/bin/python; else PYTHON=python3; fi
+fi
 
-# How the budget is shared: the report and the summary are cheap but must come last, so the measuring steps
+# How the budget is shared. The report and the summary are cheap but must come last, so the measuring steps
 # leave them REPORT_RESERVE_S and SUMMARY_RESERVE_S, and every step's limit leaves room for KILL_GRACE_S, the
-# time a stopped step gets between TERM and KILL; the sweep (which could take an hour with every compile)
-# gets SWEEP_SHARE_PCT; a step with less than MIN_STEP_S left is not worth starting.
+# time a stopped step gets between TERM and KILL. Each measuring step may use at most its percentage of what
+# remains (the measuring budget); the compiled sweep, last, gets all that is left. A step with less than
+# MIN_STEP_S is not worth starting. ffcv's install and import are capped at INSTALL_CAP_S each.
 REPORT_RESERVE_S=30
 SUMMARY_RESERVE_S=20
 KILL_GRACE_S=10
-SWEEP_SHARE_PCT=25
 MIN_STEP_S=10
+INSTALL_CAP_S=60
+declare -A SHARES=([cuda-tests]=20 [suite]=35 [overhead]=8 [throughput]=7 [sweep-eager]=12)
+CUDA_TEST_TIMEOUT_S=90  # one CUDA test (a cold reduce-overhead compile of ResNet18 included)
+SUITE_EPOCHS=4  # the check's suite: enough for MNIST near the study's accuracy, a few seconds a run on an H100
 
 die() {
   echo "$PROG: error: $*" >&2
@@ -99,7 +111,7 @@ if [ "${probe[ffcv]}" != ok ] && [[ " ${wheels_needed[*]} " != *" ffcv-"* ]]; th
   die "--wheels: ffcv does not import here (${probe[ffcv]}) and '$wheels' holds no ffcv-*.whl; expected a folder with ffcv's wheel and its pure-Python requirements (a copy of shared/device/wheels)"
 fi
 
-# ----- the run folder, the log and the step runner ---------------------------------------------------------------
+# ----- the run folder, the log, what comes back and the step runner ---------------------------------------------
 name=${probe[slug]}-$(date +%Y%m%d-%H%M)
 [ ! -e "$results/$name" ] || name=$name-$(date +%S)  # a second check within the same minute
 run_dir=$results/$name
@@ -107,6 +119,7 @@ mkdir -p "$results" && mkdir "$run_dir" "$run_dir/logs" || die "--results-dir: c
 [ -z "$out" ] || mkdir -p "$out" || die "--out: cannot create '$out'"
 log=$run_dir/gpu-check.log
 failed=() cut=()
+final=0  # 1 once the full summary is written: the interim page must not replace it
 
 say() {  # a line for the person watching and for the log
   echo "$*" | tee -a "$log"
@@ -116,7 +129,41 @@ left() {  # seconds the measuring steps may still use
   echo $((budget - REPORT_RESERVE_S - SUMMARY_RESERVE_S - KILL_GRACE_S - SECONDS))
 }
 
-# step NAME LIMIT_S COMMAND...: one step, its output in logs/NAME.log and gpu-check.log, stopped after LIMIT_S.
+measuring=$(left)  # the measuring budget the shares divide
+share() {  # share STEP: the step's capped share of the measuring budget, or what is left if that is less
+  local capped=$((measuring * SHARES[$1] / 100)) remaining
+  remaining=$(left)
+  echo $((capped < remaining ? capped : remaining))
+}
+
+interim_summary() {  # until the full summary exists: which steps ran, from steps.tsv, in plain bash
+  {
+    printf '# GPU check: %s (interim)\n\nWritten %s, after %s. The full summary replaces this page when the check ends; ' \
+      "$name" "$(date '+%Y-%m-%d %H:%M %Z')" "$1"
+    printf 'a check cut short can have it made from the unpacked folder with `python -m bench.gpu_check summary --run-dir %s --budget-s %s`.\n\n' \
+      "$name" "$budget"
+    printf '| step | status | seconds |\n|---|---|---:|\n'
+    while IFS=$'\t' read -r step_name status seconds _; do printf '| %s | %s | %s |\n' "$step_name" "$status" "$seconds"
+    done <"$run_dir/steps.tsv"
+  } >"$run_dir/SUMMARY.md.tmp" && mv "$run_dir/SUMMARY.md.tmp" "$run_dir/SUMMARY.md"
+}
+
+refresh_out() {  # --out gets the folder as it is now: a new archive replaces the last one whole, or not at all
+  [ -n "$out" ] || return 0
+  local tarball=$out/$name.tar.gz bytes
+  if tar -czf "$tarball.tmp" -C "$results" --exclude "$name/checkpoints" "$name" && mv "$tarball.tmp" "$tarball"; then
+    bytes=$(stat -c %s "$tarball")
+    ((bytes <= 16 * 1024 * 1024)) || { say "$PROG: $tarball is $((bytes / 1024)) KiB, over the 16 MiB a remote machine may hand back"; return 1; }
+  else
+    rm -f "$tarball.tmp"
+    return 1
+  fi
+  cp "$log" "$out/gpu-check.log.tmp" && mv "$out/gpu-check.log.tmp" "$out/gpu-check.log" || return 1
+  [ ! -e "$run_dir/SUMMARY.md" ] || { cp "$run_dir/SUMMARY.md" "$out/SUMMARY.md.tmp" && mv "$out/SUMMARY.md.tmp" "$out/SUMMARY.md"; }
+}
+
+# step NAME LIMIT_S COMMAND...: one step, its output in logs/NAME.log and gpu-check.log, stopped after LIMIT_S;
+# then --out is brought up to date.
 step() {
   local step_name=$1 limit=$2 status rc start=$SECONDS
   shift 2
@@ -139,10 +186,12 @@ step() {
   fi
   printf '%s\t%s\t%d\t%s\n' "$step_name" "$status" $((SECONDS - start)) "$*" >>"$run_dir/steps.tsv"
   say "$(printf '%-26s %-18s %4d s' "$step_name" "$status" $((SECONDS - start)))"
+  ((final)) || interim_summary "$step_name"
+  refresh_out || failed+=(pack)
 }
 
 say "$PROG: ${probe[device]}, budget ${budget} s$([ "$cpu" = 1 ] && echo ", CPU rehearsal (tiny sizes)"); folder $run_dir"
-say "$PROG: follow it with: tail -f $log"
+say "$PROG: $PYTHON; follow it with: tail -f $log"
 
 # ----- sizes: the real check, or the CPU rehearsal of the same command lines ------------------------------------
 sweep_models=(resnet18 inception_v1 resnet18_improved inception_v1_improved vgg16 vgg16_improved)  # most launch-bound first
@@ -150,11 +199,11 @@ overhead_models=(resnet18_improved inception_v1)
 if [ "$cpu" = 0 ]; then
   overhead_batch=${probe[fast_batch]} overhead_sizes=()
   sweep_precisions=(bf16 fp16) sweep_batches=(256 1024) sweep_sizes=()
-  data_args=(--data-dir "$data_dir") throughput_sizes=() suite_sizes=()
+  data_args=(--data-dir "$data_dir") throughput_sizes=() suite_sizes=(--epochs "$SUITE_EPOCHS")
 else  # tiny, the smallest model (ResNet18 is the quickest to build and step), and bf16 only: no fp16 on a CPU
   overhead_models=(resnet18) overhead_batch=2 overhead_sizes=(--steps 1 --rounds 1)
   sweep_models=(resnet18) sweep_precisions=(bf16) sweep_batches=(2) sweep_sizes=(--warmup 1 --steps 1 --windows 1)
-  datasets=(mnist) data_args=(--synthetic) throughput_sizes=(--batch-size 8 --min-seconds 0 --workers 1)
+  datasets=(mnist) data_args=(--synthetic) throughput_sizes=(--batch-size 32 --min-seconds 0 --workers 1)
   suite_sizes=(--models resnet18 --synthetic-size 64 21 --batch-size 16 --epochs 1 --warmup-steps 1)
 fi
 
@@ -163,38 +212,37 @@ if [ "${probe[ffcv]}" = ok ]; then
   say "ffcv imports: nothing to install"
 else
   # Into a private site folder: nothing of the machine's own Python (torch above all) is replaced.
-  step install-ffcv 300 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+  step install-ffcv "$INSTALL_CAP_S" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target "$work/site" "${wheels_needed[@]/#/$wheels/}"
   export PYTHONPATH=$work/site:$PYTHONPATH
-  [ ${#failed[@]} -gt 0 ] || step import-ffcv 120 "$PYTHON" -c \
+  [ ${#failed[@]} -gt 0 ] || step import-ffcv "$INSTALL_CAP_S" "$PYTHON" -c \
     "import importlib.metadata, ffcv.loader; print('ffcv', importlib.metadata.version('ffcv'), 'from', ffcv.__file__)"
 fi
 if [ ${#failed[@]} -gt 0 ]; then
   say "$PROG: ffcv is not usable here (on Python 3.12 it also needs setuptools, for distutils; see $log); nothing else can run"
 else
-  step cuda-tests "$(left)" "$PYTHON" -m pytest -m cuda
-  for model in "${overhead_models[@]}"; do
-    step "overhead-$model" "$(left)" "$PYTHON" -m bench.overhead --model "$model" --batch-size "$overhead_batch" \
-      --precision bf16 --channels-last "${overhead_sizes[@]}"
-  done
-  # The speed sweep gets its own share of the budget: eager points here, compiled ones (tens of seconds of
-  # compiling each) only after the suite, with what is left of the share; bench.speed stops starting points at
-  # its --time-budget-s and names the ones it skipped.
-  sweep_share=$((budget * SWEEP_SHARE_PCT / 100))
-  sweep=("$PYTHON" -m bench.speed --models "${sweep_models[@]}" --modes train --precisions "${sweep_precisions[@]}"
-         --channels-last on --batch-sizes "${sweep_batches[@]}" --results-dir "$run_dir" "${sweep_sizes[@]}")
-  sweep_start=$SECONDS
-  step sweep-eager "$(left)" "${sweep[@]}" --compile off --time-budget-s "$sweep_share"
-  sweep_share=$((sweep_share - (SECONDS - sweep_start)))
-  step throughput "$(left)" "$PYTHON" -m data.throughput --datasets "${datasets[@]}" "${data_args[@]}" "${throughput_sizes[@]}"
-  step suite "$(left)" "$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+  # pytest exits 5 when it collects no test: a failure here, as it should be (the CUDA tests did not run).
+  step cuda-tests "$(share cuda-tests)" "$PYTHON" -m pytest -m cuda -p no:cacheprovider --timeout "$CUDA_TEST_TIMEOUT_S"
+  step suite "$(share suite)" "$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no bench/run.py --preset fast --datasets "${datasets[@]}" "${data_args[@]}" \
     --results-dir "$run_dir" "${suite_sizes[@]}"
-  # Compiled points: what is left of the sweep's share, if the suite left that much. The rehearsal gives them no
-  # time (a compile takes minutes on a CPU), but their command line still runs and names what it skipped.
+  overhead_share=$(share overhead)
+  for model in "${overhead_models[@]}"; do
+    step "overhead-$model" $((overhead_share / ${#overhead_models[@]})) "$PYTHON" -m bench.overhead --model "$model" \
+      --batch-size "$overhead_batch" --precision bf16 --channels-last "${overhead_sizes[@]}"
+  done
+  step throughput "$(share throughput)" "$PYTHON" -m data.throughput --datasets "${datasets[@]}" "${data_args[@]}" \
+    "${throughput_sizes[@]}"
+  # The speed sweep: eager points in their share, compiled ones (tens of seconds of compiling each) in all that is
+  # left. bench.speed stops starting points at its --time-budget-s (four fifths of the step's limit, so that the
+  # point in progress can end before the step is stopped) and names the points it skipped. The rehearsal gives the
+  # compiled points no time (a compile takes minutes on a CPU), but their command line still runs.
+  sweep=("$PYTHON" -m bench.speed --models "${sweep_models[@]}" --modes train --precisions "${sweep_precisions[@]}"
+         --channels-last on --batch-sizes "${sweep_batches[@]}" --results-dir "$run_dir" "${sweep_sizes[@]}")
+  limit=$(share sweep-eager)
+  step sweep-eager "$limit" "${sweep[@]}" --compile off --time-budget-s $((limit * 4 / 5))
   limit=$(left)
-  compiled_time=$((sweep_share < limit ? sweep_share : limit))
-  if [ "$cpu" = 1 ]; then compiled_time=0; elif ((compiled_time < MIN_STEP_S)); then limit=0; fi
+  compiled_time=$((cpu == 1 ? 0 : limit * 4 / 5))
   step sweep-compiled "$limit" "${sweep[@]}" --compile reduce-overhead default --time-budget-s "$compiled_time"
   step report $((budget - SUMMARY_RESERVE_S - KILL_GRACE_S - SECONDS)) "$PYTHON" -m bench.report --results-dir "$run_dir"
 fi
@@ -204,19 +252,9 @@ fi
 cpu_flag=()
 [ "$cpu" = 0 ] || cpu_flag=(--cpu)
 summary_limit=$((budget - KILL_GRACE_S - SECONDS))  # what the budget leaves, and never too little to write it
+final=1
 step summary $((summary_limit > MIN_STEP_S ? summary_limit : MIN_STEP_S)) "$PYTHON" -m bench.gpu_check summary --run-dir "$run_dir" --budget-s "$budget" "${cpu_flag[@]}"
-if [ -n "$out" ]; then
-  # A lent machine hands back at most 8 files of 16 MiB: the folder as one archive, and the two pages to read first.
-  tarball=$out/$name.tar.gz
-  if tar -czf "$tarball" -C "$results" --exclude "$name/checkpoints" "$name"; then
-    bytes=$(stat -c %s "$tarball")
-    say "$PROG: packed $run_dir into $tarball ($((bytes / 1024)) KiB)"
-    ((bytes <= 16 * 1024 * 1024)) || { failed+=(pack); say "$PROG: $tarball is over the 16 MiB a lent machine hands back"; }
-  else
-    failed+=(pack)
-  fi
-  [ ! -e "$run_dir/SUMMARY.md" ] || cp "$run_dir/SUMMARY.md" "$out/" || failed+=(pack)
-fi
+[ ! -e "$out/$name.tar.gz" ] || say "$PROG: packed $run_dir into $out/$name.tar.gz ($(($(stat -c %s "$out/$name.tar.gz") / 1024)) KiB)"
 say "$PROG: done in $SECONDS s, ${failed[*]:-no step} failed; everything is in $run_dir"
-[ -z "$out" ] || cp "$log" "$out/gpu-check.log" || failed+=(pack)
+if [ -n "$out" ]; then cp "$log" "$out/gpu-check.log" || failed+=(pack); fi
 [ ${#failed[@]} -eq 0 ]

@@ -1,35 +1,43 @@
 """scripts/gpu-check.sh: the CPU rehearsal run for real, and the script's own logic with a stand-in interpreter.
 
-The rehearsal (`--cpu`) runs every step's real command line at tiny sizes, once for the module. The other
-tests give the script a few lines of bash in place of Python, so that option errors, what the machine lacks,
-the ffcv install and the time budget are checked in a second or two each.
+The rehearsal (`--cpu`) runs every step's real command line at tiny sizes, once for the module, in a Python
+faithful to the GPU machine (tests/gpu_machine.py: only the packages it has, the project used in place, ffcv
+installed by the check from its wheels when $DEEPNETS_DEVICE_WHEELS names them). The other tests give the
+script a few lines of bash in place of Python, so that option errors, what the machine lacks, the ffcv install,
+the budget's shares and what --out holds after each step are checked in seconds each.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+import gpu_machine
 from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
 # The rehearsal's steps, in order (on a GPU the overhead runs for resnet18_improved and inception_v1).
-STEPS = ["cuda-tests", "overhead-resnet18", "sweep-eager", "throughput", "suite", "sweep-compiled", "report", "summary"]
+STEPS = ["cuda-tests", "suite", "overhead-resnet18", "throughput", "sweep-eager", "sweep-compiled", "report", "summary"]
+INSTALL_STEPS = ["install-ffcv", "import-ffcv"]
 STEP_LINE = re.compile(r"^(?P<name>\S+) +(?P<status>ok|failed \(exit \d+\)|stopped: budget|skipped: budget) +"
                        r"\d+ s$", re.M)
 HANDED_BACK = {"files": 8, "bytes": 16 * 2**20, "folders": 2}  # what a lent GPU machine returns from --out
 
-# Stands in for Python: logs "PYTHONPATH :: arguments" to $FAKE_CALLS, fails what matches $FAKE_FAIL, answers
-# the probe with $FAKE_PROBE, writes a summary, and lets the tests step take $FAKE_PYTEST_S.
+# Stands in for Python: logs "PYTHONPATH :: arguments" to $FAKE_CALLS, fails what matches $FAKE_FAIL, hangs on
+# what matches $FAKE_HANG, answers the probe with $FAKE_PROBE, writes a summary, and lets the tests step take
+# $FAKE_PYTEST_S.
 FAKE_PYTHON = """#!/usr/bin/env bash
 echo "$PYTHONPATH :: $*" >> "$FAKE_CALLS"
 case "$*" in
   *"${FAKE_FAIL:-no such command}"*) exit 1 ;;
+  *"${FAKE_HANG:-no such command}"*) sleep 1000 ;;
   "-m bench.gpu_check probe"*) printf '%s\\n' "$FAKE_PROBE" ;;
   "-m bench.gpu_check summary --run-dir "*) echo "# fake summary" > "$5/SUMMARY.md" ;;
   "-m pytest"*) sleep "${FAKE_PYTEST_S:-0}" ;;
@@ -69,21 +77,35 @@ def handed_back(out: Path) -> set[str]:
 
 # ----- the rehearsal, for real ------------------------------------------------------------------------------------
 
+# ffcv's wheels for the GPU machine (.ci/run points this at them): the rehearsal installs ffcv from them as the
+# check does there; without them, the faithful Python has this machine's ffcv instead.
+DEVICE_WHEELS = os.environ.get("DEEPNETS_DEVICE_WHEELS")
+
+
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory, cache_dir) -> tuple[subprocess.CompletedProcess, Path]:
     tmp = tmp_path_factory.mktemp("gpu-check")
-    done = run_check("--cpu", "--out", str(tmp / "out"), "--results-dir", str(tmp / "results"),
-                     env={"DEEPNETS_CACHE_DIR": str(cache_dir)})  # the suite's data is the smoke suite's
+    python = gpu_machine.build(tmp / "gpu-machine-python", extra=() if DEVICE_WHEELS else ("ffcv",))
+    wheels = ["--wheels", DEVICE_WHEELS] if DEVICE_WHEELS else []
+    # A budget that two busy cores can keep to; the shares and the budget's cuts have tests of their own.
+    done = run_check("--cpu", "--budget-s", "900", *wheels, "--out", str(tmp / "out"), "--results-dir",
+                     str(tmp / "results"), env={"PYTHON": str(python), "DEEPNETS_CACHE_DIR": str(cache_dir)})
     return done, tmp / "out"
 
 
 @pytest.mark.slow
-def test_rehearsal_runs_every_step(rehearsal):
-    done, _ = rehearsal
+def test_rehearsal_runs_every_step_with_only_the_gpu_machines_packages(rehearsal):
+    done, out = rehearsal
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert step_lines(done.stdout) == dict.fromkeys(STEPS, "ok"), done.stdout
-    assert "ffcv imports: nothing to install" in done.stdout
+    steps = (INSTALL_STEPS if DEVICE_WHEELS else []) + STEPS
+    assert step_lines(done.stdout) == dict.fromkeys(steps, "ok"), done.stdout
+    assert ("ffcv imports: nothing to install" in done.stdout) is not bool(DEVICE_WHEELS)
     assert "s, no step failed; everything is in " in done.stdout and "out of budget" not in done.stdout
+    # The CUDA tests were collected there (every test module imports without submitit and the project
+    # uninstalled), and skip on a CPU.
+    log = (out / "gpu-check.log").read_text()
+    collected = re.search(r"=+ (\d+) skipped, (\d+) deselected in ", log)
+    assert collected and int(collected[1]) >= 10, log[-3000:]
 
 
 @pytest.mark.slow
@@ -205,10 +227,11 @@ def test_only_wheels_of_what_is_missing_are_installed(tmp_path):
     assert wheels_to_install(tmp_path / "absent") == []
 
 
-@pytest.mark.parametrize("budget, ran", [(1, []), (71, ["cuda-tests", "report"])])
+@pytest.mark.parametrize("budget, ran", [(1, []), (120, ["cuda-tests", "suite", "sweep-compiled", "report"])])
 def test_budget_skips_the_later_steps_and_names_them(tmp_path, budget, ran):
-    # 71 s leave the measuring steps 11 s (the report keeps 30, the summary 20, a stopped step's grace 10): the 2-s
-    # test step starts, nothing after it.
+    # 120 s leave the measuring steps 60 s (the report keeps 30, the summary 20, a stopped step's grace 10): the
+    # tests' share is 12 s and the suite's 21 s, the next steps' under the 10 s worth starting; the compiled sweep,
+    # last, gets what they left.
     env = {**fake_python(tmp_path), "FAKE_PYTEST_S": "2"}
     done = run_check("--cpu", "--budget-s", str(budget), "--out", str(tmp_path / "out"),
                      "--results-dir", str(tmp_path / "results"), env=env)
@@ -218,7 +241,8 @@ def test_budget_skips_the_later_steps_and_names_them(tmp_path, budget, ran):
                                        "summary": "ok"}
     assert f"out of budget ({budget} s): skipped or stopped {' '.join(cut)}\n" in done.stdout
     calls = (tmp_path / "calls").read_text()
-    assert "bench.speed" not in calls and "bench/run.py" not in calls
+    assert calls.count("bench.speed") == calls.count("--compile reduce-overhead default") == len(ran) // 4
+    assert calls.count("bench/run.py") == len(ran) // 4
     (run_dir,) = (tmp_path / "results").iterdir()
     assert handed_back(tmp_path / "out") == {"gpu-check.log", "SUMMARY.md", f"{run_dir.name}.tar.gz"}
 
@@ -245,7 +269,7 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
     by_module = {}
     for call in calls:
         by_module.setdefault(call[1], []).append(call[2:])
-    assert by_module["pytest"] == [["-m", "cuda"]]
+    assert by_module["pytest"] == [["-m", "cuda", "-p", "no:cacheprovider", "--timeout", "90"]]
     for args, model in zip(by_module["bench.overhead"], ["resnet18_improved", "inception_v1"], strict=True):
         assert args == ["--model", model, "--batch-size", "512", "--precision", "bf16", "--channels-last"]
         assert model in model_names()
@@ -255,15 +279,17 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
                                 "vgg16_improved"]
         assert (sweep.modes, sweep.precisions, sweep.channels_last, sweep.batch_sizes, sweep.results_dir) == (
             ["train"], ["bf16", "fp16"], "on", [256, 1024], run_dir)
-    assert (eager.compile, eager.time_budget_s) == (["off"], 105)  # a quarter of the default 420 s
-    assert compiled.compile == ["reduce-overhead", "default"] and 90 <= compiled.time_budget_s <= 105
+    # 360 s of the default 420 are for measuring: the eager sweep's share is 12 % (43 s), four fifths of which
+    # it may start points in; the compiled sweep gets what the others left (all of their shares here).
+    assert (eager.compile, eager.time_budget_s) == (["off"], 34)
+    assert compiled.compile == ["reduce-overhead", "default"] and 270 <= compiled.time_budget_s <= 288
     assert by_module["data.throughput"] == [["--datasets", "mnist", "cifar10", "--data-dir", str(tmp_path)]]
     (launch,) = by_module["accelerate.commands.launch"]
     launcher = launch_command_parser().parse_args(launch)
     assert (launcher.num_processes, launcher.training_script) == (1, "bench/run.py")
     suite = run_parser().parse_args(launcher.training_script_args)
-    assert (suite.preset, suite.datasets, suite.data_dir, suite.results_dir) == (
-        "fast", ["mnist", "cifar10"], tmp_path, run_dir)
+    assert (suite.preset, suite.datasets, suite.data_dir, suite.results_dir, suite.epochs) == (
+        "fast", ["mnist", "cifar10"], tmp_path, run_dir, 4)
     assert report_parser().parse_args(by_module["bench.report"][0]).results_dir == [run_dir]
 
 
@@ -274,3 +300,56 @@ def test_speed_time_budget_rejects_a_negative_number(capsys):
         build_parser().parse_args(["--time-budget-s", "-1"])
     assert stop.value.code == 2
     assert capsys.readouterr().err == "bench/speed.py: error: argument --time-budget-s: expected a number >= 0, got '-1'\n"
+
+
+def test_a_hung_step_costs_its_share_and_the_rest_still_runs(tmp_path):
+    # 220 s leave 160 s for measuring: the hung suite is stopped after its 35 % (56 s), and every later step still
+    # gets its own share.
+    env = {**fake_python(tmp_path), "FAKE_HANG": "bench/run.py"}
+    done = run_check("--cpu", "--budget-s", "220", "--results-dir", str(tmp_path / "r"), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert step_lines(done.stdout) == {**dict.fromkeys(STEPS, "ok"), "suite": "stopped: budget"}, done.stdout
+    seconds = int(re.search(r"^suite +stopped: budget +(\d+) s$", done.stdout, flags=re.M)[1])
+    assert 56 <= seconds <= 58
+
+
+def test_out_holds_a_whole_archive_after_every_step_even_when_the_check_is_killed(tmp_path):
+    # The machine is taken back while the suite runs: --out must already hold what the steps before it did.
+    env = {**os.environ, **fake_python(tmp_path), "FAKE_HANG": "bench/run.py"}
+    out = tmp_path / "out"
+    check = subprocess.Popen(["bash", str(SCRIPT), "--cpu", "--out", str(out), "--results-dir", str(tmp_path / "r")],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        calls = tmp_path / "calls"
+        for _ in range(300):  # until the suite has started
+            if calls.exists() and "bench/run.py" in calls.read_text():
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        os.killpg(check.pid, signal.SIGKILL)
+        check.wait()
+    (archive,) = out.glob("*.tar.gz")
+    assert not list(out.glob("*.tmp"))
+    name = archive.name.removesuffix(".tar.gz")
+    with tarfile.open(archive) as tar:  # whole: it opens, and holds what the finished steps left
+        steps = tar.extractfile(f"{name}/steps.tsv").read().decode()
+        summary = tar.extractfile(f"{name}/SUMMARY.md").read().decode()
+    assert steps.startswith("cuda-tests\tok\t") and "suite" not in steps
+    assert "(interim)" in summary and "| cuda-tests | ok |" in summary
+    assert "=== cuda-tests" in (out / "gpu-check.log").read_text()
+    assert (out / "SUMMARY.md").read_text() == summary
+
+
+def test_the_projects_venv_is_the_default_interpreter(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    env = fake_python(tmp_path)
+    os.symlink(env.pop("PYTHON"), venv / "bin" / "python")
+    without_python = {key: value for key, value in os.environ.items() if key != "PYTHON"}
+    done = subprocess.run(["bash", str(SCRIPT), "--cpu", "--budget-s", "1", "--results-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**without_python, **env, "DEEPNETS_VENV": str(venv)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"gpu-check.sh: {venv}/bin/python; follow it with" in done.stdout
+    assert "gpu_check probe" in (tmp_path / "calls").read_text()
