@@ -269,7 +269,10 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
     by_module = {}
     for call in calls:
         by_module.setdefault(call[1], []).append(call[2:])
-    assert by_module["pytest"] == [["-m", "cuda", "-p", "no:cacheprovider", "--timeout", "90"]]
+    (pytest_args,) = by_module["pytest"]
+    assert pytest_args[:6] == ["-m", "cuda", "-p", "no:cacheprovider", "--timeout", "90"]
+    assert {"tests/test_cuda.py", "tests/test_augment.py", "tests/test_models.py"} <= set(pytest_args[6:])
+    assert "tests/test_scale.py" not in pytest_args  # a module without CUDA tests is not even imported
     for args, model in zip(by_module["bench.overhead"], ["resnet18_improved", "inception_v1"], strict=True):
         assert args == ["--model", model, "--batch-size", "512", "--precision", "bf16", "--channels-last"]
         assert model in model_names()
