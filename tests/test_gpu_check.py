@@ -101,8 +101,8 @@ def test_rehearsal_runs_every_step_with_only_the_gpu_machines_packages(rehearsal
     assert step_lines(done.stdout) == dict.fromkeys(steps, "ok"), done.stdout
     assert ("ffcv imports: nothing to install" in done.stdout) is not bool(DEVICE_WHEELS)
     assert "s, no step failed; everything is in " in done.stdout and "out of budget" not in done.stdout
-    # The CUDA tests were collected there (every test module imports without submitit and the project
-    # uninstalled), and skip on a CPU.
+    # The CUDA tests were collected there (their modules import with only the GPU machine's packages and the
+    # project uninstalled), and skip on a CPU.
     log = (out / "gpu-check.log").read_text()
     collected = re.search(r"=+ (\d+) skipped, (\d+) deselected in ", log)
     assert collected and int(collected[1]) >= 10, log[-3000:]
