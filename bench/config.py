@@ -79,6 +79,11 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 
+# The largest global batch each recipe has been run at as it stands: the study's recipes at their 128; `fast` at
+# the batch its learning rate is stated for (lr 0.2 per 512 images). Beyond it the linear scaling rule is
+# extrapolated (large batches often want a longer warm-up or LARS), and the suite's first lines say so.
+CHECKED_GLOBAL_BATCH = {"paper-vanilla": 128, "paper-improved": 128, "fast": 512}
+
 # The study pairs each vanilla model with the vanilla recipe and each improved one with the improved.
 PAIRED = "paired"
 
@@ -151,6 +156,15 @@ class RunConfig:
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
         return f"{self.preset}_{source}_{self.model}_{self.recipe.name}_{self.precision}_b{self.batch_size}_s{self.seed}_{digest}"
 
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def peak_lr(self) -> float:
+        """--lr, else the recipe's rate for this model at this global batch."""
+        return self.lr or self.recipe.lr_for(self.model, self.global_batch)
+
 
 @dataclass(frozen=True)
 class SuiteConfig:
@@ -164,6 +178,8 @@ class SuiteConfig:
     resume: bool
     keep_checkpoints: bool
     profile: bool
+    overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
+    dry_run: bool = False  # print the resolved runs and train nothing
 
 
 def accuracy_fraction(text: str) -> float:
@@ -187,68 +203,107 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="bench/run.py",
         description="Train and measure image-classification CNNs on FFCV-encoded 64x64 datasets under Accelerate.",
-        epilog="Launch with `accelerate launch bench/run.py ...` for several processes/GPUs; "
-        "plain `python bench/run.py` runs one process.",
+        epilog="Launch with `accelerate launch bench/run.py ...`: without an Accelerate config it starts one process "
+        "per visible GPU, and --batch-size is per process. `--dry-run` prints what would run (global batch, lr, "
+        "precision, epochs) and trains nothing.",
     )
-    parser.add_argument("--models", nargs="+", choices=models, default=list(models), metavar="MODEL",
-                        help=f"models to run (default: all). Valid: {', '.join(models)}")
-    parser.add_argument("--datasets", nargs="+", choices=datasets, default=list(study), metavar="DATASET",
-                        help=f"datasets (default: the study's, {', '.join(study)}). Valid: {', '.join(datasets)}")
-    parser.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO,
-                        help="auto (default): 'fast' on real data when a GPU is present, else 'smoke'")
-    parser.add_argument("--recipe", choices=(PAIRED, *RECIPES), default=None,
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--models", nargs="+", choices=models, default=list(models), metavar="MODEL",
+                      help=f"models to run (default: all). Valid: {', '.join(models)}")
+    what.add_argument("--datasets", nargs="+", choices=datasets, default=list(study), metavar="DATASET",
+                      help=f"datasets (default: the study's, {', '.join(study)}). Valid: {', '.join(datasets)}")
+    what.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO,
+                      help="auto (default): 'fast' on real data when a GPU is present, else 'smoke'")
+    what.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed (default: 0)")
+    add_plugin_option(what)
+    what.add_argument("--dry-run", action="store_true",
+                      help="print the resolved runs (run id, global batch, lr, precision, epochs) and what the "
+                      "options override, then stop: nothing is trained or written")
+
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--recipe", choices=(PAIRED, *RECIPES), default=None,
                         help="training recipe (default: the preset's). 'paired' = the study's pairing: "
                         "vanilla models with paper-vanilla, improved ones with paper-improved")
-    parser.add_argument("--epochs", type=positive_int, help="epochs per run (default: the recipe's)")
-    parser.add_argument("--batch-size", type=positive_int,
+    recipe.add_argument("--epochs", type=positive_int, help="epochs per run (default: the recipe's)")
+    recipe.add_argument("--batch-size", type=positive_int,
                         help="batch size PER PROCESS (global batch = this x number of processes; default: the "
                         "preset's, else the recipe's; the study's recipes split their global 128 across processes)")
-    parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's, scaled to the batch)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="mixed precision (default: the launcher's --mixed_precision if fp16/bf16, else the preset's)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels_last memory format (default: the preset's)")
-    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
-                        dest="compile_mode", help="torch.compile the model (mode 'reduce-overhead' uses CUDA graphs)")
-    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed (default: 0)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="directory with the raw datasets (default: $DEEPNETS_DATA_DIR, else download)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where .beton files go (default: data/cache)")
-    parser.add_argument("--results-dir", type=results_folder, default=Path("results"),
+    recipe.add_argument("--lr", type=positive_float,
+                        help="peak learning rate (default: the recipe's, scaled to the global batch)")
+    recipe.add_argument("--target-accuracy", type=accuracy_fraction,
+                        help="validation accuracy for time-to-target, as 0.99 or 99 (default: the study's test "
+                        "accuracy for that model and dataset when it has one; none on synthetic data)")
+    recipe.add_argument("--stop-at-target", action="store_true",
+                        help="time-to-accuracy mode: end each run as soon as its validation accuracy reaches the "
+                        "target, then test once (a run that never gets there trains all its epochs)")
+    recipe.add_argument("--eval-every", type=positive_int, metavar="STEPS",
+                        help="validate every STEPS training steps (and at the end) instead of after every epoch, "
+                        "so that time to target is measured more finely; validation time counts in the wall-clock "
+                        "figure")
+
+    speed = parser.add_argument_group("precision and speed")
+    speed.add_argument("--precision", choices=PRECISIONS,
+                       help="mixed precision (default: the launcher's --mixed_precision if fp16/bf16, else the preset's)")
+    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels_last memory format (default: the preset's)")
+    speed.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
+                       dest="compile_mode", help="torch.compile the model (mode 'reduce-overhead' uses CUDA graphs)")
+    speed.add_argument("--warmup-steps", type=non_negative_int, help="training steps excluded from throughput")
+    speed.add_argument("--num-workers", type=positive_int, default=None,
+                       help="FFCV loader threads per process (default: CPU cores / processes)")
+    speed.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", type=Path, default=None,
+                      help="directory with the raw datasets (default: $DEEPNETS_DATA_DIR, else download)")
+    data.add_argument("--cache-dir", type=Path, default=None, help="where .beton files go (default: data/cache)")
+    data.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=None,
+                      help="use the learnable synthetic data instead of the real datasets (default: the preset's)")
+    data.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
+                      help="images in the synthetic train(+val) and test sets (default: the preset's)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--results-dir", type=results_folder, default=Path("results"),
                         help="records and tables (default: results/)")
-    parser.add_argument("--resume", action="store_true",
+    output.add_argument("--resume", action="store_true",
                         help="skip runs that already have a record and continue unfinished ones from their checkpoint")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint of finished runs")
-    parser.add_argument("--checkpoint-minutes", type=non_negative_float, default=5.0, metavar="M",
+    output.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint of finished runs")
+    output.add_argument("--checkpoint-minutes", type=non_negative_float, default=5.0, metavar="M",
                         help="save a resumable checkpoint at the end of an epoch once M minutes have passed since "
                         "the last one (default 5: a kill loses at most that much training plus the epoch in "
                         "progress); 0 = after every epoch")
-    parser.add_argument("--target-accuracy", type=accuracy_fraction,
-                        help="validation accuracy for time-to-target, as 0.99 or 99 (default: the study's test "
-                        "accuracy for that model and dataset when it has one; none on synthetic data)")
-    parser.add_argument("--stop-at-target", action="store_true",
-                        help="time-to-accuracy mode: end each run as soon as its validation accuracy reaches the "
-                        "target, then test once (a run that never gets there trains all its epochs)")
-    parser.add_argument("--eval-every", type=positive_int, metavar="STEPS",
-                        help="validate every STEPS training steps (and at the end) instead of after every epoch, "
-                        "so that time to target is measured more finely; validation time counts in the wall-clock figure")
-    parser.add_argument("--warmup-steps", type=non_negative_int, help="training steps excluded from throughput")
-    parser.add_argument("--num-workers", type=positive_int, default=None,
-                        help="FFCV loader threads per process (default: CPU cores / processes)")
-    parser.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=None,
-                        help="use the learnable synthetic data instead of the real datasets (default: the preset's)")
-    parser.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
-                        help="images in the synthetic train(+val) and test sets (default: the preset's)")
-    parser.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
-    parser.add_argument("--shard", type=shard_spec, metavar="I/N",
-                        help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
-                        "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
-    parser.add_argument("--log-with", nargs="+", choices=(ALL_TRACKERS, *TRACKERS), default=[], metavar="TRACKER",
-                        help=f"also log every run to these experiment trackers through Accelerate ({ALL_TRACKERS}: "
-                        f"every installed one). Valid: {', '.join(TRACKERS)}; each is an extra, e.g. "
-                        "pip install 'deepnets-bench[tensorboard]'")
-    add_plugin_option(parser)
+
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--shard", type=shard_spec, metavar="I/N",
+                         help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
+                         "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
+
+    tracking = parser.add_argument_group("tracking")
+    tracking.add_argument("--log-with", nargs="+", choices=(ALL_TRACKERS, *TRACKERS), default=[], metavar="TRACKER",
+                          help=f"also log every run to these experiment trackers through Accelerate ({ALL_TRACKERS}: "
+                          f"every installed one). Valid: {', '.join(TRACKERS)}; each is an extra, e.g. "
+                          "pip install 'deepnets-bench[tensorboard]'")
     return parser
+
+
+# Options that override what the preset and its recipes would choose: shown by the first lines and --dry-run.
+OVERRIDING = ("recipe", "epochs", "batch_size", "lr", "precision", "channels_last", "compile_mode", "synthetic",
+              "synthetic_size", "warmup_steps", "target_accuracy")
+
+
+def overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    """The overriding options the command line gave, as `--option value`."""
+    given = []
+    for dest in OVERRIDING:
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        option = "--compile" if dest == "compile_mode" else f"--{dest.replace('_', '-')}"
+        if isinstance(value, bool):
+            given.append(option if value else f"--no-{option[2:]}")
+        else:
+            given.append(f"{option} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+    return tuple(given)
 
 
 def launcher_precision() -> str | None:
@@ -333,5 +388,5 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
         notes=tuple(note for note in (auto_reason, precision_reason) if note),
         shard=args.shard, log_with=tuple(args.log_with), results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-        profile=args.profile,
+        profile=args.profile, overrides=overrides(args), dry_run=args.dry_run,
     )

@@ -212,7 +212,7 @@ AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same fo
 
 
 def markdown_glossary() -> str:
-    """Every declared measurement as a markdown table (`python -m bench.metrics`; the README embeds it)."""
+    """Every declared measurement as a markdown table (`python -m bench.metrics`; docs/measurements.md embeds it)."""
     lines = ["| column | record field | in | over seeds | meaning |", "|---|---|---|---|---|"]
     for metric in METRICS:
         where = " and ".join(name for name, flag in (("history", metric.per_epoch), ("metrics", metric.per_run)) if flag)

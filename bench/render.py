@@ -1,14 +1,15 @@
-"""The report's tables as text: markdown (tabulate's pipe tables), CSV, LaTeX and HTML (pandas).
+"""The report's tables as text: markdown (tabulate's pipe tables), CSV, LaTeX and HTML (pandas), and what their
+columns mean.
 
-Every column's number format is its measurement's (bench/metrics.py) or its derived column's
-(tables.DERIVED); missing values stay blank in every format. CSV is the data: full precision, no
+Every column's number format and meaning is its measurement's (bench/metrics.py) or its derived column's
+(tables.DERIVED), looked up here alone; missing values stay blank in every format. CSV is the data: full precision, no
 formatting, one file per table whatever the chosen format.
 """
 from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -17,6 +18,14 @@ from bench.tables import DERIVED
 from data.files import atomic_write
 
 NUMBER_FORMATS = {**metrics.formats(), **{column: fmt for column, (fmt, _) in DERIVED.items()}}
+
+
+def column_glossary(columns: Sequence[str]) -> list[str]:
+    """Markdown bullet lines saying what the measured and derived columns among `columns` mean."""
+    derived = [f"- `{column}`: {DERIVED[column][1]}" for column in columns if column in DERIVED]
+    return [*metrics.glossary(columns), *derived]
+
+
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}  # --format -> file extension
 
 

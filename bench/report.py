@@ -5,7 +5,8 @@ same run on the same device kind counted once: bench/compare.py) and writes REPO
 always, as data, and in the chosen --format) and PNG plots. REPORT.md opens with the headline: per
 dataset, data source, device and preset, one row per model, in the study's order. Then come the
 comparison with a baseline (--baseline), where each model goes wrong (weakest classes, confusion
-matrices), the Pareto plots, and the per-configuration Details. Synthetic-data runs carry their label and
+matrices), the Pareto plots, and the per-configuration Details: that layout and its prose are
+templates/report.md.j2, filled here with the rendered tables. Synthetic-data runs carry their label and
 blank study columns: they test the harness, not the study's claims. Accuracies are percentages. Every
 file is written under a temp name and renamed into place.
 """
@@ -19,16 +20,16 @@ from datetime import date
 from pathlib import Path
 from typing import Sequence
 
+import jinja2
 import pandas as pd
 
-from bench import metrics
 from bench.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comparison_table, comparison_view, load_merged,
                            regressions)
 from bench.config import PRESETS, results_folder
 from bench.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
 from bench.records import runs_dir
-from bench.render import EXTENSIONS, markdown_table, render, write_table
-from bench.tables import (CONFIG_KEYS, DERIVED, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
+from bench.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
+from bench.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
                           group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
                           speed_table, sweep_table, weakest_classes)
 from data.cli import OneLineParser, add_plugin_option, load_plugins
@@ -119,51 +120,6 @@ def no_records_message(merged: Merged, filters: Filters) -> str:
     return f"no run records in {runs} (run `python -m bench.run` first)"
 
 
-HEADLINE_INTRO = (
-    "One table per dataset, data source, device and preset; in each, one row per model in the study's order "
-    "(models the registry does not know after them, alphabetically). Where a model has several configurations "
-    "in a table (recipes, precisions, epochs, batch sizes, compile modes, ...), its row is the configuration of "
-    "its most recent run, over that configuration's seeds (`n`); the caption names the configuration(s) shown, "
-    "and every configuration is in Details and in the CSVs. `to target s` follows MLPerf Training's rule over "
-    "the seeds and shows how many runs reached the target when not all did. Study columns stay blank on "
-    "synthetic data and where the study has no number.")
-COMPARISON_INTRO = (
-    "Every configuration present here and in the baseline ({baseline}). Two runs are the same configuration when "
-    "everything in their identity but the seed and the machine agrees: " + ", ".join(CONFIG_KEYS) + ". Each side "
-    "is aggregated over its seeds, per device; a configuration is compared on the same device kind when both sides "
-    "have it, else across devices; changes are ours relative to the baseline's. A throughput drop is "
-    f"flagged as a regression beyond max({NOISE_FLOOR_PCT:g} %, {NOISE_SIGMAS:g} x the combined coefficient of "
-    "variation of both sides' per-evaluation train img/s): separate processes on the same GPU typically differ "
-    "by 1-3 % in throughput, which one run's own spread cannot show, and two combined standard deviations of "
-    "that spread cover about 95 % of the differences noise alone makes between single evaluations (conservative "
-    "for means over several).")
-WEAKNESS_INTRO = (
-    "For each headline row, the model's three weakest classes (lowest per-class test accuracy, mean over the "
-    "headline configuration's seeds) and its test confusion matrix (summed over those seeds; each row is one "
-    "true class, coloured by the share of it predicted as each class).")
-INTRODUCTIONS = {
-    "accuracy": "Test accuracy per configuration, over seeds, beside the study's where it has one (real data only).",
-    "gains": "Gain of each improved model over its vanilla twin (pp). The baseline is the twin under paper-vanilla "
-             "when that was run, else under the improved model's recipe (then the gain is all architecture). "
-             "With an ablation run (the twin trained with the improved recipe) the gain splits into "
-             "`recipe part` + `arch part`.",
-    "speed": "Speed, cost and time to target per configuration (device first: hardware never mixes), over seeds.",
-    "speed_sweep": "Points from `python -m bench.speed` (median of timed windows; `input` says whether batches came "
-                   "from device-resident tensors or the FFCV loader).",
-    "failures": "Runs that diverged, ran out of memory or failed; the first line of each error.",
-}
-TITLES = {
-    "accuracy": "Test accuracy (%)", "gains": "Vanilla vs improved", "speed": "Training speed and cost",
-    "speed_sweep": "Speed sweeps", "failures": "Failed, diverged and out-of-memory runs",
-}
-
-
-def glossary(table: pd.DataFrame) -> list[str]:
-    """What the measured and derived columns of a table mean."""
-    derived = [f"- `{column}`: {DERIVED[column][1]}" for column in table.columns if column in DERIVED]
-    return [*metrics.glossary(table.columns), *derived]
-
-
 def sections(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """A headline-shaped table split into its groups, in the table's order."""
     return list(table.groupby(HEADLINE_GROUP, dropna=False, sort=False))
@@ -186,55 +142,42 @@ def regression_line(flagged: list[str]) -> str:
             else "No throughput regression beyond the noise.")
 
 
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                               keep_trailing_newline=True, autoescape=False)
+
+
 def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, filters: Filters,
                     tables: dict[str, pd.DataFrame], csv_paths: dict[str, Path], plots: dict[str, list[Path]],
                     confusion: dict[tuple, Path], baseline: Merged | None, flagged: list[str]) -> str:
+    """REPORT.md: the tables rendered here, laid out and introduced by templates/report.md.j2."""
+    def image(path: Path) -> dict:
+        return {"stem": path.stem, "link": relative(path, out)}
+
     def csv_link(name: str) -> str:
         return f"CSV: [{relative(csv_paths[name], out)}]({relative(csv_paths[name], out)})"
 
-    lines = [
-        "# deepnets-bench report", "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from {len(runs)} run record(s) and {sweeps} speed-sweep "
-        f"record(s) in {folders_text(merged.folders)}"
-        + (f" ({merged.dropped} duplicate(s) dropped: the same run on the same device kind counts once, the "
-           "finished record kept, else the latest)" if merged.dropped else "")
-        + f". Filters: {filters.describe()}.", "",
-    ]
-    if (runs["data_source"] == "synthetic").any():
-        lines += ["> **Synthetic data.** Rows with `data_source` = synthetic come from the generated stand-in "
-                  "datasets: they check the harness and say nothing about the study, so they carry no study "
-                  "numbers.", ""]
-    headline = tables["headline"]
-    lines += ["## Headline: test accuracy, time and memory per model", "", HEADLINE_INTRO, ""]
-    lines += headline_lines(headline, "md")
-    if not headline.empty:
-        lines += [csv_link("headline"), "", *glossary(headline_view(headline)), ""]
-    if baseline is not None:
-        shown = comparison_view(tables["comparison"])
-        lines += ["## Against the baseline", "", COMPARISON_INTRO.format(baseline=folders_text(baseline.folders)), "",
-                  markdown_table(shown), "", regression_line(flagged), "", csv_link("comparison"), "",
-                  *glossary(shown), ""]
-    lines += ["## Where the models go wrong", "", WEAKNESS_INTRO, ""]
-    if tables["weakest_classes"].empty:
-        lines += ["_(no per-class test results in these records)_", ""]
-    for keys, rows in sections(tables["weakest_classes"]):
-        lines += [f"### {group_title(keys)}", "", markdown_table(rows.drop(columns=HEADLINE_GROUP)), ""]
-        if keys in confusion:
-            lines += [f"![{confusion[keys].stem}]({relative(confusion[keys], out)})", ""]
-    lines += ["## Plots", ""]
-    lines += [f"![{path.stem}]({relative(path, out)})" for kind in ("pareto", "curves", "throughput")
-              for path in plots[kind]] or ["_(none)_"]
-    lines += ["", "## Details", ""]
-    for name, title in TITLES.items():
-        table = tables[name]
-        if name == "speed_sweep" and table.empty:
-            continue
-        lines += [f"### {title}", "", INTRODUCTIONS[name], "", *glossary(table), "", markdown_table(table), "",
-                  csv_link(name), ""]
-    if merged.skipped:
-        lines += ["## Skipped records", "", "These files could not be read and are left out:", "",
-                  *skipped_lines(merged.skipped, out)]
-    return "\n".join(lines) + "\n"
+    shown = {name: table for name, table in tables.items() if name not in ("headline", "comparison")}
+    if "comparison" in tables:
+        shown["comparison"] = comparison_view(tables["comparison"])
+    if not tables["headline"].empty:
+        shown["headline"] = headline_view(tables["headline"])
+    return TEMPLATES.get_template("report.md.j2").render(
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), run_count=len(runs), sweep_count=sweeps,
+        folders=folders_text(merged.folders), dropped=merged.dropped, filters=filters.describe(),
+        synthetic=bool((runs["data_source"] == "synthetic").any()),
+        headline=[{"title": group_title(keys), "caption": headline_caption(rows), "table": markdown_table(
+            headline_view(rows))} for keys, rows in sections(tables["headline"])],
+        comparison={"baseline": folders_text(baseline.folders), "table": markdown_table(shown["comparison"]),
+                    "verdict": regression_line(flagged)} if baseline is not None else None,
+        config_keys=", ".join(CONFIG_KEYS), noise_floor=f"{NOISE_FLOOR_PCT:g}", noise_sigmas=f"{NOISE_SIGMAS:g}",
+        weakest=[{"title": group_title(keys), "table": markdown_table(rows.drop(columns=HEADLINE_GROUP)),
+                  "confusion": image(confusion[keys]) if keys in confusion else None}
+                 for keys, rows in sections(tables["weakest_classes"])],
+        plots=[image(path) for kind in ("pareto", "curves", "throughput") for path in plots[kind]],
+        tables={name: markdown_table(table) for name, table in tables.items()}, has_sweeps=not tables["speed_sweep"].empty,
+        glossary={name: "\n".join(column_glossary(table.columns)) for name, table in shown.items()},
+        csv={name: csv_link(name) for name in csv_paths}, skipped=skipped_lines(merged.skipped, out)).rstrip("\n") + "\n"
 
 
 def summary_text(report_path: Path, tables: dict[str, pd.DataFrame], merged: Merged, flagged: list[str],

@@ -16,8 +16,9 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
 from bench import records
-from bench.config import RunConfig, parse_suite
+from bench.config import RunConfig, SuiteConfig, parse_suite
 from bench.environment import cpu_launch_error, use_cpu
+from bench.plan import batch_warnings, dry_run_table, suite_line
 from bench.report import write_report
 from bench.runtime import configure_backends, cpu_has_native_bf16, precision_error
 from bench.tracking import tracker_dir, tracker_error
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if suite.log_with and (error := tracker_error(list(suite.log_with))):
         print(f"bench/run.py: error: {error}", file=sys.stderr)
         return 2
+    if suite.dry_run:
+        return dry_run(suite, state)
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu, log_with=list(suite.log_with) or None,
                               project_dir=str(tracker_dir(suite.results_dir)))
     for note in suite.notes:
@@ -52,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             accelerator.print("no runs in this part: the suite has fewer runs than parts; nothing to do")
             accelerator.end_training()
             return 0
-    accelerator.print(f"{len(suite.runs)} run(s), {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device.type}, precision {precision}, results in {suite.results_dir}/")
+    accelerator.print(suite_line(suite, accelerator.num_processes, accelerator.device.type))
+    for warning in batch_warnings(suite.runs):
+        accelerator.print(warning)
     configure_backends(accelerator.device)
     if suite.resume and (error := resume_mismatch(suite.results_dir, suite.runs)):
         accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)
@@ -97,6 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{wall:,.1f} s wall ({time.strftime('%H:%M:%S', time.gmtime(wall))})")
     accelerator.end_training()
     return 1 if failed else 0
+
+
+def dry_run(suite: SuiteConfig, state: PartialState) -> int:
+    """--dry-run: the suite's first lines and one row per resolved run, from the main process; nothing trained or
+    written."""
+    if state.is_main_process:
+        print("\n".join([*suite.notes, suite_line(suite, state.num_processes, state.device.type),
+                         *batch_warnings(suite.runs)]))
+        print(dry_run_table(suite.runs).to_markdown(index=False) if suite.runs else "no runs")
+        print(f"dry run: {len(suite.runs)} run(s) resolved, nothing trained")
+    return 0
 
 
 def resume_mismatch(results_dir: Path, runs: Sequence[RunConfig]) -> str | None:

@@ -145,7 +145,7 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
         accelerator.scaler = torch.amp.GradScaler(device.type)
     model, optimizer = build_model_and_optimizer(
         cfg.model, spec.channels, spec.num_classes, device, channels_last=cfg.channels_last,
-        lr=cfg.lr or recipe.lr_for(cfg.model, cfg.batch_size * accelerator.num_processes), momentum=recipe.momentum,
+        lr=cfg.peak_lr, momentum=recipe.momentum,
         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, compile_mode=cfg.compile_mode,
         accelerator=accelerator)
     scheduler, per_step, warmup = make_schedule(optimizer, cfg, len(loaders["train"]))

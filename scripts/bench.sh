@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/accelerate launch bench/run.py "$@"
+source scripts/env.sh
+exec "$PY" -m accelerate.commands.launch bench/run.py "$@"  # the launcher of whichever environment holds accelerate

@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/env.sh
 set +e
-.venv/bin/python -m pytest -n auto --dist loadfile "$@"
+"$PY" -m pytest -n auto --dist loadfile "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

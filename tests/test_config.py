@@ -11,6 +11,7 @@ from bench.config import RECIPES, parse_suite
 from bench.loop import make_schedule
 from bench.runtime import uses_cuda_graphs
 from bench.shards import run_cost
+from bench.plan import batch_warnings, suite_line
 from bench.measure import (GPU_PEAKS, WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, peak_tflops,
                            reset_peak_memory, time_to_target)
 from models import study_result
@@ -53,6 +54,24 @@ def test_fast_recipe_scales_learning_rate_with_global_batch():
     assert fast.lr_for("resnet18", 1024) == pytest.approx(2 * fast.lr_for("resnet18", 512))
     assert fast.lr_for("vgg16", 512) == pytest.approx(0.1 * fast.lr_for("resnet18", 512))
     assert RECIPES["paper-improved"].lr_for("resnet18", 4096) == 0.01  # the study's rate, never rescaled
+
+
+def test_the_first_line_states_global_batch_and_lr_and_warns_beyond_the_checked_batch():
+    """Eight GPUs and no Accelerate config: the fast preset at 512 per process is a global 4096 at lr 1.6."""
+    eight = parse_suite(["--preset", "fast", "--models", "resnet18", "vgg16"], gpu_available=True, num_processes=8)
+    line = suite_line(eight, 8, "cuda")
+    assert line.startswith("4 run(s), 8 process(es) on cuda, global batch 4096 (512 x 8 processes), peak lr 1.6 "
+                           "(vgg16: 0.16), precision bf16") and "set by options" not in line
+    (warning,) = batch_warnings(eight.runs)
+    assert warning.startswith("warning: global batch 4096 is beyond the 512 that recipe fast was checked at "
+                              "(the learning rate scaled linearly with it)")
+    one = parse_suite(["--preset", "fast", "--models", "resnet18"], gpu_available=True, num_processes=1)
+    assert batch_warnings(one.runs) == [] and "global batch 512 (512 x 1 process), peak lr 0.2," in suite_line(one, 1, "cuda")
+    paper = parse_suite(["--preset", "paper", "--models", "resnet18", "--batch-size", "128"], gpu_available=True,
+                        num_processes=4)
+    (warning,) = batch_warnings(paper.runs)
+    assert "global batch 512 is beyond the 128 that recipe paper-vanilla" in warning and "unscaled" in warning
+    assert "set by options: --batch-size 128" in suite_line(paper, 4, "cuda")
 
 
 def test_run_id_names_what_changes_results_and_nothing_else():

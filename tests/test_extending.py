@@ -1,4 +1,4 @@
-"""Extending the harness from outside the package: a model registered by a plugin module runs through the
+"""Extending the harness from outside the package: a model registered by a plugin file runs through the
 real runner and report on the two datasets the study never used (no study numbers, no default target),
 logs to TensorBoard through Accelerate, and runs compiled as it does eager; a dataset registered by a plugin
 is a choice of every command."""
@@ -12,20 +12,7 @@ from helpers import plugin_env, records_in, run_bench, run_module
 
 pytestmark = pytest.mark.slow  # a real suite in a subprocess
 
-PLUGIN = '''
-"""A plugin a user might write: one decorated builder, nothing else."""
-from torch import nn
-
-from models import register_model
-
-
-@register_model()
-def tiny_cnn(in_channels: int, num_classes: int) -> nn.Module:
-    """Two convolutions and a linear layer: the smallest network worth benchmarking."""
-    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
-'''
+EXAMPLE = "examples/tiny_cnn.py"  # the README's plugin example, loaded by path
 
 DATASET_PLUGIN = '''
 """A dataset a user might add: Kuzushiji-MNIST, MNIST's format and sizes in folders of its own."""
@@ -42,11 +29,10 @@ register_dataset(dataclasses.replace(
 
 
 def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_numbers(tmp_path, cache_dir):
-    env = plugin_env(tmp_path, "my_models", PLUGIN)
     results = tmp_path / "results"
-    done = run_bench(["--plugin", "my_models", "--models", "tiny_cnn", "--datasets", "fashion_mnist", "cifar100",
+    done = run_bench(["--plugin", EXAMPLE, "--models", "tiny_cnn", "--datasets", "fashion_mnist", "cifar100",
                       "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
-                      "--warmup-steps", "1", "--log-with", "tensorboard"], results, cache_dir, env=env)
+                      "--warmup-steps", "1", "--log-with", "tensorboard"], results, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
 
     records = {record["dataset"]: record for record in records_in(results)}
@@ -81,9 +67,9 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
 
     # The same run through torch.compile (inductor on the CPU): two graphs (training, and evaluation with its
     # partial last batches padded) and no recompilation, the same learning as eager.
-    compiled = run_bench(["--plugin", "my_models", "--models", "tiny_cnn", "--datasets", "fashion_mnist",
+    compiled = run_bench(["--plugin", EXAMPLE, "--models", "tiny_cnn", "--datasets", "fashion_mnist",
                           "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
-                          "--warmup-steps", "1", "--compile"], results, cache_dir, env=env)
+                          "--warmup-steps", "1", "--compile"], results, cache_dir)
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     (record,) = [r for r in records_in(results) if r["config"]["compile_mode"] == "default"]
     eager = records["fashion_mnist"]

@@ -157,18 +157,42 @@ def test_headline_takes_each_models_most_recent_configuration(smoke_suite) -> No
     assert (table[table["dataset"] == "cifar10"]["configs"] == 1).all()  # other groups are untouched
 
 
+def study_history(val_accs: list[float], seconds_per_row: float = 300.0) -> list[dict]:
+    """History rows of a real run: one validation per `seconds_per_row` training seconds, at these accuracies."""
+    return [{"epoch": epoch, "step": epoch * 100, "train_time_s": seconds_per_row, "elapsed_s": epoch * 400.0,
+             "val_acc": acc} for epoch, acc in enumerate(val_accs, start=1)]
+
+
 def test_real_data_rows_carry_the_study_numbers(smoke_suite) -> None:
     (resnet,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
-    real = variant(resnet, "real", data_source="real", metrics={
-        "test_acc": 0.9900, "train_time_s": 902.0, "target_accuracy": 0.9899, "time_to_target_s": 100.0})
+    # The study's 98.99 % first reached at the third validation: 900 training seconds, half the study's 1804.
+    real = variant(resnet, "real", data_source="real", history=study_history([0.97, 0.985, 0.9899, 0.991]),
+                   metrics={"test_acc": 0.9900, "train_time_s": 1200.0, "target_accuracy": 0.9899,
+                            "time_to_target_s": 900.0})
     table = headline_table(headline_runs(run_rows([real])))
     (row,) = table.to_dict("records")
     assert (row["study %"], row["study train s"]) == (98.99, 1804)  # docs/STUDY.md
-    assert row["diff pp"] == pytest.approx(0.01) and row["speed-up x"] == pytest.approx(2.0)
-    assert headline_view(table)["to target s"].tolist() == ["100.0"]  # every run reached it
+    assert row["diff pp"] == pytest.approx(0.01) and row["to study s"] == 900.0
+    assert row["speed-up x"] == pytest.approx(1804 / 900)  # to the study's accuracy, not over the whole run
+    view = headline_view(table)
+    assert view["to target s"].tolist() == ["900.0"] and view["speed-up x"].tolist() == ["2.00"]
     assert "target" not in headline_caption(table)  # the study's accuracy is the default target: not named
     other = variant(real, "target", metrics={"target_accuracy": 0.95})
     assert "target 95.00%" in headline_caption(headline_table(headline_runs(run_rows([other]))))
+
+
+def test_no_speed_up_for_a_run_that_missed_the_studys_accuracy(smoke_suite) -> None:
+    """Two short epochs under the study's accuracy: fewer seconds than the study's, but no speed-up, as the run
+    never got there; a lower target of its own, reached, does not make one either."""
+    (resnet,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "cifar10")]
+    short = variant(resnet, "short", data_source="real", history=study_history([0.55, 0.61], seconds_per_row=80.0),
+                    metrics={"test_acc": 0.61, "train_time_s": 160.0, "target_accuracy": 0.60,
+                             "time_to_target_s": 160.0})
+    (row,) = headline_table(headline_runs(run_rows([short]))).to_dict("records")
+    assert row["study train s"] > 160 and np.isnan(row["speed-up x"]) and row["study reached"] == "0/1"
+    view = headline_view(pd.DataFrame([row]))
+    assert view["speed-up x"].tolist() == ["not reached (0/1)"] and view["to target s"].tolist() == ["160.0"]
+    assert "| not reached (0/1) |" in render(view, "md")
 
 
 def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:

@@ -1,0 +1,70 @@
+"""What a suite is about to do, said before it does it: the line every suite opens with (runs, processes, global
+batch, peak learning rate, precision), a warning where a global batch is beyond what its recipe was checked at,
+and `--dry-run`'s table of the resolved runs.
+
+Without an Accelerate config `accelerate launch` starts a process per visible GPU, and --batch-size is per process:
+on an eight-GPU box the fast preset trains at a global batch of 4096 with lr 1.6 unless told otherwise. These lines
+make that visible before the first step.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from bench.config import CHECKED_GLOBAL_BATCH, RunConfig, SuiteConfig
+
+
+def listing(values: Sequence[str]) -> str:
+    return ", ".join(dict.fromkeys(values))
+
+
+def batch_and_lr(runs: Sequence[RunConfig]) -> str:
+    """The global batch(es) and the peak learning rate(s) the runs train at, in words: `global batch 4096 (512 x 8
+    processes), peak lr 1.6 (vgg16, vgg16_improved: 0.16)`."""
+    batches = listing(f"{run.global_batch} ({run.batch_size} x {run.world_size} "
+                      f"process{'' if run.world_size == 1 else 'es'})" for run in runs)
+    by_lr: dict[float, list[str]] = {}
+    for run in runs:
+        by_lr.setdefault(run.peak_lr, []).append(run.model)
+    common = max(by_lr, key=lambda lr: len(by_lr[lr]))
+    others = "; ".join(f"{listing(models)}: {lr:.4g}" for lr, models in by_lr.items() if lr != common)
+    return f"global batch {batches}, peak lr {common:.4g}" + (f" ({others})" if others else "")
+
+
+def suite_line(suite: SuiteConfig, processes: int, device: str) -> str:
+    """The suite's first line: what runs where, at which global batch, learning rate and precision."""
+    line = f"{len(suite.runs)} run(s), {processes} process(es) on {device}"
+    if suite.runs:
+        line += f", {batch_and_lr(suite.runs)}"
+    line += f", precision {suite.precision}, results in {suite.results_dir}/"
+    if suite.overrides:
+        line += f"; set by options: {' '.join(suite.overrides)}"
+    return line
+
+
+def batch_warnings(runs: Sequence[RunConfig]) -> list[str]:
+    """One line per recipe whose runs train at a global batch beyond the largest it was checked at."""
+    beyond: dict[str, RunConfig] = {}  # recipe -> its run at the largest global batch
+    for run in runs:
+        checked = CHECKED_GLOBAL_BATCH.get(run.recipe.name)
+        largest = beyond.get(run.recipe.name)
+        if checked is not None and run.global_batch > checked and (not largest or run.global_batch > largest.global_batch):
+            beyond[run.recipe.name] = run
+    lines = []
+    for name, run in beyond.items():
+        lr = "the learning rate scaled linearly with it" if run.recipe.scale_lr else "the recipe's learning rate unscaled"
+        lines.append(f"warning: global batch {run.global_batch} is beyond the {CHECKED_GLOBAL_BATCH[name]} that recipe "
+                     f"{name} was checked at ({lr}); a smaller --batch-size, or fewer processes (accelerate launch "
+                     "--num_processes N), keeps to it")
+    return lines
+
+
+def dry_run_table(runs: Sequence[RunConfig]) -> pd.DataFrame:
+    """One row per resolved run: what it trains, and at which global batch, learning rate, precision and epochs."""
+    return pd.DataFrame([{
+        "run id": run.run_id, "model": run.model, "dataset": run.dataset + (" (synthetic)" if run.synthetic else ""),
+        "recipe": run.recipe.name, "epochs": run.epochs, "global batch": run.global_batch,
+        "per process": run.batch_size, "peak lr": f"{run.peak_lr:.4g}", "precision": run.precision,
+        "target %": f"{run.target_accuracy * 100:.2f}" if run.target_accuracy is not None else "",
+    } for run in runs])
