@@ -12,8 +12,8 @@
 # folder, <--results-dir, default results/gpu-check>/<gpu-slug>-<YYYYMMDD-HHMM>/ (records, REPORT.md, tables/,
 # plots/, logs/, gpu-check.log, SUMMARY.md); --out DIR receives that folder packed as one .tar.gz beside plain
 # copies of gpu-check.log and SUMMARY.md, refreshed after every step, so that a check cut short from outside
-# still hands back everything done until then. $PYTHON is the interpreter (default: the project's .venv when
-# scripts/setup.sh made one, else python3).
+# still hands back everything done until then. $PYTHON is the interpreter (default: the environment
+# scripts/setup.sh uses, as scripts/env.sh finds it, when it exists; else python3).
 #
 # The check keeps to --budget-s (default 420), its summary included. Every measuring step has a capped share
 # of the budget (SHARES below), so a step that hangs costs its share and nothing more: it is stopped when the
@@ -28,10 +28,9 @@ set -uo pipefail  # no -e: a failed step is recorded and the check goes on
 PROG=gpu-check.sh
 CALLER_DIR=$PWD
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-venv=${DEEPNETS_VENV:-.venv}  # where scripts/setup.sh puts it (relative to the repository)
-case $venv in /*) ;; *) venv=$REPO/$venv ;; esac
-if [ -z "${PYTHON:-}" ]; then  # the interpreter that has torch: set-up's venv, else the machine's own
-  if [ -x "$venv/bin/python" ]; then PYTHON=$venv/bin/python; else PYTHON=python3; fi
+if [ -z "${PYTHON:-}" ]; then  # the project's environment as set-up chose it (scripts/env.sh), else the machine's
+  PYTHON=$(cd "$REPO" && source scripts/env.sh && case $PY in /*) ;; *) PY=$REPO/$PY ;; esac && [ -x "$PY" ] \
+    && echo "$PY") || PYTHON=python3
 fi
 
 # How the budget is shared. The report and the summary are cheap but must come last, so the measuring steps
