@@ -45,6 +45,8 @@ def build_parser() -> OneLineParser:
                         help="CPU cores per job, which feed the FFCV loaders (default: the cluster's)")
     parser.add_argument("--folder", type=Path, metavar="DIR",
                         help="submitit's job files and logs (default: RESULTS_DIR/jobs)")
+    parser.add_argument("--cluster", choices=("slurm", "local"),
+                        help="where the jobs run (default: SLURM where sbatch is installed, else this machine)")
     parser.add_argument("--wait", action="store_true",
                         help="wait for the jobs, say how each ended, then write the report over all their records")
     return parser
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     folder = args.folder or suite.results_dir / "jobs"
-    executor = submitit.AutoExecutor(folder=folder)
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
     executor.update_parameters(
         name="deepnets-bench", timeout_min=args.timeout_min, nodes=1, tasks_per_node=1,
         gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, slurm_partition=args.partition,
@@ -98,7 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs.append(job := executor.submit(command))
             job.wait()
     else:
-        jobs = executor.submit_array(commands)
+        try:
+            jobs = executor.submit_array(commands)
+        except submitit.core.utils.FailedJobError as error:  # sbatch refused: no controller, a bad partition...
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "sbatch failed"
+            print(f"{PROG}: error: SLURM did not take the jobs ({reason}); expected a reachable cluster, or "
+                  "--cluster local to run them on this machine", file=sys.stderr)
+            return 1
     for index, job in enumerate(jobs, 1):
         print(f"shard {index}/{args.shards}: job {job.job_id}")
     if not args.wait:

@@ -23,8 +23,8 @@ from models import model_names
 def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite):
     results, stdout = smoke_suite.results, smoke_suite.stdout
     # Two shards, each with its own header and summary line (tests/conftest.py): their counts make the 12.
-    headers = re.findall(rf"^(\d+) run\(s\), 1 process\(es\) on cpu, precision no, results in {re.escape(str(results))}/$",
-                         stdout, flags=re.M)
+    headers = re.findall(rf"^(\d+) run\(s\), 1 process\(es\) on cpu, global batch 16 \(16 x 1 process\), peak lr [\d.]+ "
+                         rf"\(vgg16: [\d.]+\), precision no, results in {re.escape(str(results))}/;", stdout, flags=re.M)
     assert len(headers) == 2 and sum(map(int, headers)) == 12, stdout[:2000]
     finished = re.findall(r"^suite done: (\d+) finished, 0 not finished, [\d,.]+ s wall \(\d\d:\d\d:\d\d\)$", stdout,
                           flags=re.M)
