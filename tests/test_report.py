@@ -81,7 +81,7 @@ def test_tables_have_expected_rows_and_columns(report) -> None:
     assert (gains["recipe part pp"] == 0).all() and (gains["arch part pp"] == gains["gain pp"]).all()
     assert report.failures.empty and report.sweep.empty and report.skipped == [] and report.comparison is None
     frames = {"headline": report.headline, "weakest_classes": report.weakest, "accuracy": accuracy, "gains": gains,
-              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures}
+              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures, "tradeoffs": report.tradeoffs}
     assert set(report.csv_paths) == set(frames)
     for name, path in report.csv_paths.items():
         assert path.parent == report.report_path.parent / "tables"
