@@ -66,7 +66,7 @@ class EnergyCounter:
     _unit: float = field(default=1.0, repr=False)  # joules per counter unit
 
     @classmethod
-    def open(cls, device: torch.device, local_main: bool) -> EnergyCounter:
+    def open(cls, device: torch.device, local_main: bool, powercap: str = POWERCAP) -> EnergyCounter:
         if device.type == "cuda":
             try:
                 pynvml, handle = nvml_handle(device)
@@ -78,7 +78,7 @@ class EnergyCounter:
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             return cls(key=str(uuid), source="NVML total energy counter, per GPU",
                        _read=lambda: [pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)], _ranges=[0])._started(1e-3)
-        zones = rapl_packages()
+        zones = rapl_packages(powercap)
         if not zones:
             return cls(reason=NO_RAPL)
         if not local_main:  # the host's local main process reads its packages for every process on it
