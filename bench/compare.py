@@ -34,7 +34,7 @@ from bench.tables import CONFIG_KEYS, config_label, grouped, sorted_rows
 NOISE_FLOOR_PCT = 5.0  # separate processes on one GPU differ by 1-3 % in throughput; 5 % clears that
 NOISE_SIGMAS = 2.0  # two combined standard deviations: ~95 % of noise-only differences stay inside
 SWEEP_IDENTITY = ("model", "dataset", "mode", "precision", "channels_last", "compile", "batch_size", "data",
-                  "world_size")
+                  "world_size", "search")
 COMPARED = ["test_acc", "train_images_per_s", "peak_mem_allocated_bytes", "time_to_target_s"]
 SIDE = [*CONFIG_KEYS, "device", "n", *(BY_KEY[key].label for key in COMPARED), "img/s cv"]
 

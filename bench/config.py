@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from bench.cost import Pricing, add_cost_options, pricing
+from bench.inference import InferenceOptions, add_inference_options, inference_options
 from bench.shards import shard_runs, shard_spec
 from bench.tracking import ALL as ALL_TRACKERS, TRACKERS
 from data.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
@@ -106,6 +108,7 @@ class Preset:
     warmup_steps: int = 20
     synthetic_train: int = 2400  # synthetic images for train+val, when the data is synthetic
     synthetic_test: int = 400
+    inference_batch: int = 256  # the batch of the trained model's inference throughput (bench/inference.py)
 
 
 PRESETS: dict[str, Preset] = {
@@ -114,7 +117,7 @@ PRESETS: dict[str, Preset] = {
     # Synthetic data and a few dozen steps: finishes in minutes on two CPU cores.
     "smoke": Preset(
         name="smoke", recipe="fast", synthetic=True, epochs=2, batch_size=32, warmup_steps=2,
-        synthetic_train=640, synthetic_test=128,
+        synthetic_train=640, synthetic_test=128, inference_batch=32,
     ),
 }
 AUTO = "auto"
@@ -146,6 +149,8 @@ class RunConfig:
     num_workers: int = field(default=1, compare=False)
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_minutes: float = field(default=5.0, compare=False)
+    inference: InferenceOptions | None = field(default=InferenceOptions(), compare=False)  # None: --no-inference
+    pricing: Pricing = field(default=Pricing(), compare=False)
 
     @property
     def run_id(self) -> str:
@@ -252,6 +257,7 @@ def build_parser() -> OneLineParser:
     speed.add_argument("--num-workers", type=positive_int, default=None,
                        help="FFCV loader threads per process (default: CPU cores / processes)")
     speed.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+    add_inference_options(speed)
 
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", type=Path, default=None,
@@ -272,6 +278,7 @@ def build_parser() -> OneLineParser:
                         help="save a resumable checkpoint at the end of an epoch once M minutes have passed since "
                         "the last one (default 5: a kill loses at most that much training plus the epoch in "
                         "progress); 0 = after every epoch")
+    add_cost_options(output)
 
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--shard", type=shard_spec, metavar="I/N",
@@ -380,7 +387,8 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     target_accuracy=target, world_size=num_processes,
                     warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
                     stop_at_target=args.stop_at_target, eval_every=args.eval_every,
-                    checkpoint_minutes=args.checkpoint_minutes,
+                    checkpoint_minutes=args.checkpoint_minutes, pricing=pricing(args),
+                    inference=inference_options(args, preset.inference_batch),
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(

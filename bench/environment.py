@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
+from bench.machine import machine_state
 from bench.measure import device_name, math_mode
 from bench.provenance import git_commit, source_digest
 from bench.runtime import cpu_has_native_bf16
@@ -69,4 +70,5 @@ def environment(accelerator: Accelerator) -> dict:
         "hostname": platform.node(),
         "git_commit": git_commit(),  # also in a tree copied without .git: see bench/provenance.py
         "source_digest": source_digest(),
+        "machine": machine_state(accelerator.device),  # driver, CUDA, power limit; CPU governor and frequencies
     }

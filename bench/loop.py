@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,10 @@ class Training:
     compile_mode: str | None = None  # how the model is torch.compiled (None: eager)
     cuda_graphs: bool = False  # whether that compiled model replays CUDA graphs (each step is marked)
     profiler: StepProfiler | None = None
+    # The run's other probes (bench/probes.py): energy counter windows, device snapshots, the first step's end.
+    energy: Any = None  # bench/energy.py EnergyLog
+    watch: Any = None  # bench/watch.py Watch
+    first_step_at: float | None = None  # time.time() when the session's first step had finished on the device
 
     @property
     def eval_pad_to(self) -> int | None:
@@ -179,6 +183,8 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
                 # from here: compilation's and cuDNN autotuning's workspaces stay out of it.
                 accelerator.wait_for_everyone()
                 reset_peak_memory(device)
+                if training.watch is not None:
+                    training.watch.start()
             timer.start()  # before the wait, so the window and the stall cover the same time
         try:
             with timer.waiting_for_data():
@@ -202,6 +208,9 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
         seen += labels.shape[0]
         step += 1
         done += 1
+        if training.first_step_at is None:  # cold start ends here: one host sync, once per session
+            synchronize(device)
+            training.first_step_at = time.time()
         if training.profiler is not None:
             training.profiler.step(step)
         if bar is not None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
@@ -192,6 +192,7 @@ class WindowTimer:
     images: int = 0
     data_wait_s: float = 0.0
     seconds: float = 0.0
+    energy: Any = None  # bench/energy.py EnergyLog: its counter is read at both synchronised ends of every window
     _start: float | None = field(default=None, repr=False)
     _waits: list = field(default_factory=list, repr=False)  # CUDA (before, after) event pairs
 
@@ -201,6 +202,8 @@ class WindowTimer:
 
     def start(self) -> None:
         synchronize(self.device)
+        if self.energy is not None:
+            self.energy.window_open()
         self._start = time.perf_counter()
 
     def stop(self) -> None:
@@ -208,6 +211,8 @@ class WindowTimer:
             return
         synchronize(self.device)
         self.seconds += time.perf_counter() - self._start
+        if self.energy is not None:
+            self.energy.window_close()
         self._start = None
         self.data_wait_s += sum(before.elapsed_time(after) for before, after in self._waits) / 1000
         self._waits.clear()

@@ -115,6 +115,51 @@ METRICS: tuple[Metric, ...] = (
            scale=1 / MIB, fmt=",.0f", aggregate="max"),
     Metric("peak_mem_reserved_bytes", "peak reserved MiB", "Peak memory reserved by the caching allocator, "
            "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
+    # -- cold start
+    Metric("time_to_first_step_s", "first step s", "Wall seconds from the run's start to the end of its first "
+           "training step, device synchronised: data preparation, model build, compilation and the first batch, all "
+           "outside the timed window (a resumed run: its last session's).", fmt=",.1f"),
+    Metric("compile_s", "compile s", "Seconds torch.compile spent compiling during the run (training and "
+           "evaluation graphs; dynamo's own timer), outside the timed window; blank for eager runs.", fmt=",.1f"),
+    # -- inference of the trained model (bench/inference.py)
+    *(Metric(f"{prefix}_{q}_ms", f"{label} {q} ms", f"{what}latency of one image (batch 1) in evaluation mode, in the "
+             f"run's precision and memory format: the {q[1:]}th percentile of calls each timed on its own (device "
+             "synchronised; warm-up excluded; at least --inference-min-seconds and --inference-min-calls)"
+             + ("; blank unless the run compiled." if prefix == "compiled_infer" else "."), fmt=",.2f")
+      for prefix, label, what in (("infer", "infer", "Inference "), ("compiled_infer", "compiled infer",
+                                                                      "Compiled (the run's mode) inference "))
+      for q in ("p50", "p95", "p99")),
+    Metric("infer_images_per_s", "infer img/s", "Inference images per second of the trained model at `infer batch` "
+           "(eager, calls back to back, device synchronised at both ends of the window); blank when that batch ran "
+           "out of memory (the record's `inference` says `oom`).", fmt=",.0f"),
+    Metric("compiled_infer_images_per_s", "compiled infer img/s", "The same, compiled with the run's mode; blank "
+           "unless the run compiled.", fmt=",.0f"),
+    Metric("infer_batch", "infer batch", "Batch of the inference throughput measurement (--inference-batch).",
+           fmt=",.0f", aggregate="first"),
+    # -- energy (bench/energy.py) and cost (bench/cost.py)
+    Metric("energy_kwh", "energy kWh", "Energy of the whole run (from its start to the end of testing) from the "
+           "devices' own counters, every device of the run counted once: NVML's on NVIDIA GPUs, RAPL's package "
+           "counters on a CPU; blank where none is readable (`energy source` says why), never estimated.", fmt=",.4f"),
+    Metric("energy_j_per_image", "J/img", "Joules per training image in the timed windows (the same counters).",
+           fmt=",.3f"),
+    Metric("energy_to_target_kwh", "energy to target kWh", "Energy from the run's start until validation accuracy "
+           "first reached the target (the same counters, read at every validation).", fmt=",.4f"),
+    Metric("energy_source", "energy source", "Which counters the energy comes from, or why there is none (no "
+           "counter readable, as in most virtual machines; nvidia-ml-py missing; a resumed run).", fmt="",
+           aggregate="first"),
+    Metric("price_per_hour_usd", "USD/device-h", "Price of one device for an hour (--price-per-hour, or the "
+           "device's entry in --price-table).", fmt=",.2f", aggregate="first"),
+    Metric("cost_usd", "cost USD", "What the run cost: price x devices (processes) x the run's wall hours, "
+           "set-up and evaluation included (DAWNBench's way).", fmt=",.4f"),
+    Metric("cost_to_target_usd", "cost to target USD", "Price x devices x wall hours until validation accuracy first "
+           "reached the target (`to target wall s`).", fmt=",.4f"),
+    # -- the device's state (bench/watch.py)
+    Metric("device_throttled", "throttled", "Whether a GPU of the run was throttling (power cap, thermal or hardware "
+           "slowdown, per NVML) when its timed window opened or when training ended; over seeds, in how many runs; "
+           "blank on a CPU or without NVML.", fmt="", aggregate="count"),
+    Metric("device_shared", "shared GPU", "Whether another process used a GPU of the run at those instants (a shared "
+           "GPU corrupts timings); over seeds, in how many runs; blank on a CPU or without NVML.", fmt="",
+           aggregate="count"),
     # -- settings resolved at run time
     Metric("peak_lr", "peak lr", "The learning rate at the top of the schedule.", fmt=".4g", aggregate="first"),
     Metric("compiled_graphs", "compiled graphs", "Graphs torch.compile built during the run: 2 (training and "

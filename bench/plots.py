@@ -34,6 +34,7 @@ POINT_LABEL = "point-label"  # gid of the Pareto plots' point labels
 MIN_ACCURACY_SPAN_PP = 0.2  # the accuracy axis spans at least this: 0.01 pp is then 5 % of its height
 MAX_NAMED_CLASSES = 20  # confusion matrices name their classes up to this many
 ACCURACY, TIME, MEMORY = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label, "peak mem GiB"
+LATENCY = BY_KEY["infer_p50_ms"].label
 # Settings a point label names when they vary within a plot (model, precision and batch are always named).
 POINT_DETAILS = ["dataset", "data_source", "recipe", "epochs", "global batch", "world size", "channels_last", "compile",
                  "lr", "stop_at_target", "eval_every", "synthetic size", "preset"]
@@ -162,16 +163,19 @@ def configuration_points(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished runs as one point per configuration and device: accuracy, training time and memory over seeds."""
     finished = runs[(runs["status"] == "finished") & runs["test_acc"].notna()]
     if finished.empty:
-        return pd.DataFrame(columns=[*CONFIG_KEYS, "device", ACCURACY, TIME, MEMORY])
-    measured = ["test_acc", "train_time_s", "peak_mem_allocated_bytes"]
+        return pd.DataFrame(columns=[*CONFIG_KEYS, "device", ACCURACY, TIME, MEMORY, LATENCY])
+    measured = ["test_acc", "train_time_s", "peak_mem_allocated_bytes", "infer_p50_ms"]
     return with_gib(grouped(finished, [*CONFIG_KEYS, "device"], measured))
 
 
 def plot_pareto(runs: pd.DataFrame, plots_dir: Path) -> list[Path]:
-    """Per dataset and data source: accuracy vs training time and accuracy vs peak memory, each with its front."""
+    """Per dataset and data source: accuracy vs training time, vs peak memory and vs batch-1 inference latency (the
+    deployment view, where the run timed its model), each with its front."""
     paths = []
     views = (("accuracy_vs_time", TIME, "training time, s (log scale)", "training time", True),
-             ("accuracy_vs_memory", MEMORY, "peak memory per process, GiB", "peak memory", False))
+             ("accuracy_vs_memory", MEMORY, "peak memory per process, GiB", "peak memory", False),
+             ("accuracy_vs_latency", LATENCY, "inference latency at batch 1, p50 ms (log scale)",
+              "inference latency", True))
     for (source, dataset), points in configuration_points(runs).groupby(["data_source", "dataset"], dropna=False):
         for name, x, x_label, what, log_x in views:
             here = points[points[x].notna()].reset_index(drop=True)

@@ -29,6 +29,7 @@ from bench.config import PRESETS, results_folder
 from bench.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
 from bench.records import runs_dir
 from bench.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
+from bench.tradeoffs import device_warning, tradeoff_table
 from bench.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
                           group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
                           speed_table, sweep_table, weakest_classes)
@@ -83,6 +84,7 @@ class Report:
     accuracy: pd.DataFrame
     gains: pd.DataFrame
     speed: pd.DataFrame
+    tradeoffs: pd.DataFrame  # inference, cold start, energy, cost (bench/tradeoffs.py)
     failures: pd.DataFrame
     sweep: pd.DataFrame
     comparison: pd.DataFrame | None  # with --baseline
@@ -162,12 +164,13 @@ def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, 
         shown["comparison"] = comparison_view(tables["comparison"])
     if not tables["headline"].empty:
         shown["headline"] = headline_view(tables["headline"])
+    behind = dict(sections(headline_runs(runs)))  # each headline table's runs: their device flags
     return TEMPLATES.get_template("report.md.j2").render(
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), run_count=len(runs), sweep_count=sweeps,
         folders=folders_text(merged.folders), dropped=merged.dropped, filters=filters.describe(),
         synthetic=bool((runs["data_source"] == "synthetic").any()),
         headline=[{"title": group_title(keys), "caption": headline_caption(rows), "table": markdown_table(
-            headline_view(rows))} for keys, rows in sections(tables["headline"])],
+            headline_view(rows)), "flags": device_warning(behind[keys])} for keys, rows in sections(tables["headline"])],
         comparison={"baseline": folders_text(baseline.folders), "table": markdown_table(shown["comparison"]),
                     "verdict": regression_line(flagged)} if baseline is not None else None,
         config_keys=", ".join(CONFIG_KEYS), noise_floor=f"{NOISE_FLOOR_PCT:g}", noise_sigmas=f"{NOISE_SIGMAS:g}",
@@ -236,7 +239,7 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
     accuracy = accuracy_table(runs)
     tables = {"headline": headline_table(chosen), "weakest_classes": weakest_classes(chosen), "accuracy": accuracy,
               "gains": gains_table(accuracy), "speed": speed_table(runs), "speed_sweep": sweep_table(kept_sweeps),
-              "failures": failures_table(runs)}
+              "tradeoffs": tradeoff_table(runs), "failures": failures_table(runs)}
     if before is not None:
         tables["comparison"] = comparison_table(runs, run_rows(before.runs))
     flagged = regressions(tables["comparison"]) if before is not None else []
@@ -252,7 +255,7 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
         report_path=report_path, csv_paths=csv_paths, table_paths=table_paths,
         plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"]],
         headline=tables["headline"], weakest=tables["weakest_classes"], accuracy=accuracy, gains=tables["gains"],
-        speed=tables["speed"], failures=tables["failures"], sweep=tables["speed_sweep"],
+        speed=tables["speed"], tradeoffs=tables["tradeoffs"], failures=tables["failures"], sweep=tables["speed_sweep"],
         comparison=tables.get("comparison"), regressions=flagged, dropped=merged.dropped,
         summary_markdown=summary_text(report_path, tables, merged, flagged, fmt), skipped=merged.skipped,
     )

@@ -7,6 +7,7 @@ device-resident synthetic batches (`--data synthetic`) or the real FFCV loader (
 difference between the two is the input pipeline's cost. A batch size that runs out of memory is
 recorded as `oom`, a point that fails otherwise (a compiler error, say) as `error` with its message, and
 the sweep goes on; the exit status is 1 when any point failed. One JSON record per point under `<results>/speed/`.
+`--find-max-batch` searches the largest batch that trains instead of sweeping --batch-sizes (bench/maxbatch.py).
 """
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from bench.config import COMPILE_MODES, PRECISIONS, results_folder
 from bench.environment import environment, use_cpu
+from bench.maxbatch import describe, memory_budget, search
 from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
 from bench.records import sweeps_dir
@@ -179,6 +181,34 @@ def limit_memory(gigabytes: float, device: torch.device) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mapped + int(gigabytes * 2**30), resource.RLIM_INFINITY))
 
 
+def max_batch_point(base: SpeedPoint, accelerator: Accelerator, args) -> tuple[SpeedPoint, dict]:
+    """Search the largest batch that trains for `base`'s setting (bench/maxbatch.py), say so in one line, and return
+    the point at that batch (batch 1 when none fits: it is then recorded as out of memory) with the search's record
+    fields."""
+    device, spec = accelerator.device, get_spec(base.dataset)
+
+    def probe(batch: int) -> int | None:
+        point = replace(base, batch_size=batch)
+        batches = synthetic_batches(batch, spec, device)
+        try:
+            peak = measure_point(point, accelerator, batches, 1, 1, 1, None)["peak_mem_allocated_bytes"]
+        except Exception as error:  # noqa: BLE001 -- out of memory is the answer; anything else is not
+            if not is_oom(error):
+                raise
+            peak = None
+        finally:
+            batches.close()
+            release(accelerator, compiled=base.compile != "off")
+        peaks = gather_object([peak])  # every process must fit
+        return None if None in peaks else max(peaks)
+
+    found = search(probe, args.batch_cap, memory_budget(device, args.memory_limit_gb))
+    accelerator.print(f"{base.model} {base.precision} {'channels_last' if base.channels_last else 'contiguous'} "
+                      f"compile {base.compile}: {describe(found, args.batch_cap)}")
+    return replace(base, batch_size=found.batch or 1), {"search": "max-batch",
+                                                         "max_batch": found.to_json(args.batch_cap)}
+
+
 def on_off(text: str) -> list[bool]:
     return {"on": [True], "off": [False], "both": [False, True]}[text]
 
@@ -196,6 +226,12 @@ def build_parser() -> OneLineParser:
                         help="off (eager) and/or torch.compile modes to sweep: default, reduce-overhead (CUDA "
                         "graphs), max-autotune (default: off)")
     parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[64, 256], help="per process")
+    parser.add_argument("--find-max-batch", action="store_true",
+                        help="instead of --batch-sizes and --modes: search the largest batch per process that trains "
+                        "without running out of memory (doubling, then bisection), per model, precision, memory "
+                        "format and compile mode, and time it; on a CPU stop before the host's memory would run out")
+    parser.add_argument("--batch-cap", type=positive_int, default=4096, metavar="N",
+                        help="with --find-max-batch: the largest batch to try (default %(default)s)")
     parser.add_argument("--modes", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     parser.add_argument("--data", choices=("synthetic", "ffcv"), default="synthetic")
     parser.add_argument("--synthetic-source", action="store_true",
@@ -230,29 +266,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     configure_backends(device)
     env = environment(accelerator)
-    if args.memory_limit_gb:
+    if args.memory_limit_gb and not (args.find_max_batch and device.type == "cpu"):  # there: the search's budget
         limit_memory(args.memory_limit_gb, device)
     out_dir = sweeps_dir(args.results_dir)
     num_workers = args.num_workers or max(1, (torch.get_num_threads()) // accelerator.num_processes)
-    points = [
-        SpeedPoint(model, args.dataset, mode, precision, channels_last, compiled, batch, args.data)
-        for model, mode, precision, channels_last, compiled, batch in itertools.product(
-            args.models, args.modes, args.precisions, on_off(args.channels_last), args.compile, args.batch_sizes)
-    ]
+    if args.find_max_batch:  # one point per setting, at the batch the search finds
+        points = [max_batch_point(SpeedPoint(model, args.dataset, "train", precision, channels_last, compiled, 1,
+                                             "synthetic"), accelerator, args)
+                  for model, precision, channels_last, compiled in itertools.product(
+                      args.models, args.precisions, on_off(args.channels_last), args.compile)]
+    else:
+        points = [
+            (SpeedPoint(model, args.dataset, mode, precision, channels_last, compiled, batch, args.data), {})
+            for model, mode, precision, channels_last, compiled, batch in itertools.product(
+                args.models, args.modes, args.precisions, on_off(args.channels_last), args.compile, args.batch_sizes)
+        ]
     rows = []
-    for number, point in enumerate(points):
+    for number, (point, searched) in enumerate(points):
         # Every process must agree to stop, or the others would wait forever at the next point's collectives.
         if args.time_budget_s is not None and broadcast_object_list(
                 [time.monotonic() - started >= args.time_budget_s])[0]:
             accelerator.print(f"bench/speed.py: time budget of {args.time_budget_s:g} s spent after {number} of "
-                              f"{len(points)} point(s); skipped: {', '.join(p.key for p in points[number:])}")
+                              f"{len(points)} point(s); skipped: {', '.join(p.key for p, _ in points[number:])}")
             break
-        if args.data == "synthetic":
+        if point.data == "synthetic":
             batches = synthetic_batches(point.batch_size, get_spec(point.dataset), device)
         else:
             batches = ffcv_batches(point.dataset, point.batch_size, device, accelerator.num_processes > 1,
                                    num_workers, args.data_dir, args.cache_dir, args.synthetic_source)
-        record = {"schema": 1, **asdict(point), "in_channels": get_spec(point.dataset).channels,
+        record = {"schema": 1, **asdict(point), **searched, "in_channels": get_spec(point.dataset).channels,
                   "world_size": accelerator.num_processes, "global_batch_size": point.batch_size * accelerator.num_processes,
                   "device": env["device_name"], "env": env,
                   "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warmup": args.warmup, "steps": args.steps,
@@ -273,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches.close()
             release(accelerator, compiled=point.compile != "off")
         if accelerator.is_main_process:
-            write_json_atomic(out_dir / f"{point.key}.json", record)
+            write_json_atomic(out_dir / f"{'maxbatch_' if searched else ''}{point.key}.json", record)
         rows.append(record)
         if record["status"] == "ok":
             accelerator.print(f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "

@@ -48,6 +48,7 @@ HEADLINE_COLUMNS = (
     "speed-up x",
     "time_to_target_s",
     "train_images_per_s",
+    "infer_p50_ms",
     "peak mem GiB",
 )
 # Measurements the derived columns are computed from, aggregated whether shown or not.
@@ -82,6 +83,10 @@ DERIVED = {
     "train GFLOPs/img": (".3f", "Training (forward + backward) GFLOPs per image, counted by FlopCounterMode."),
     "img/s": (",.0f", "Images per second (median of the timed windows), summed over processes."),
     "step ms": (",.2f", "Milliseconds per step (median of the timed windows)."),
+    "max batch": ("", "Set where `bench.speed --find-max-batch` found this batch the largest that trains, beside its "
+                  "peak memory: what stopped the search beyond it (`oom`: the next batch ran out of memory; `cap`: "
+                  "--batch-cap; `memory (predicted)`: on a CPU, the next batch's predicted peak exceeded the memory "
+                  "budget, since the OOM killer raises no error)."),
     "configs": (",.0f", "Configurations this model has in the table's group; the row shows the one of its most "
                 "recent run."),
     "to study s": (",.1f", "Training seconds (evaluation excluded) until validation accuracy first reached the "
@@ -264,9 +269,10 @@ def sweep_table(sweeps: list[dict]) -> pd.DataFrame:
         "compile": record.get("compile"), "batch": record["batch_size"], "status": record["status"],
         "img/s": record.get("images_per_s"), "step ms": record.get("step_time_ms"),
         memory.label: record.get(memory.key), reserved.label: record.get(reserved.key), mfu.label: record.get(mfu.key),
+        "max batch": (record.get("max_batch") or {}).get("limit"),
     } for record in sweeps]
     table = pd.DataFrame(rows, columns=[*SWEEP_KEYS, "status", "img/s", "step ms", memory.label, reserved.label,
-                                        mfu.label])
+                                        mfu.label, "max batch"])
     for column in ("img/s", "step ms", memory.label, reserved.label, mfu.label):
         table[column] = pd.to_numeric(table[column], errors="coerce")
     for metric in (memory, reserved, mfu):

@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from bench import records, tracking
 from bench.config import RunConfig
 from bench.environment import environment
+from bench.cost import cost_metrics
 from bench.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
-from bench.measure import (WindowTimer, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
+from bench.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
                            time_to_target)
 from bench.metrics import history_row, run_metrics
+from bench.probes import RunProbes
 from bench.profiling import StepProfiler
 from bench.runtime import build_model_and_optimizer, release, uses_cuda_graphs
 from data.augment import DevicePreprocess
@@ -66,27 +68,35 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     record = describe_run(cfg, accelerator, started)
     progress, metrics = Progress(), {}
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
+    probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/probes.py)
     try:
         training = build_training(cfg, accelerator, cache_dir)
+        probes.attach(training)
         tracking.start(accelerator, cfg, cfg.run_id, results_dir)
         spec = get_spec(cfg.dataset)
         facts = model_facts(cfg.model, spec.channels, num_classes=spec.num_classes)
         record["facts"] = asdict(facts)
         progress = restore(cfg, accelerator, results_dir, training) if resume else None
+        resumed = progress is not None
         if progress is None:
             progress = Progress()
             if accelerator.is_main_process:
                 records.remove_checkpoints(results_dir, cfg.run_id)
         wall_before = progress.wall_time_s
         run_epochs(cfg, accelerator, training, progress, results_dir, profile, started, keep_checkpoints)
+        probes.training_done()
         test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
                         accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to,
                         cuda_graphs=training.cuda_graphs)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
+        wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
+        probed, parts = probes.tested(cfg, accelerator, progress.timed_images, progress.history, resumed)
+        inferred, inference = probes.inference(cfg, accelerator, training)  # after the run's energy and graphs
+        record.update(parts | inference)
         metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
-                            int(memory[1]), wall_time_s=wall_before + time.time() - started,
-                            compiled_graphs=dynamo_counters["stats"]["unique_graphs"] - graphs_before)
+                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
+                            probed=probed | inferred | probes.first_step_metrics(training))
         tracking.log_final(accelerator, metrics, step=progress.step)
         record["test_confusion"] = test.confusion
         record["test_per_class_acc"] = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
@@ -247,7 +257,7 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         while True:
             limit = cfg.eval_every - progress.step % cfg.eval_every if cfg.eval_every else None
             stretch, session_step, exhausted = train_steps(training, accelerator, batches,
-                                                           WindowTimer(accelerator.device), start_timing_at,
+                                                           WindowTimer(accelerator.device, energy=training.energy), start_timing_at,
                                                            session_step, limit=limit, bar=bar)
             progress.pending, progress.step = progress.pending + stretch, progress.step + stretch.steps
             if stretch.images:
@@ -281,6 +291,8 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
     trained, lr = progress.pending, progress.pending_lr
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
                    accelerator, pad_to=training.eval_pad_to, cuda_graphs=training.cuda_graphs)
+    if training.energy is not None:
+        training.energy.mark()  # the counter at every row: energy to target
     epochs = progress.step / steps_per_epoch
     progress.history.append(row := history_row(
         epoch=epochs, step=progress.step, train_images=int(trained.seen), train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
@@ -297,8 +309,9 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
 
 def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, test: EvalResult,
               train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float,
-              compiled_graphs: int) -> dict:
-    """The run's metrics (bench/metrics.py declares each) from its history and timed sums."""
+              compiled_graphs: int, probed: dict) -> dict:
+    """The run's metrics (bench/metrics.py declares each) from its history and timed sums, with what the run's
+    probes measured (`probed`: cold start, energy, device state, inference) and its cost."""
     history = progress.history
     best = max(history, key=lambda row: row["val_acc"])
     timed_seconds = progress.timed_seconds
@@ -327,4 +340,7 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         peak_mem_allocated_bytes=peak_allocated, peak_mem_reserved_bytes=peak_reserved,
         peak_lr=training.optimizer.param_groups[0]["initial_lr"], lr_warmup_steps=training.lr_warmup_steps,
         compiled_graphs=compiled_graphs if cfg.compile_mode else None,
+        **cost_metrics(cfg.pricing.for_device(device_name(accelerator.device)), accelerator.num_processes,
+                       wall_time_s, target.wall_seconds),
+        **probed,
     )

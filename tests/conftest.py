@@ -83,7 +83,8 @@ def smoke_suite(tmp_path_factory, cache_dir) -> SmokeSuite:
     """Run once per session, whichever worker asks first (the others wait on its lock and read its files)."""
     folder = shared_folder(tmp_path_factory, "smoke")
     results, output = folder / "results", folder / "stdout.txt"
-    args = (*TINY, "--epochs", "1", "--num-workers", "1")  # one core per shard: two shards on two cores
+    # One core per shard (two shards on two cores); a price, so that every record has its cost.
+    args = (*TINY, "--epochs", "1", "--num-workers", "1", "--price-per-hour", "2.5")
     with FileLock(folder / "build.lock"):
         if not output.exists():
             with ThreadPoolExecutor(2) as pool:

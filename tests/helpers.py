@@ -9,8 +9,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # The smallest suite that still trains: 64 synthetic train+val images (54 train, 10 val), 21 test images
-# (odd, so that two ranks pad), batch 16, one warm-up step.
-TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1"]
+# (odd, so that two ranks pad), batch 16, one warm-up step; its trained model's inference timed briefly (batch 4, a
+# few calls: a fraction of a second a run).
+TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1",
+        "--inference-batch", "4", "--inference-min-seconds", "0.01", "--inference-min-calls", "5"]
 
 
 def run_bench(args: list[str], results: Path, cache: Path, launcher: list[str] | None = None,

@@ -19,6 +19,7 @@ from bench.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, config
                          pareto_figure, pareto_front, slug)
 from bench.render import render
 from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
+from bench.tradeoffs import device_warning, tradeoff_table
 from bench.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
                           headline_caption, headline_runs, headline_table, headline_view, run_rows)
 from data.datasets import CIFAR10_CLASSES
@@ -81,7 +82,7 @@ def test_tables_have_expected_rows_and_columns(report) -> None:
     assert (gains["recipe part pp"] == 0).all() and (gains["arch part pp"] == gains["gain pp"]).all()
     assert report.failures.empty and report.sweep.empty and report.skipped == [] and report.comparison is None
     frames = {"headline": report.headline, "weakest_classes": report.weakest, "accuracy": accuracy, "gains": gains,
-              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures}
+              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures, "tradeoffs": report.tradeoffs}
     assert set(report.csv_paths) == set(frames)
     for name, path in report.csv_paths.items():
         assert path.parent == report.report_path.parent / "tables"
@@ -107,6 +108,7 @@ def test_headline_from_the_smoke_suite(report) -> None:
         assert view[["study %", "diff pp", "study train s", "speed-up x"]].isna().all().all()  # synthetic: blank
         assert view["to target s"].isna().all()  # no target on synthetic data
         assert (view["test acc %"] == rows["test acc %"].to_numpy()).all() and (view["peak mem GiB"] > 0.1).all()
+        assert (view["infer p50 ms"] > 0).all()  # the trained model's batch-1 latency
     text = report.report_path.read_text()
     sections = [text.index(title) for title in ("## Headline", "### mnist, synthetic data", SMOKE_CONFIGURATION,
                                                 "## Where the models go wrong", "## Details", "### Test accuracy (%)")]
@@ -195,6 +197,24 @@ def test_no_speed_up_for_a_run_that_missed_the_studys_accuracy(smoke_suite) -> N
     assert "| not reached (0/1) |" in render(view, "md")
 
 
+def test_the_trade_off_table_and_a_warning_for_a_shared_or_throttled_gpu(report, smoke_suite) -> None:
+    tradeoffs = report.tradeoffs  # one row per configuration: 6 models x 2 datasets, all eager on a CPU
+    assert len(tradeoffs) == 12 and (tradeoffs["infer p50 ms"] > 0).all() and (tradeoffs["infer img/s"] > 0).all()
+    assert (tradeoffs["cost USD"] > 0).all() and (tradeoffs["USD/device-h"] == 2.5).all()
+    assert (tradeoffs["first step s"] > 0).all() and "compiled infer p50 ms" not in tradeoffs  # nothing compiled
+    assert "### Inference, cold start, energy and cost" in report.report_path.read_text()
+    assert device_warning(run_rows(records_in(smoke_suite.results))) is None  # a CPU flags nothing
+    records = records_in(smoke_suite.results)
+    flagged = [variant(r, "flag", metrics={"device_shared": r["model"] == "vgg16",
+                                           "device_throttled": r["model"] == "resnet18"}) for r in records]
+    warning = device_warning(run_rows(flagged))
+    assert warning.startswith("**Warning:** measured on a throttling GPU during resnet18; on a GPU shared with "
+                              "other processes during vgg16")
+    table = tradeoff_table(run_rows(flagged)).set_index(["model", "dataset"])
+    assert table.loc[("vgg16", "mnist"), "shared GPU"] == "1/1" and table.loc[("resnet18", "cifar10"), "throttled"] == "1/1"
+    assert (table["shared GPU"] == "0/1").sum() == 10  # in how many runs, per configuration
+
+
 def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:
     """Two more seeds of one configuration, hand-made from its real record, aggregate to mean and sample std."""
     (record,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
@@ -214,7 +234,7 @@ def test_plots_are_written_and_linked(report) -> None:
     device = slug(report.headline["device"].iloc[0])
     for dataset in DATASETS:
         assert {f"accuracy_vs_time_{dataset}_synthetic.png", f"accuracy_vs_memory_{dataset}_synthetic.png",
-                f"val_accuracy_{dataset}_synthetic.png", f"confusion_{dataset}_synthetic_{device}_smoke.png"} <= names
+                f"accuracy_vs_latency_{dataset}_synthetic.png", f"val_accuracy_{dataset}_synthetic.png", f"confusion_{dataset}_synthetic_{device}_smoke.png"} <= names
     assert names == {path.name for path in report.plot_paths}
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.report_path.read_text())
     assert sorted(links) == sorted(f"plots/{name}" for name in names)

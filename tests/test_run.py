@@ -52,6 +52,20 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
             assert env[key], key
         assert record["config"]["batch_size"] == 16 and record["global_batch_size"] == 16
         assert len(record["history"]) == 1
+        # The whole trade-off (bench/probes.py): the trained model's inference, cold start, cost, machine, energy.
+        latency = [metrics[f"infer_{q}_ms"] for q in ("p50", "p95", "p99")]
+        assert 0 < latency[0] <= latency[1] <= latency[2] and metrics["infer_images_per_s"] > 0
+        assert record["inference"]["eager"]["throughput"]["status"] == "ok" and record["inference"]["compiled"] is None
+        assert metrics["compiled_infer_p50_ms"] is None and metrics["compile_s"] is None  # eager runs
+        assert 0 < metrics["time_to_first_step_s"] < metrics["wall_time_s"]
+        assert metrics["price_per_hour_usd"] == 2.5
+        assert metrics["cost_usd"] == pytest.approx(2.5 * metrics["wall_time_s"] / 3600)
+        assert env["machine"]["cpu"]["logical_cpus"] > 0 and "gpu" not in env["machine"]
+        if metrics["energy_kwh"] is None:  # no RAPL here: empty, and says why
+            assert metrics["energy_source"].startswith("no RAPL counter readable")
+        else:
+            assert metrics["energy_kwh"] > 0 and metrics["energy_source"].startswith("RAPL")
+        assert metrics["device_throttled"] is None and metrics["device_shared"] is None  # a CPU cannot tell
     tables = (results / "REPORT.md").read_text()
     assert "resnet18_improved" in tables and "Test accuracy" in tables
     assert not (results / "checkpoints").exists() or not any((results / "checkpoints").iterdir())

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from bench.maxbatch import search
 from helpers import plugin_env, run_module
 
 pytestmark = pytest.mark.slow  # each test starts the real CLI in a subprocess
@@ -41,6 +42,41 @@ def test_out_of_memory_batch_is_recorded_and_the_sweep_goes_on(tmp_path):
     status = {json.loads(p.read_text())["batch_size"]: json.loads(p.read_text())["status"]
               for p in (tmp_path / "speed").glob("*.json")}
     assert status == {2: "ok", 2048: "oom", 4: "ok"}
+
+
+def test_max_batch_search_doubles_then_bisects_and_never_passes_off_a_smaller_batch():
+    tried = []
+
+    def probe(batch: int) -> int | None:  # stands for a device on which batches above 13 run out of memory
+        tried.append(batch)
+        return 1000 * batch if batch <= 13 else None
+
+    found = search(probe, cap=64)
+    assert (found.batch, found.limit) == (13, "oom") and tried == [1, 2, 4, 8, 16, 12, 14, 13]
+    assert search(probe, cap=8).limit == "cap" and search(probe, cap=8).batch == 8
+    # With a memory budget, a batch predicted beyond it (1000 bytes an image) is not tried at all.
+    tried.clear()
+    budgeted = search(probe, cap=64, budget_bytes=5500)
+    assert (budgeted.batch, budgeted.limit) == (5, "memory (predicted)") and max(tried) == 5
+
+
+def test_find_max_batch_on_a_cpu_stops_before_the_hosts_memory_and_says_so(tmp_path):
+    # A quarter GiB beyond what the process uses: a few images of resnet18's training fit, thousands would not.
+    done = run_module("bench.speed", "--find-max-batch", "--batch-cap", "4096", "--memory-limit-gb", "0.25",
+                      "--models", "resnet18", "--precisions", "no", "--channels-last", "off", "--warmup", "1",
+                      "--steps", "1", "--windows", "1", "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = (tmp_path / "speed").glob("maxbatch_*.json")
+    record = json.loads(path.read_text())
+    found = record["max_batch"]
+    assert record["search"] == "max-batch" and found["limit"] == "memory (predicted)" and found["cap"] == 4096
+    assert record["batch_size"] == found["batch"] >= 1 and record["status"] == "ok"  # the batch found is the one timed
+    predicted = [probe["batch"] for probe in found["probes"] if probe["status"] == "predicted"]
+    assert predicted and found["batch"] < min(predicted)  # never tried: no OOM killer woken
+    assert f"max batch {found['batch']}: batch" in done.stdout and "exceeds the memory budget" in done.stdout
+    report = run_module("bench.report", "--results-dir", str(tmp_path))
+    assert report.returncode == 0, report.stderr
+    assert "memory (predicted)" in (tmp_path / "REPORT.md").read_text()  # beside its peak memory
 
 
 FAILING_MODEL = '''

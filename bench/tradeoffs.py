@@ -1,0 +1,43 @@
+"""The report's view of the whole trade-off beyond training speed: per configuration, what its trained model costs
+to serve (inference latency and throughput), what it cost to start (first step, compilation), the energy and money
+it took, and on which device state it was measured; and the warning for results taken on a throttled or shared GPU.
+
+The columns are measurements declared in bench/metrics.py (labels, formats, meanings, seed aggregation from there),
+grouped like the speed table (bench/tables.py SPEED_KEYS), so hardware never mixes.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.metrics import BY_KEY
+from bench.tables import SPEED_KEYS, grouped, sorted_rows
+
+TRADEOFF_METRICS = ["infer_p50_ms", "infer_p95_ms", "infer_p99_ms", "infer_images_per_s", "infer_batch",
+                    "compiled_infer_p50_ms", "compiled_infer_p99_ms", "compiled_infer_images_per_s",
+                    "time_to_first_step_s", "compile_s", "energy_kwh", "energy_j_per_image", "energy_to_target_kwh",
+                    "energy_source", "price_per_hour_usd", "cost_usd", "cost_to_target_usd", "device_throttled",
+                    "device_shared"]
+FLAGS = {"device_throttled": "throttling GPU", "device_shared": "GPU shared with other processes"}
+
+
+def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Inference, cold start, energy, cost and device flags of finished runs, per configuration and device. The
+    compiled-inference columns are left out when no run compiled; empty energy columns stay, beside the reason."""
+    finished = runs[runs["status"] == "finished"]
+    if finished.empty:
+        return pd.DataFrame(columns=[*SPEED_KEYS, "n"])
+    table = sorted_rows(grouped(finished, SPEED_KEYS, TRADEOFF_METRICS), SPEED_KEYS)
+    compiled = [BY_KEY[key].label for key in TRADEOFF_METRICS if key.startswith("compiled_")]
+    return table.drop(columns=[column for column in compiled if table[column].isna().all()])
+
+
+def device_warning(rows: pd.DataFrame) -> str | None:
+    """A warning for the models among `rows` (finished runs) measured on a throttled or shared GPU, or None."""
+    parts = []
+    for key, what in FLAGS.items():
+        if key in rows:
+            models = sorted(set(rows.loc[rows[key].fillna(False).astype(bool), "model"]))
+            if models:
+                parts.append(f"{what} during {', '.join(models)}")
+    return ("**Warning:** measured on a " + "; on a ".join(parts) + ": these timings are not the hardware's alone "
+            "(the Details' inference, energy and cost table counts the runs).") if parts else None
