@@ -35,7 +35,7 @@ from bench.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_
                           speed_table, sweep_table, weakest_classes)
 from data.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
-from data.files import atomic_write
+from data.files import DiskFull, atomic_write
 
 PROG = "python -m bench.report"
 
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     filters = Filters(device=args.device, dataset=args.dataset, preset=args.preset, since=args.since)
     try:
         report = write_report(args.results_dir, filters, out=args.out, baseline=args.baseline, fmt=args.format)
-    except NoRecordsError as error:
+    except (NoRecordsError, DiskFull) as error:  # DiskFull: the records are safe, the report is not written
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     print(report.summary_markdown)

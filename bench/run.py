@@ -24,9 +24,18 @@ from bench.runtime import configure_backends, cpu_has_native_bf16, precision_err
 from bench.tracking import tracker_dir, tracker_error
 from bench.train import train_run
 from data.errors import DataError
+from data.files import DiskFull
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run_suite(argv)
+    except DiskFull as error:  # a results, checkpoint or cache folder filled up: what was written is whole
+        print(f"bench/run.py: error: {error}", file=sys.stderr)
+        return 1
+
+
+def run_suite(argv: Sequence[str] | None) -> int:
     started = time.time()
     if error := cpu_launch_error():
         print(f"bench/run.py: error: {error}", file=sys.stderr)
@@ -79,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)
             accelerator.end_training()
             return 2
+        except DiskFull:
+            raise  # not the run's fault: the suite cannot go on writing
         except Exception as error:  # a broken run is a result; the suite goes on
             accelerator.print(f"run {cfg.run_id} failed: {error!r}")
             record = {"run_id": cfg.run_id, "status": "failed", "error": repr(error),

@@ -39,7 +39,7 @@ from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
 from data.encode import IMAGE_SIZE
-from data.files import write_json_atomic
+from data.files import DiskFull, write_json_atomic
 from models import model_names
 from models.facts import model_facts
 
@@ -315,7 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches.close()
             release(accelerator, compiled=point.compile != "off")
         if accelerator.is_main_process:
-            write_json_atomic(out_dir / f"{'maxbatch_' if searched else ''}{point.key}.json", record)
+            try:
+                write_json_atomic(out_dir / f"{'maxbatch_' if searched else ''}{point.key}.json", record)
+            except DiskFull as error:  # the points already written are whole; the sweep cannot go on
+                print(f"bench/speed.py: error: {error}", file=sys.stderr)
+                return 1
         rows.append(record)
         if record["status"] == "ok":
             accelerator.print(f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "

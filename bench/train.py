@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from bench import records, tracking
 from bench.config import RunConfig
-from bench.environment import environment
 from bench.cost import cost_metrics
+from bench.environment import environment
 from bench.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
 from bench.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
                            time_to_target)
@@ -36,6 +36,7 @@ from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
 from data.errors import DataError
+from data.files import full_disk_is_one_line
 from data.loaders import set_loader_epoch, shared_loader
 from models.facts import model_facts
 
@@ -192,10 +193,13 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, tr
     names a complete state folder, and older folders are removed only after that."""
     folder = records.checkpoint_dir(results_dir, run_id)
     state_name = f"epoch-{progress.epoch:04d}"
-    accelerator.save_state(str(folder / state_name))
+    # A full disk leaves the last complete state named by progress.json, and no part of this one.
+    with full_disk_is_one_line(folder, cleanup=folder / state_name):
+        accelerator.save_state(str(folder / state_name))
+        if accelerator.is_main_process:
+            torch.save(training.scheduler.state_dict(), folder / state_name / "lr_scheduler.pt")
     accelerator.wait_for_everyone()  # every rank's part of the state is on disk before progress.json names it
     if accelerator.is_main_process:
-        torch.save(training.scheduler.state_dict(), folder / state_name / "lr_scheduler.pt")
         records.write_progress(results_dir, run_id, {"state": state_name, **asdict(progress),
                                                      "pending": progress.pending.to_json()})
         records.prune_states(folder, keep=state_name)

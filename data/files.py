@@ -4,15 +4,65 @@ Every file the harness writes (a .beton, a manifest, a run record, a table, a pl
 `atomic_write`: it is written under a hidden temporary name unique to the process and call, flushed
 to disk, then renamed over its final name. A reader, a concurrent job or a killed process therefore
 never sees a half-written file, and a failed write leaves nothing behind.
+
+A full disk (or quota) is an input like any other: every write that meets one raises `DiskFull`, whose
+message is one line naming the folder and what to do, and each command prints it and exits non-zero
+instead of a traceback. Libraries report it in their own ways (torch.save: "file write failed",
+safetensors: "StorageFull", plain OSError: errno 28), so `disk_full` also asks the file system.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_WORDS = ("no space left", "storagefull", "disk quota exceeded", "os error 28")
+NEARLY_FULL_BYTES = 1 << 20  # a failed write on a file system with less than this free: it filled up
+
+
+class DiskFull(OSError):
+    """A write found its disk or quota full; the message is one line for the user."""
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error`, raised while writing into `folder`, means the disk (or quota) there is full."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in FULL_ERRNOS:
+            return True
+        if any(word in str(seen).lower() for word in FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+        return shutil.disk_usage(existing).free < NEARLY_FULL_BYTES
+    except (OSError, StopIteration):
+        return False
+
+
+@contextmanager
+def full_disk_is_one_line(folder: Path, cleanup: Path | None = None) -> Iterator[None]:
+    """Turn a full disk met by the writes inside into `DiskFull` naming `folder`, after removing `cleanup` (what the
+    writes were making), so that nothing half-written stays."""
+    try:
+        yield
+    except Exception as error:
+        if not (isinstance(error, DiskFull) or disk_full(error, Path(folder))):
+            raise
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True) if Path(cleanup).is_dir() else Path(cleanup).unlink(
+                missing_ok=True)
+        if isinstance(error, DiskFull):
+            raise
+        raise DiskFull(f"{folder}: no space left on its device; free some space there (or choose another folder) "
+                       "and run again; nothing half-written was kept") from error
 
 
 def temp_sibling(path: Path) -> Path:
@@ -23,8 +73,14 @@ def temp_sibling(path: Path) -> Path:
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Let `write` create a temp file next to `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
+    with full_disk_is_one_line(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_and_rename(path, tmp, write)
+    return path
+
+
+def _write_and_rename(path: Path, tmp: Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -35,7 +91,6 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:

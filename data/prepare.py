@@ -13,6 +13,7 @@ from data.encode import FIELD_NAMES, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_da
 from data.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
 from data.errors import DataError
+from data.files import DiskFull
 from data.sources import DATA_DIR_ENV
 from models import study_datasets
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFull as e:  # the cache folder filled up: nothing half-encoded stays
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
