@@ -141,6 +141,7 @@ class RunConfig:
     synthetic_test: int
     target_accuracy: float | None
     world_size: int
+    num_machines: int = 1  # machines the world spans (8 GPUs on one machine or 4 on each of two)
     lr: float | None = None  # explicit override of the recipe's peak learning rate
     stop_at_target: bool = False  # end the run once validation accuracy reaches the target
     eval_every: int | None = None  # validate every this many steps (None: at each epoch's end)
@@ -156,6 +157,8 @@ class RunConfig:
     def run_id(self) -> str:
         """Readable prefix plus a hash of every setting that changes the result."""
         identity = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        if self.num_machines == 1:  # one machine: the identity (and run id) it had before machines were counted
+            del identity["num_machines"]
         identity["recipe"] = dataclasses.asdict(self.recipe)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
@@ -185,6 +188,20 @@ class SuiteConfig:
     profile: bool
     overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
     dry_run: bool = False  # print the resolved runs and train nothing
+
+
+def add_collective_timeout(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    group.add_argument("--collective-timeout-s", type=positive_float, default=600, metavar="S",
+                       help="end the run when another process has not joined a collective for S seconds (a machine "
+                       "that died, a hung peer), with one line, instead of waiting forever (default %(default)s, "
+                       "NCCL's own)")
+
+
+def collective_timeout(argv: Sequence[str] | None) -> float:
+    """--collective-timeout-s alone, read before the process group exists (parse_suite needs its size)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_collective_timeout(parser)
+    return parser.parse_known_args(argv)[0].collective_timeout_s
 
 
 def accuracy_fraction(text: str) -> float:
@@ -284,6 +301,7 @@ def build_parser() -> OneLineParser:
     cluster.add_argument("--shard", type=shard_spec, metavar="I/N",
                          help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
                          "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
+    add_collective_timeout(cluster)
 
     tracking = parser.add_argument_group("tracking")
     tracking.add_argument("--log-with", nargs="+", choices=(ALL_TRACKERS, *TRACKERS), default=[], metavar="TRACKER",
@@ -358,7 +376,7 @@ def resolve_precision(explicit: str | None, preset: Preset, gpu_available: bool,
 
 
 def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int,
-                native_bf16: bool = True) -> SuiteConfig:
+                native_bf16: bool = True, num_machines: int = 1) -> SuiteConfig:
     """Command line -> the list of runs, every value resolved (CLI over preset over recipe)."""
     load_plugins(argv, "bench/run.py")
     args = build_parser().parse_args(argv)
@@ -384,7 +402,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     batch_size=args.batch_size or preset.batch_size or recipe_batch(recipe, num_processes),
                     precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
-                    target_accuracy=target, world_size=num_processes,
+                    target_accuracy=target, world_size=num_processes, num_machines=num_machines,
                     warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
                     stop_at_target=args.stop_at_target, eval_every=args.eval_every,
                     checkpoint_minutes=args.checkpoint_minutes, pricing=pricing(args),

@@ -48,6 +48,12 @@ def cpu_launch_error() -> str | None:
     return None
 
 
+def num_machines(num_processes: int) -> int:
+    """Machines the run spans: processes over those on this machine (torchrun's LOCAL_WORLD_SIZE; one machine when
+    launched without it). 8 GPUs on one machine and 4 on each of two are different runs: the interconnect differs."""
+    return max(1, num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", num_processes) or num_processes))
+
+
 def environment(accelerator: Accelerator) -> dict:
     return {
         "python": platform.python_version(),
@@ -63,6 +69,7 @@ def environment(accelerator: Accelerator) -> dict:
         "device_type": accelerator.device.type,
         "device_name": device_name(accelerator.device),
         "num_processes": accelerator.num_processes,
+        "num_machines": num_machines(accelerator.num_processes),
         "distributed_type": str(accelerator.distributed_type.value),
         "mixed_precision": accelerator.mixed_precision,
         "tf32": math_mode(accelerator.device, "no") == "tf32",

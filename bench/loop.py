@@ -46,6 +46,7 @@ class Training:
     energy: Any = None  # bench/energy.py EnergyLog
     watch: Any = None  # bench/watch.py Watch
     first_step_at: float | None = None  # time.time() when the session's first step had finished on the device
+    preemption: Any = None  # bench/preemption.py Preemption: a signal stops the loop at a step boundary
 
     @property
     def eval_pad_to(self) -> int | None:
@@ -224,6 +225,8 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
                 elapsed = timer.elapsed()
                 rate = timer.images / elapsed * accelerator.num_processes if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{running:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
+        if training.preemption is not None and training.preemption.due(accelerator, step):
+            break  # every process at the same step: the state is saved here (bench/train.py run_epochs)
     timer.stop()
     synchronize(device)
     seconds = time.perf_counter() - started

@@ -36,7 +36,7 @@ class Metric:
     explanation: str
     scale: float = 1.0  # shown value = recorded value x scale
     fmt: str = ",.2f"  # markdown number format of the shown value
-    aggregate: str = "mean"  # over seeds: "mean", "max", "first", "time", "count"
+    aggregate: str = "mean"  # over seeds: "mean", "max", "sum", "first", "time", "count"
     spread: bool = False  # also show the sample standard deviation over seeds
     per_epoch: bool = False  # a column of the history rows
     per_run: bool = True  # a field of the run's metrics
@@ -76,7 +76,8 @@ METRICS: tuple[Metric, ...] = (
            spread=True),
     Metric("time_to_target_wall_s", "to target wall s", "Wall-clock seconds from the run's first touch of the "
            "data (data preparation, model build and every validation included, as MLPerf counts) until validation "
-           "accuracy first reached the target.", fmt=",.1f", aggregate="time"),
+           "accuracy first reached the target. A preempted run counts its sessions' seconds, not the gaps between them "
+           "(queueing, restart: `requeue lost s`).", fmt=",.1f", aggregate="time"),
     Metric("epochs_to_target", "epochs to target", "Epochs until validation accuracy first reached the target.",
            fmt=".2f"),
     # -- speed
@@ -93,8 +94,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("elapsed_s", "elapsed s", "Wall-clock seconds since the run's first touch of the data when the row was "
            "taken (across resumes).", fmt=",.1f", per_epoch=True, per_run=False),
     Metric("epoch_time_s", "epoch s", "Training seconds per epoch.", fmt=",.2f"),
-    Metric("wall_time_s", "wall s", "The whole run, set-up and evaluation included (summed across resumes).",
-           fmt=",.1f"),
+    Metric("wall_time_s", "wall s", "The whole run, set-up and evaluation included (summed across resumes; the gaps "
+           "between sessions are `requeue lost s`).", fmt=",.1f"),
+    Metric("requeues", "requeues", "Times the run stopped on a signal (SIGUSR1: SLURM's warning before a time limit "
+           "or preemption, then requeued; SIGTERM) and went on with --resume from the step where it stopped "
+           "(bench/preemption.py). Over seeds: the sum.", fmt=",.0f", aggregate="sum"),
+    Metric("requeue_lost_s", "requeue lost s", "Wall seconds from each such signal to the first training step after "
+           "its resume (saving, exiting, waiting in the queue, starting again), summed; outside training time and "
+           "wall time alike.", fmt=",.1f"),
     Metric("checkpoint_s", "checkpoint s", "Wall time spent writing resumable checkpoints (--checkpoint-minutes).",
            fmt=",.1f"),
     Metric("data_stall", "data stall %", "Share of the timed window spent waiting for the next batch: on a GPU the "
@@ -232,6 +239,8 @@ def aggregate(group: pd.DataFrame, keys: Iterable[str]) -> dict[str, Any]:
             out[metric.label] = f"{int(present.astype(bool).sum())}/{len(present)}" if len(present) else None
         elif metric.aggregate == "max":
             out[metric.label] = shown(metric, numeric.max())
+        elif metric.aggregate == "sum":
+            out[metric.label] = shown(metric, numeric.sum())
         else:
             out[metric.label] = shown(metric, numeric.mean())
             if metric.spread:
@@ -252,7 +261,7 @@ def glossary(columns: Iterable[str]) -> list[str]:
     return [f"- `{column}`: {by_label[column].explanation}" for column in columns if column in by_label]
 
 
-AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same for all", "time": "MLPerf's rule",
+AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same for all", "sum": "the sum", "time": "MLPerf's rule",
                      "count": "how many of how many"}
 
 

@@ -23,7 +23,7 @@ from bench.config import PRECISIONS, RECIPES, RunConfig
 from bench.environment import use_cpu
 from bench.loop import Training, make_schedule, train_steps
 from bench.measure import WindowTimer, synchronize
-from bench.runtime import build_model_and_optimizer, configure_backends, precision_error
+from bench.runtime import announce, build_model_and_optimizer, configure_backends, precision_error
 from bench.speed import bare_train_step, synthetic_batches
 from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
@@ -107,10 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_steps(harness, accelerator, iter(harness.loaders["train"]), timer, start_timing_at=1, step=0)
         harness_rates.append(timer.images_per_s)
         bare_rates.append(bare_loop(bare_model, inputs, labels, bare_optimizer, args.steps, args.precision, device))
-        accelerator.print(f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "
+        announce(accelerator, f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "
                           f"bare {bare_rates[-1]:,.1f} img/s")
     harness_rate, bare_rate = statistics.median(harness_rates), statistics.median(bare_rates)
-    accelerator.print(f"{args.model} {args.dataset} batch {args.batch_size} {args.precision} "
+    announce(accelerator, f"{args.model} {args.dataset} batch {args.batch_size} {args.precision} "
                       f"channels_last={args.channels_last} on {device}: harness {harness_rate:,.1f} img/s, "
                       f"bare {bare_rate:,.1f} img/s, ratio {harness_rate / bare_rate:.3f} (target >= 0.97)")
     return 0

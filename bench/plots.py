@@ -36,7 +36,8 @@ MAX_NAMED_CLASSES = 20  # confusion matrices name their classes up to this many
 ACCURACY, TIME, MEMORY = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label, "peak mem GiB"
 LATENCY = BY_KEY["infer_p50_ms"].label
 # Settings a point label names when they vary within a plot (model, precision and batch are always named).
-POINT_DETAILS = ["dataset", "data_source", "recipe", "epochs", "global batch", "world size", "channels_last", "compile",
+POINT_DETAILS = ["dataset", "data_source", "recipe", "epochs", "global batch", "world size", "machines",
+                 "channels_last", "compile",
                  "lr", "stop_at_target", "eval_every", "synthetic size", "preset"]
 
 

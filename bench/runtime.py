@@ -1,5 +1,5 @@
 """The device-facing set-up that the runner, the speed sweep and the overhead benchmark share, once each:
-backend flags, the precision guard, a model with its optimizer, and the cleanup after a run."""
+backend flags, the precision guard, a model with its optimizer, the cleanup after a run, and their console."""
 from __future__ import annotations
 
 import gc
@@ -71,6 +71,13 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
         # so one training graph and one evaluation graph serve the whole run.
         model = torch.compile(model, mode=compile_mode, dynamic=False)
     return model, optimizer
+
+
+def announce(accelerator: Accelerator, *args, **kwargs) -> None:
+    """Print from the global main process only. Accelerate's `print` prints on every machine's local main, which
+    doubles each line in a two-node job's log."""
+    if accelerator.is_main_process:
+        print(*args, flush=True, **kwargs)
 
 
 def release(accelerator: Accelerator, compiled: bool) -> None:

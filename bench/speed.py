@@ -33,8 +33,8 @@ from bench.maxbatch import describe, memory_budget, search
 from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
 from bench.profiling import StepProfiler
 from bench.records import sweeps_dir
-from bench.runtime import (AUTOCAST_DTYPES, build_model_and_optimizer, configure_backends, precision_error, release,
-                           uses_cuda_graphs)
+from bench.runtime import (AUTOCAST_DTYPES, announce, build_model_and_optimizer, configure_backends, precision_error,
+                           release, uses_cuda_graphs)
 from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
@@ -203,7 +203,7 @@ def max_batch_point(base: SpeedPoint, accelerator: Accelerator, args) -> tuple[S
         return None if None in peaks else max(peaks)
 
     found = search(probe, args.batch_cap, memory_budget(device, args.memory_limit_gb))
-    accelerator.print(f"{base.model} {base.precision} {'channels_last' if base.channels_last else 'contiguous'} "
+    announce(accelerator, f"{base.model} {base.precision} {'channels_last' if base.channels_last else 'contiguous'} "
                       f"compile {base.compile}: {describe(found, args.batch_cap)}")
     return replace(base, batch_size=found.batch or 1), {"search": "max-batch",
                                                          "max_batch": found.to_json(args.batch_cap)}
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every process must agree to stop, or the others would wait forever at the next point's collectives.
         if args.time_budget_s is not None and broadcast_object_list(
                 [time.monotonic() - started >= args.time_budget_s])[0]:
-            accelerator.print(f"bench/speed.py: time budget of {args.time_budget_s:g} s spent after {number} of "
+            announce(accelerator, f"bench/speed.py: time budget of {args.time_budget_s:g} s spent after {number} of "
                               f"{len(points)} point(s); skipped: {', '.join(p.key for p, _ in points[number:])}")
             break
         if point.data == "synthetic":
@@ -322,10 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         rows.append(record)
         if record["status"] == "ok":
-            accelerator.print(f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "
+            announce(accelerator, f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "
                               f"peak {record['peak_mem_allocated_bytes'] / 2**20:,.0f} MiB")
         else:
-            accelerator.print(f"{point.key}: {record['status']} ({record['error']})")
+            announce(accelerator, f"{point.key}: {record['status']} ({record['error']})")
     accelerator.end_training()
     if accelerator.is_main_process and rows:
         table = pd.DataFrame(rows).reindex(columns=["model", "mode", "precision", "channels_last", "compile", "batch_size",

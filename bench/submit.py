@@ -7,6 +7,10 @@ run, and every file is written whole, so they never overwrite or damage one anot
 together are the whole suite. `python -m bench.report --results-dir DIR` then writes one report over all
 of them (`--wait` waits for the jobs and does it).
 
+Each job runs the runner with --resume and is checkpointable: submitit's warning before the time limit (SIGUSR2,
+90 s ahead) reaches the runner, which saves its state at the next step (bench/preemption.py); the job then waits
+for it to exit and submitit requeues the job, which goes on from that step.
+
 Jobs go through submitit: a SLURM job array where SLURM is installed, else local processes on this
 machine (the same jobs, to try a submission before a cluster has it), one after another: run at once
 they would share this machine's devices (submitit gives every local job the same first GPUs) and time
@@ -16,6 +20,8 @@ optional extra `slurm`. Options this command does not know are the runner's (`py
 """
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +58,39 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+class RunnerJob:
+    """One job: the runner's command in a subprocess, checkpointable the submitit way (a `checkpoint` method that
+    returns the resubmission). The launcher ignores SIGUSR1/SIGUSR2, whose default action would end it under the
+    runner; the runner sets its own handlers."""
+
+    def __init__(self, command: list[str], cwd: Path) -> None:
+        self.command, self.cwd, self.process = command, cwd, None
+
+    def __call__(self) -> None:
+        def ignore_warnings() -> None:
+            for signum in (signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(signum, signal.SIG_IGN)
+
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, preexec_fn=ignore_warnings)
+        if self.process.wait():
+            raise subprocess.CalledProcessError(self.process.returncode, self.command)
+
+    def checkpoint(self, *args, **kwargs):
+        """On submitit's warning: let the runner (signalled by SLURM too) save and exit, then resubmit the job."""
+        import submitit
+
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=80)  # within the 90 s warning
+            except subprocess.TimeoutExpired:
+                self.process.terminate()  # SIGTERM: it saves at its next step, as for a time limit
+                self.process.wait()
+        return submitit.helpers.DelayedSubmission(RunnerJob(self.command, self.cwd))
+
+    def __getstate__(self) -> dict:
+        return {"command": self.command, "cwd": self.cwd, "process": None}  # a Popen does not pickle
+
+
 def runner_command(runner_args: Sequence[str], shard: int, shards: int, gpus: int) -> list[str]:
     """Job `shard`'s command: Accelerate's launcher, one process per GPU (one on a CPU), the runner as a module."""
     processes = max(gpus, 1)
@@ -59,7 +98,7 @@ def runner_command(runner_args: Sequence[str], shard: int, shards: int, gpus: in
                 "--num_processes", str(processes)]
     if processes > 1:
         launcher += ["--multi_gpu", "--main_process_port", "0"]  # 0: a free port, as two jobs may share a node
-    return [*launcher, "-m", "bench.run", *runner_args, "--shard", f"{shard}/{shards}"]
+    return [*launcher, "-m", "bench.run", *runner_args, "--resume", "--shard", f"{shard}/{shards}"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slurm_account=args.account, slurm_array_parallelism=args.shards,
         # SLURM 22.05 to 23.02 do not pass the job's --cpus-per-task on to srun, which submitit's job script uses.
         slurm_srun_args=[f"--cpus-per-task={args.cpus_per_task}"] if args.cpus_per_task else None)
-    commands = [submitit.helpers.CommandFunction(runner_command(runner_args, index, args.shards, args.gpus_per_node),
-                                                 cwd=Path.cwd())
+    commands = [RunnerJob(runner_command(runner_args, index, args.shards, args.gpus_per_node), cwd=Path.cwd())
                 for index in range(1, args.shards + 1)]
     print(f"{len(suite.runs)} run(s) in {args.shards} job(s) ({executor.cluster}), logs in {folder}/")
     if executor.cluster == "local":

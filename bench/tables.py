@@ -22,7 +22,7 @@ from models import model_entry, model_names, study_result
 # What makes two runs comparable for accuracy; the speed table splits further (see SPEED_KEYS).
 ACCURACY_KEYS = ["data_source", "dataset", "model", "recipe", "preset", "epochs", "global batch", "precision", "device"]
 GAIN_KEYS = ["data_source", "dataset", "preset", "epochs", "global batch", "precision", "device"]
-SPEED_KEYS = ["device", "world size", "precision", "batch", "channels_last", "compile", "data_source", "preset",
+SPEED_KEYS = ["device", "world size", "machines", "precision", "batch", "channels_last", "compile", "data_source", "preset",
               "recipe", "model", "dataset"]
 SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "precision", "channels_last", "compile",
               "batch"]
@@ -30,7 +30,7 @@ SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "prec
 # seeds of one configuration aggregate into one row. Like run_id it leaves the machine out: the device is kept
 # beside it, so that the same configuration can be set against itself on other hardware.
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch", "global batch", "world size",
-               "precision", "channels_last", "compile", "lr", "stop_at_target", "eval_every", "target_accuracy",
+               "machines", "precision", "channels_last", "compile", "lr", "stop_at_target", "eval_every", "target_accuracy",
                "synthetic size"]
 # One headline table per dataset, data source, device and preset; in it one row per model.
 HEADLINE_GROUP = ["data_source", "dataset", "device", "preset"]
@@ -57,9 +57,10 @@ HEADLINE_METRICS = list(dict.fromkeys([*HEADLINE_INPUTS, *(name for name in HEAD
 HEADLINE_SHOWN = [BY_KEY[name].label if name in BY_KEY else name for name in HEADLINE_COLUMNS]
 ACCURACY_METRICS = ["test_acc", "train_time_s"]
 SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
-                 "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes"]
+                 "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "requeues", "requeue_lost_s"]
+PREEMPTION_LABELS = [BY_KEY["requeues"].label, BY_KEY["requeue_lost_s"].label]  # shown when a run was requeued
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
-               "device", "world size", "batch", "global batch", "epochs", "channels_last", "compile", "lr",
+               "device", "world size", "machines", "batch", "global batch", "epochs", "channels_last", "compile", "lr",
                "stop_at_target", "eval_every", "synthetic size", "started_at", "history", "params", "train_gflops",
                "class_names", "per_class_acc", "confusion", "to study s"]
 WEAKEST = 3  # classes listed per model in the weakest-classes table
@@ -129,7 +130,8 @@ def run_rows(records: list[dict]) -> pd.DataFrame:
             "model": record["model"], "dataset": record["dataset"], "data_source": record.get("data_source"),
             "preset": record.get("preset"), "recipe": record.get("recipe"), "seed": record.get("seed"),
             "precision": record.get("precision"), "device": record.get("device"),
-            "world size": record.get("world_size"), "batch": record.get("batch_size"),
+            "world size": record.get("world_size"), "machines": record.get("num_machines") or 1,
+            "batch": record.get("batch_size"),
             "global batch": record.get("global_batch_size"), "epochs": config.get("epochs"),
             "channels_last": config.get("channels_last"), "compile": config.get("compile_mode") or "off",
             # Options older records lack, at the value they had before the option existed.
@@ -248,6 +250,8 @@ def speed_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=[*SPEED_KEYS, "n"])
     table = grouped(finished, SPEED_KEYS, SPEED_METRICS, facts=lambda group: {
         "params M": group["params"].iloc[0] / 1e6, "train GFLOPs/img": group["train_gflops"].iloc[0]})
+    if not (pd.to_numeric(table[PREEMPTION_LABELS[0]], errors="coerce") > 0).any():
+        table = table.drop(columns=PREEMPTION_LABELS)
     return sorted_rows(table, SPEED_KEYS)
 
 
@@ -285,7 +289,8 @@ def config_label(row: pd.Series) -> str:
     default (channels_last off, compile off, no lr override, the study's accuracy as target, ...) are not named."""
     epochs, world = row["epochs"], row["world size"]
     parts = [f"recipe {row['recipe']}", f"{epochs:g} epoch{'' if epochs == 1 else 's'}" if pd.notna(epochs) else None,
-             f"batch {row['batch']} x {world} process{'' if world == 1 else 'es'}",
+             f"batch {row['batch']} x {world} process{'' if world == 1 else 'es'}"
+             + (f" on {row['machines']} machines" if row.get("machines", 1) > 1 else ""),
              f"precision {PRECISION_NAMES.get(row['precision'], row['precision'])}",
              "channels_last" if row["channels_last"] else None,
              f"compile {row['compile']}" if row["compile"] != "off" else None]

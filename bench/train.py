@@ -31,7 +31,8 @@ from bench.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, 
 from bench.metrics import history_row, run_metrics
 from bench.probes import RunProbes
 from bench.profiling import StepProfiler
-from bench.runtime import build_model_and_optimizer, release, uses_cuda_graphs
+from bench.preemption import Preempted, Preemption
+from bench.runtime import announce, build_model_and_optimizer, release, uses_cuda_graphs
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
@@ -56,14 +57,18 @@ class Progress:
     # Trained since the last validation (with --eval-every, an epoch can end between two), and the LR then.
     pending: Stretch = field(default_factory=Stretch)
     pending_lr: float | None = None
+    epoch_step: int = 0  # steps done in the epoch in progress (a state saved mid-epoch, bench/preemption.py)
+    requeues: int = 0  # times the run stopped on a signal and was resumed
+    requeue_lost_s: float = 0.0  # wall seconds from each signal to the first step after its resume
+    preempted_at: float | None = None  # time.time() of the signal the saved state stopped on
 
 
 def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
-              resume: bool, keep_checkpoints: bool, profile: bool) -> dict:
+              resume: bool, keep_checkpoints: bool, profile: bool, preemption: Preemption | None = None) -> dict:
     """Train and measure one configuration; returns its record (the caller writes it).
 
     A diverged or out-of-memory run is a result (status `diverged` / `oom`, with its history so far);
-    any other exception propagates.
+    any other exception propagates, Preempted among them (the state at that step is saved).
     """
     started = time.time()
     record = describe_run(cfg, accelerator, started)
@@ -72,6 +77,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/probes.py)
     try:
         training = build_training(cfg, accelerator, cache_dir)
+        training.preemption = preemption
         probes.attach(training)
         tracking.start(accelerator, cfg, cfg.run_id, results_dir)
         spec = get_spec(cfg.dataset)
@@ -81,7 +87,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         resumed = progress is not None
         if progress is None:
             progress = Progress()
-            if accelerator.is_main_process:
+            if accelerator.is_local_main_process:  # every machine: its own files when the folder is not shared
                 records.remove_checkpoints(results_dir, cfg.run_id)
         wall_before = progress.wall_time_s
         run_epochs(cfg, accelerator, training, progress, results_dir, profile, started, keep_checkpoints)
@@ -114,7 +120,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     # Finished, diverged and OOM runs are final (--resume skips them): their checkpoints are done with.
     if not keep_checkpoints:
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if accelerator.is_local_main_process:  # every machine's random states too, when the folder is not shared
             records.remove_checkpoints(results_dir, cfg.run_id)
     return {**record, "status": status, "error": error, "history": progress.history, "metrics": metrics,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -128,6 +134,7 @@ def describe_run(cfg: RunConfig, accelerator: Accelerator, started: float) -> di
         "data_source": "synthetic" if cfg.synthetic else "real", "preset": cfg.preset, "recipe": cfg.recipe.name,
         "seed": cfg.seed, "precision": cfg.precision, "batch_size": cfg.batch_size,
         "global_batch_size": cfg.batch_size * accelerator.num_processes, "world_size": accelerator.num_processes,
+        "num_machines": cfg.num_machines,
         "config": asdict(cfg), "env": env, "device": env["device_name"],
         "class_names": list(get_spec(cfg.dataset).class_names),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -183,27 +190,36 @@ def restore(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, trainin
         return None
     accelerator.load_state(str(state))
     training.scheduler.load_state_dict(torch.load(state / "lr_scheduler.pt", weights_only=True))
-    accelerator.print(f"resuming {cfg.run_id} after epoch {progress.epoch}")
+    augment_rng = state / f"augment_rng_{accelerator.process_index}.pt"
+    if augment_rng.exists():  # mid-epoch: the augmentations go on as if never stopped
+        training.generator.set_state(torch.load(augment_rng, weights_only=True))
+    within = f" and {progress.epoch_step} step(s) of epoch {progress.epoch + 1} (step {progress.step})" \
+        if progress.epoch_step else ""
+    announce(accelerator, f"resuming {cfg.run_id} after epoch {progress.epoch}{within}")
     return progress
 
 
 def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, training: Training,
                     progress: Progress) -> None:
-    """Save the state of a completed epoch; progress.json is renamed into place last, so it always
-    names a complete state folder, and older folders are removed only after that."""
+    """Save the state after a completed epoch, or mid-epoch at a step (preemption); progress.json is renamed into
+    place last, so it always names a complete state folder, and older folders are removed only after that."""
     folder = records.checkpoint_dir(results_dir, run_id)
-    state_name = f"epoch-{progress.epoch:04d}"
+    state_name = f"epoch-{progress.epoch:04d}" + (f"-step-{progress.step:08d}" if progress.epoch_step else "")
     # A full disk leaves the last complete state named by progress.json, and no part of this one.
     with full_disk_is_one_line(folder, cleanup=folder / state_name):
         accelerator.save_state(str(folder / state_name))
         if accelerator.is_main_process:
             torch.save(training.scheduler.state_dict(), folder / state_name / "lr_scheduler.pt")
+        if progress.epoch_step:  # each rank's augmentation stream, part-way through the epoch
+            accelerator.wait_for_everyone()  # the folder exists
+            torch.save(training.generator.get_state(), folder / state_name / f"augment_rng_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()  # every rank's part of the state is on disk before progress.json names it
     if accelerator.is_main_process:
         records.write_progress(results_dir, run_id, {"state": state_name, **asdict(progress),
                                                      "pending": progress.pending.to_json()})
-        records.prune_states(folder, keep=state_name)
     accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process:  # every machine's own random states too, when the folder is not shared
+        records.prune_states(folder, keep=state_name)
 
 
 def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, results_dir: Path,
@@ -228,6 +244,11 @@ def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, pro
             progress.wall_time_s = elapsed()
             if reached and cfg.stop_at_target:
                 break
+            stopping = training.preemption is not None and training.preemption.agreed is not None
+            if stopping and progress.epoch < cfg.epochs:  # after the last epoch the record is a few seconds away
+                progress.preempted_at, progress.requeues = training.preemption.received_at, progress.requeues + 1
+                save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
+                raise Preempted(training.preemption.agreed, cfg.run_id, progress.step)
             # Rank 0's clock decides, so that every rank enters save_state together.
             (due,) = broadcast_object_list([time.time() - last_saved >= cfg.checkpoint_minutes * 60], from_process=0)
             if due and epoch + 1 < cfg.epochs:  # after the last epoch the record follows at once
@@ -250,11 +271,14 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
     loader = training.loaders["train"]
     set_loader_epoch(loader, epoch)
     # Augmentation randomness per (seed, epoch, rank): reproducible, and the same after a resume.
-    training.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
+    if not progress.epoch_step:  # (resumed mid-epoch, the generator's saved state goes on)
+        training.generator.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + accelerator.process_index)
     # Main process only, and only on a terminal (disable=None): logs get a line per validation instead.
-    bar = tqdm(total=len(loader), desc=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=None if accelerator.is_main_process else True, mininterval=2.0, dynamic_ncols=True)
-    batches, reached = iter(loader), False
+    bar = tqdm(total=len(loader), initial=progress.epoch_step, desc=f"{cfg.model} {cfg.dataset} {epoch + 1}/{cfg.epochs}",
+               leave=False, disable=None if accelerator.is_main_process else True, mininterval=2.0, dynamic_ncols=True)
+    batches, reached, exhausted = iter(loader), False, False
+    for _ in range(progress.epoch_step):  # resumed mid-epoch: this epoch's order, past the batches trained on
+        next(batches)
     if progress.pending_lr is None:
         progress.pending_lr = training.optimizer.param_groups[0]["lr"]
     try:
@@ -264,6 +288,10 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
                                                            WindowTimer(accelerator.device, energy=training.energy), start_timing_at,
                                                            session_step, limit=limit, bar=bar)
             progress.pending, progress.step = progress.pending + stretch, progress.step + stretch.steps
+            progress.epoch_step += stretch.steps
+            if progress.preempted_at is not None and training.first_step_at is not None:  # the first step since
+                progress.requeue_lost_s += training.first_step_at - progress.preempted_at  # the signal
+                progress.preempted_at = None
             if stretch.images:
                 progress.timed_images += stretch.images
                 progress.timed_seconds += stretch.images / stretch.images_per_s
@@ -276,15 +304,15 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
                 progress.pending, progress.pending_lr = Stretch(), training.optimizer.param_groups[0]["lr"]
                 if reached and cfg.stop_at_target:
                     break
-            if exhausted:
+            if exhausted or training.preemption is not None and training.preemption.agreed is not None:
                 break
     finally:
         close = getattr(batches, "close", None)  # ffcv's iterator thread holds pinned and device buffers
         if close is not None:
             close()
         bar.close()
-    if not (reached and cfg.stop_at_target):
-        progress.epoch = epoch + 1
+    if exhausted and not (reached and cfg.stop_at_target):
+        progress.epoch, progress.epoch_step = epoch + 1, 0
     return session_step, reached
 
 
@@ -305,7 +333,7 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
         eval_images_per_s=val.images_per_s, data_stall=trained.data_stall, lr=lr,
     ))
     tracking.log_row(accelerator, row)
-    accelerator.print(f"{cfg.model} {cfg.dataset} epoch {epochs:.2f}/{cfg.epochs}: train loss {trained.loss:.4f} "
+    announce(accelerator, f"{cfg.model} {cfg.dataset} epoch {epochs:.2f}/{cfg.epochs}: train loss {trained.loss:.4f} "
                       f"acc {trained.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
                       f"{trained.images_per_s:,.0f} img/s, stall {trained.data_stall:.1%}")
     return cfg.target_accuracy is not None and val.acc >= cfg.target_accuracy
@@ -335,6 +363,7 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         eval_images_per_s=(sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
         train_time_s=train_seconds, eval_time_s=sum(row["eval_time_s"] for row in history) + test.seconds,
         epoch_time_s=train_seconds / epochs, wall_time_s=wall_time_s, checkpoint_s=progress.checkpoint_s,
+        requeues=progress.requeues, requeue_lost_s=progress.requeue_lost_s,
         data_stall=progress.stall_seconds / timed_seconds if timed_seconds > 0 else 0.0,
         target_accuracy=cfg.target_accuracy,
         reached_target=None if cfg.target_accuracy is None else target.seconds is not None,

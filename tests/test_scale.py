@@ -13,10 +13,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from bench.config import RECIPES, parse_suite
@@ -62,7 +64,9 @@ def two_machine_run(tmp_path_factory, cache_dir) -> Path:
     machines = launch_on_two_machines(ONE_RUN + KEEP_STATE, (shared, shared), cache_dir)
     for done in machines:
         assert done.returncode == 0, done.stderr[-4000:]
-        assert "1 run(s), 2 process(es) on cpu" in done.stdout  # each machine's process saw the global world
+    # The global main process alone speaks: the other machine's log has no duplicate of the suite's lines.
+    assert "1 run(s), 2 process(es) on cpu" in machines[0].stdout and "suite done" in machines[0].stdout
+    assert "run(s)" not in machines[1].stdout and "suite done" not in machines[1].stdout, machines[1].stdout
     return shared
 
 
@@ -95,7 +99,8 @@ print(repr(result.acc))
 @pytest.mark.slow
 def test_two_machines_make_one_run_that_counts_every_test_sample_once(two_machine_run, cache_dir):
     (record,) = records_in(two_machine_run)  # written once, by the main process
-    assert record["world_size"] == 2 and record["global_batch_size"] == 10
+    assert record["world_size"] == 2 and record["global_batch_size"] == 10 and record["num_machines"] == 2
+    assert record["config"]["num_machines"] == 2  # part of the run's identity: 1 x 2 processes is another run
     assert record["metrics"]["peak_lr"] == pytest.approx(RECIPES["fast"].lr_for("resnet18", 10))  # the global batch
     per_process = record["history"][0]["train_images_per_s_per_process"]
     assert len(per_process) == 2 and all(rate > 0 for rate in per_process)
@@ -114,11 +119,45 @@ def test_two_machines_resume_from_a_shared_results_folder(two_machine_run, cache
     machines = launch_on_two_machines(ONE_RUN + ["--resume"], (shared, shared), cache_dir)
     for done in machines:
         assert done.returncode == 0, done.stderr[-4000:]
-        assert f"resuming {before['run_id']} after epoch 1" in done.stdout
+    assert f"resuming {before['run_id']} after epoch 1" in machines[0].stdout and not machines[1].stdout
     (after,) = records_in(shared)
     # Both processes loaded the saved weights: a process left with fresh ones would change its half of the test.
     assert after["metrics"]["test_acc"] == before["metrics"]["test_acc"] and after["history"] == before["history"]
     assert not (shared / "checkpoints" / before["run_id"]).exists()  # final now, and no --keep-checkpoints
+
+
+@pytest.mark.slow
+def test_a_machine_that_dies_ends_the_run_on_the_other_with_one_line(cache_dir, tmp_path):
+    port, args = str(free_port()), [*ONE_RUN, "--synthetic-size", "640", "21", "--epochs", "3",
+                                    "--collective-timeout-s", "30", "--checkpoint-minutes", "0",
+                                    "--cache-dir", str(cache_dir)]
+    machines = []
+    for rank in (0, 1):
+        machines.append(subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--machine_rank",
+             str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--num_processes", "2",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench.run", *args,
+             "--results-dir", str(tmp_path / f"machine-{rank}")],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "machine-0" / "checkpoints").glob("*/progress.json")):  # an epoch trained together
+            assert time.monotonic() < deadline and machines[0].poll() is None
+            time.sleep(0.2)
+        dying = psutil.Process(machines[1].pid)
+        for process in [*dying.children(recursive=True), dying]:  # machine 1 dies: its launcher and its worker
+            process.kill()  # (torchrun starts the worker in a session of its own)
+        began = time.monotonic()
+        _, stderr = machines[0].communicate(timeout=120)
+        ended = time.monotonic() - began
+    finally:
+        for machine in machines:
+            if machine.poll() is None:
+                for process in [*psutil.Process(machine.pid).children(recursive=True), psutil.Process(machine.pid)]:
+                    process.kill()
+    assert machines[0].returncode != 0 and ended < 60, ended
+    ours = [line for line in stderr.splitlines() if line.startswith("bench/run.py: error:")]
+    assert len(ours) == 1 and "process 0 lost a peer during" in ours[0] and "--resume" in ours[0], stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -263,15 +302,16 @@ def test_multinode_template_starts_one_launcher_per_node(tmp_path):
         assert option(words, "--main_process_ip") == "gpu-07"  # the first node of the list
         assert option(words, "--main_process_port") == str(20000 + 123456 % 20000)
         assert option(words, "--num_processes") == "8"  # 2 nodes x 4 GPUs
-        assert words[words.index("-m", 3):] == ["-m", "bench.run", "--results-dir", "/shared/results", "--preset",
-                                                "fast", "--models", "resnet18", "vgg16"]
+        assert words[words.index("-m", 3):] == ["-m", "bench.run", "--resume", "--results-dir", "/shared/results",
+                                                "--preset", "fast", "--models", "resnet18", "vgg16"]
 
 
 @pytest.mark.parametrize("gpus, processes, launcher", [("0", "1", []), ("1", "1", []),
                                                      ("4", "4", ["--multi_gpu", "--main_process_port", "0"])])
 def test_array_template_runs_its_shard_of_the_suite(tmp_path, gpus, processes, launcher):
     (words,) = dry_run("array.sbatch", tmp_path, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0",
-                                                   "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_GPUS_ON_NODE": gpus})
+                                                   "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_GPUS_ON_NODE": gpus,
+                                                   "SLURM_NNODES": "1"})
     assert words == ["python", "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", processes,
-                     *launcher, "-m", "bench.run", "--shard", "3/4", "--results-dir", "/shared/results", "--preset",
+                     *launcher, "-m", "bench.run", "--resume", "--shard", "3/4", "--results-dir", "/shared/results", "--preset",
                      "fast", "--models", "resnet18", "vgg16"]

@@ -1,0 +1,102 @@
+"""Preemption and time limits that lose at most a step: a signal sets a flag, the next step boundary saves.
+
+A cluster warns a job before it takes the machines back: SLURM sends the signal of `--signal=USR1@90` 90 s before
+the time limit (the templates ask for it), SIGTERM when it preempts, requeues or reaches the limit, and SIGKILL
+`KillWait` seconds later. The default checkpoint cadence (5 minutes) would lose up to 5 minutes each time; instead
+every process only notes the signal (a handler may run between any two bytecodes, where no collective or file
+write is safe), and at the next step boundary the processes agree, save the whole state at that step
+(bench/train.py save_checkpoint: weights, optimizer, scheduler, RNGs, the step within the epoch) and stop. Nothing
+trained is lost: `--resume` continues at that step, in the same epoch order.
+
+- SIGUSR1 (the warning) also requeues the job: global rank 0 runs `scontrol requeue` for `SLURM_JOB_ID` (an array
+  task as `ARRAYJOB_TASK`), and the templates run with `--resume`. SIGTERM only saves: it is also what `scancel`
+  sends, and a cancelled job must stay cancelled; SLURM requeues a preempted job by itself. SIGUSR2 only saves
+  too: it is submitit's warning (`bench.submit`), and submitit requeues the job itself (bench/submit.py).
+- One process agrees alone (every step, for free). Several agree by an all-reduce of the flag every AGREE_EVERY
+  steps: one at every step would add a host-device synchronisation per step, which costs launch-bound small
+  models several percent; ten steps take well under a second of the 90-s warning, and the state is saved at the
+  step where they stop, so still nothing is lost.
+- Which processes get the signal: SLURM signals every process of a job step (srun), so the templates start the
+  launcher with srun and make the launcher itself ignore SIGUSR1 (its default action would kill it, and with it
+  the workers' pipes); the workers set their own handlers. A SIGTERM to `accelerate launch` reaches the workers
+  through the launcher (torchrun's agent forwards it and waits 30 s; the one-process launcher waits 5 s).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import torch
+from accelerate import Accelerator
+
+from bench.loop import all_reduce_max_
+
+REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped to be run again; the state is saved
+AGREE_EVERY = 10  # steps between the processes' all-reduce of the flag (several processes only)
+# Each signal's flag; the processes agree on the largest: a warning to requeue beats a plain stop.
+SIGNALS = {signal.SIGTERM: 1, signal.SIGUSR2: 1, signal.SIGUSR1: 2}
+
+
+class Preempted(Exception):
+    """The suite stopped at a step boundary after a signal; the run's state at that step is saved."""
+
+    def __init__(self, signum: int, run_id: str, step: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} at step {step} of {run_id}: state saved")
+        self.signum, self.run_id, self.step = signum, run_id, step
+
+
+class Preemption:
+    """One process's view of the signals: `received_at` the first one's time; `due` the agreed decision."""
+
+    def __init__(self) -> None:
+        self.flag = 0  # SIGNALS' value of the strongest signal received
+        self.received_at: float | None = None
+        self.agreed: int | None = None  # the signal all processes agreed to stop on
+
+    def install(self) -> None:
+        for signum in SIGNALS:
+            signal.signal(signum, self.note)
+
+    def note(self, signum: int, frame) -> None:
+        self.flag = max(self.flag, SIGNALS[signum])
+        self.received_at = self.received_at or time.time()
+
+    def due(self, accelerator: Accelerator, step: int) -> bool:
+        """At a step boundary: whether every process stops here (a collective every AGREE_EVERY steps when there are
+        several, so all ranks must call it at the same steps)."""
+        if accelerator.num_processes == 1:
+            flag = self.flag
+        elif step % AGREE_EVERY:
+            return False
+        else:
+            flag = int(all_reduce_max_(torch.tensor([self.flag], device=accelerator.device)).item())
+        if flag:
+            self.agreed = next(signum for signum, value in SIGNALS.items() if value == flag)  # SIGTERM for 1
+            self.received_at = self.received_at or time.time()  # another rank's signal: stopping starts now
+        return bool(flag)
+
+
+def slurm_job() -> str | None:
+    """The job id that `scontrol requeue` takes: an array task as ARRAYJOB_TASK, else SLURM_JOB_ID; None outside
+    SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+def stop_line(preempted: Preempted) -> str:
+    """Requeue the job where that was asked (SIGUSR1 under SLURM) and say in one line what happens next."""
+    job = slurm_job()
+    if preempted.signum == signal.SIGUSR1 and job:
+        try:
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+            why = done.stderr.strip() or f"exit {done.returncode}" if done.returncode else None
+        except (OSError, subprocess.TimeoutExpired) as error:
+            why = str(error)
+        if why is None:
+            return f"preempted: {preempted}; requeued as job {job}, which goes on from that step with --resume"
+        return f"preempted: {preempted}; scontrol requeue {job} failed ({why}): submit the job again with --resume"
+    return f"preempted: {preempted}; run the same command with --resume to go on from that step"
