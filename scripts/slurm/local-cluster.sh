@@ -37,7 +37,40 @@ fi
 idle_nodes() { sinfo -h -N -p gpu -o '%N %t' 2>/dev/null | awk '$2 == "idle" || $2 == "mix" || $2 == "alloc"' | sort -u | wc -l; }
 stop_hint() { say "to stop it: sudo bash $0 stop"; }
 
-if command -v sinfo >/dev/null && [ "$(idle_nodes)" -eq 2 ]; then
+# Each node gets all of this machine's CPUs and half its memory (they are the same machine).
+CPUS=$(nproc)
+MEMORY=$(awk '/^MemTotal:/ {print int($2 / 1024 / 2)}' /proc/meminfo)
+CONF=$(cat <<EOF
+# written by deepnets-bench scripts/slurm/local-cluster.sh
+ClusterName=deepnets-local
+SlurmctldHost=localhost
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdSpoolDir=/var/spool/slurmd/%n
+SlurmdPidFile=/run/slurmd-%n.pid
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+# A requeued job may start again at once (the default waits for the node to be released).
+KillWait=10
+# A requeued job waits this job credential lifetime before it may start again (default 120 s).
+AuthInfo=cred_expire=10
+# Every node is this machine's CPUs and half its memory.
+NodeName=n1 NodeAddr=127.0.0.1 Port=17001 CPUs=$CPUS RealMemory=$MEMORY State=UNKNOWN
+NodeName=n2 NodeAddr=127.0.0.1 Port=17002 CPUs=$CPUS RealMemory=$MEMORY State=UNKNOWN
+PartitionName=gpu Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
+EOF
+)
+if command -v sinfo >/dev/null && [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" = "$CONF" ] && [ "$(idle_nodes)" -eq 2 ]; then
   say "already up: partition gpu, nodes n1 n2"
   stop_hint
   exit 0
@@ -66,38 +99,7 @@ fi
 
 grep -qE '^127\.0\.0\.1[[:space:]].*\bn1\b.*\bn2\b' /etc/hosts || echo "127.0.0.1 n1 n2" >> /etc/hosts
 
-# Each node gets all of this machine's CPUs and half its memory (they are the same machine).
-CPUS=$(nproc)
-MEMORY=$(awk '/^MemTotal:/ {print int($2 / 1024 / 2)}' /proc/meminfo)
 mkdir -p /etc/slurm /var/lib/slurm/slurmctld /var/log/slurm /var/spool/slurmd/n1 /var/spool/slurmd/n2
-CONF=$(cat <<EOF
-# written by deepnets-bench scripts/slurm/local-cluster.sh
-ClusterName=deepnets-local
-SlurmctldHost=localhost
-SlurmUser=root
-AuthType=auth/munge
-StateSaveLocation=/var/lib/slurm/slurmctld
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdSpoolDir=/var/spool/slurmd/%n
-SlurmdPidFile=/run/slurmd-%n.pid
-SlurmdLogFile=/var/log/slurm/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-# A requeued job may start again at once (the default waits for the node to be released).
-KillWait=10
-# Every node is this machine's CPUs and half its memory.
-NodeName=n1 NodeAddr=127.0.0.1 Port=17001 CPUs=$CPUS RealMemory=$MEMORY State=UNKNOWN
-NodeName=n2 NodeAddr=127.0.0.1 Port=17002 CPUs=$CPUS RealMemory=$MEMORY State=UNKNOWN
-PartitionName=gpu Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
-EOF
-)
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$CONF" ]; then
   printf '%s\n' "$CONF" > /etc/slurm/slurm.conf
   stop_daemons  # they read the old configuration
