@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ON_LOCAL_CLUSTER = ["--gpus-per-node=0", "--cpus-per-task=1", "--partition=gpu"]
 SUITE = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "1"]
-# Checkpointed every epoch, and long enough (11 steps an epoch, 4 epochs) to be requeued between two.
-REQUEUED = ONE_RUN[:-4] + ["--epochs", "4", "--batch-size", "5", "--resume", "--checkpoint-minutes", "0"]
+# Checkpointed every epoch, and long enough (3 epochs) to be requeued between two.
+REQUEUED = ONE_RUN[:-4] + ["--epochs", "3", "--resume", "--checkpoint-minutes", "0"]
 WAIT_S = 600
 
 
@@ -84,7 +84,12 @@ def cluster_runs(tmp_path_factory, cache_dir) -> dict:
     started = time.monotonic()
     deadline = started + WAIT_S
     runs = {name: root / name for name in ("array", "multinode", "requeued", "submit")}
-    jobs = {
+    jobs = {  # the requeued job first: it is the longest, and is requeued once it has a checkpoint
+        # Appended: the requeued job's output follows its first run's in one file.
+        "requeued": sbatch("array.sbatch", ["--array=1", "--requeue", "--open-mode=append",
+                                            f"--output={root}/requeued.out"],
+                           {"GPUS_PER_NODE": "0", "RESULTS_DIR": str(runs["requeued"]),
+                            "RUNNER_ARGS": runner_args(REQUEUED, cache_dir)}),
         "array": sbatch("array.sbatch", ["--array=1-2", f"--output={root}/array-%A_%a.out"],
                         {"GPUS_PER_NODE": "0", "RESULTS_DIR": str(runs["array"]),
                          "RUNNER_ARGS": runner_args(SUITE, cache_dir)}),
@@ -92,11 +97,6 @@ def cluster_runs(tmp_path_factory, cache_dir) -> dict:
         "multinode": sbatch("multinode.sbatch", ["--nodes=2", f"--output={root}/multinode-%j.out"],
                             {"GPUS_PER_NODE": "1", "RESULTS_DIR": str(runs["multinode"]),
                              "RUNNER_ARGS": runner_args(ONE_RUN + KEEP_STATE, cache_dir)}),
-        # Appended: the requeued job's output follows its first run's in one file.
-        "requeued": sbatch("array.sbatch", ["--array=1", "--requeue", "--open-mode=append",
-                                            f"--output={root}/requeued.out"],
-                           {"GPUS_PER_NODE": "0", "RESULTS_DIR": str(runs["requeued"]),
-                            "RUNNER_ARGS": runner_args(REQUEUED, cache_dir)}),
     }
     submit = subprocess.Popen(
         [sys.executable, "-m", "bench.submit", "--cluster", "slurm", "--shards", "2", "--partition", "gpu",
@@ -160,4 +160,4 @@ def test_a_requeued_job_resumes_and_makes_one_record(cluster_runs):
     assert cluster_runs["requeued_at"] is not None, f"never requeued (no checkpoint seen while it ran):\n{log[-3000:]}"
     (record,) = records_in(cluster_runs["runs"]["requeued"])
     assert f"resuming {record['run_id']} after epoch" in log, log[-3000:]
-    assert len(record["history"]) == 4 and log.count(f"finished: {record['run_id']}") == 1
+    assert len(record["history"]) == 3 and log.count(f"finished: {record['run_id']}") == 1
