@@ -1,0 +1,169 @@
+"""The SLURM templates and `bench.submit --cluster slurm` on a real cluster: the one-machine cluster of
+scripts/slurm/local-cluster.sh (nodes n1 and n2, partition gpu, no GPUs), which CI starts as root.
+
+These tests never install or start anything: without `sinfo`, or without a cluster answering with two nodes,
+they skip. Everything is submitted at once by one module fixture (the array, whose first task is preempted
+mid-run, the two-node job and bench.submit's array), then waited for, so that the jobs share the cluster's
+four CPU slots.
+
+What the templates need here, on the sbatch command line and never in the templates: --gpus-per-node=0 (the
+cluster has no GRES GPUs, and SLURM refuses a GPU it does not have) and --cpus-per-task=1 (a node has this
+machine's CPUs, fewer than the templates ask for). --account=my-account is accepted as is: the cluster keeps
+no accounting, so no account is checked.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.config import parse_suite
+from helpers import REPO, TINY, records_in, run_module
+from test_scale import KEEP_STATE, ONE_CORE, ONE_RUN, evaluate_in_one_process
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+ON_LOCAL_CLUSTER = ["--gpus-per-node=0", "--cpus-per-task=1", "--partition=gpu"]
+SUITE = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "1"]
+# The array's suite: two runs of 2 epochs of 33 steps, validated every 40 steps, so that a line at step 40 says that
+# the first task is in its second epoch, where SLURM's warning (SIGUSR1) then preempts it. Default checkpoint cadence.
+PREEMPTED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "2",
+                               "--synthetic-size", "640", "21", "--eval-every", "40", "--no-inference"]
+ROWS = [40, 66]  # an uninterrupted run's validations
+WAIT_S = 600
+
+
+def nodes_up() -> str | None:
+    """Why the tests cannot run here, or None when a cluster answers with two nodes in partition gpu."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM is not installed (sudo bash scripts/slurm/local-cluster.sh installs and starts one)"
+    done = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N %t"], capture_output=True, text=True,
+                          timeout=30)
+    up = {line.split()[0] for line in done.stdout.splitlines()
+          if len(line.split()) == 2 and line.split()[1].rstrip("*") in ("idle", "mix", "alloc", "comp")}
+    if done.returncode != 0 or len(up) < 2:
+        return (f"no SLURM cluster with 2 nodes up in partition gpu ({(done.stderr or done.stdout).strip() or 'none'});"
+                " sudo bash scripts/slurm/local-cluster.sh starts one")
+    return None
+
+
+def sbatch(template: str, options: list[str], env: dict[str, str]) -> str:
+    """Submits a real template from the repository root; returns the job id."""
+    done = subprocess.run(["sbatch", "--parsable", *ON_LOCAL_CLUSTER, *options, str(REPO / "scripts" / "slurm" / template)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def queued(job_ids: list[str]) -> set[str]:
+    done = subprocess.run(["squeue", "-h", "-o", "%A %F", "-j", ",".join(job_ids)], capture_output=True, text=True,
+                          timeout=30)
+    return {word for line in done.stdout.splitlines() for word in line.split()} & set(job_ids)
+
+
+def wait_for(job_ids: list[str], deadline: float) -> None:
+    while queued(job_ids):
+        assert time.monotonic() < deadline, f"jobs {job_ids} still queued: " + subprocess.run(
+            ["squeue"], capture_output=True, text=True).stdout
+        time.sleep(1)
+
+
+def runner_args(args: list[str], cache: Path) -> str:
+    return " ".join([*args, "--cache-dir", str(cache)])
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory, cache_dir) -> dict:
+    """Every job of this module, submitted at once, then waited for."""
+    reason = nodes_up()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("slurm")
+    started = time.monotonic()
+    deadline = started + WAIT_S
+    runs = {name: root / name for name in ("array", "multinode", "submit")}
+    jobs = {  # the array first: it is the longest
+        # Appended: a requeued task's output follows its first session's in one file.
+        "array": sbatch("array.sbatch", ["--array=1-2", "--open-mode=append", f"--output={root}/array-%a.out"],
+                        {"GPUS_PER_NODE": "0", "RESULTS_DIR": str(runs["array"]),
+                         "RUNNER_ARGS": runner_args(PREEMPTED, cache_dir)}),
+        # GPUS_PER_NODE=1: one process per node (the template's world is nodes x GPUs per node), on the CPU here.
+        "multinode": sbatch("multinode.sbatch", ["--nodes=2", f"--output={root}/multinode-%j.out"],
+                            {"GPUS_PER_NODE": "1", "RESULTS_DIR": str(runs["multinode"]),
+                             "RUNNER_ARGS": runner_args(ONE_RUN + KEEP_STATE, cache_dir)}),
+    }
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "bench.submit", "--cluster", "slurm", "--shards", "2", "--partition", "gpu",
+         "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout-min", "10", "--wait", *SUITE,
+         "--results-dir", str(runs["submit"]), "--cache-dir", str(cache_dir)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    # SLURM's warning to the array's first task in its second epoch, as --signal=USR1@90 sends it to the job step.
+    first_task, first_log, requeued_at = f"{jobs['array']}_1", root / "array-1.out", None
+    while requeued_at is None and time.monotonic() < deadline and queued([jobs["array"]]):
+        if first_log.exists() and " epoch 1.21/2:" in first_log.read_text():
+            done = subprocess.run(["scancel", "--signal=USR1", first_task], capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            requeued_at = time.monotonic() - started
+        time.sleep(0.2)
+
+    wait_for(list(jobs.values()), deadline)
+    out, _ = submit.communicate(timeout=max(deadline - time.monotonic(), 1))
+    print(f"slurm jobs done in {time.monotonic() - started:.0f} s (warned after {requeued_at} s)")
+    logs = {path.name: path.read_text() for path in root.glob("*.out")}
+    return {"root": root, "runs": runs, "jobs": jobs, "logs": logs, "requeued_at": requeued_at,
+            "submit": (submit.returncode, out)}
+
+
+def test_array_template_over_two_shards_makes_the_whole_suite(cluster_runs):
+    results = cluster_runs["runs"]["array"]
+    whole = [run.run_id for run in parse_suite(PREEMPTED, gpu_available=False, num_processes=1).runs]
+    recorded = [record["run_id"] for record in records_in(results)]
+    assert sorted(recorded) == sorted(whole), cluster_runs["logs"]
+    shards = [log for name, log in cluster_runs["logs"].items() if name.startswith("array-")]
+    assert len(shards) == 2 and all("1 run(s), 1 process(es) on cpu" in log for log in shards)
+    report = run_module("bench.report", "--results-dir", str(results))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"from {len(whole)} run record(s)" in (results / "REPORT.md").read_text()
+
+
+def test_multinode_template_over_two_nodes_makes_one_run(cluster_runs, cache_dir):
+    results = cluster_runs["runs"]["multinode"]
+    (record,) = records_in(results)  # written once, by the main process
+    assert record["world_size"] == 2 and record["global_batch_size"] == 10 and record["num_machines"] == 2
+    (log,) = [log for name, log in cluster_runs["logs"].items() if name.startswith("multinode-")]
+    assert log.count("suite done:") == 1 and log.count(f"finished: {record['run_id']}") == 1  # the global main alone
+    # The run's test accuracy counts every test sample once: that of its weights evaluated by one process.
+    state = next((results / "checkpoints" / record["run_id"]).glob("epoch-*"))
+    assert sorted(path.name for path in state.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert record["metrics"]["test_acc"] == pytest.approx(evaluate_in_one_process(state, "resnet18", cache_dir),
+                                                          abs=1e-9)
+
+
+def test_submit_on_slurm_sends_one_job_array_into_one_results_folder(cluster_runs):
+    returncode, out = cluster_runs["submit"]
+    assert returncode == 0, out[-4000:]
+    assert "2 run(s) in 2 job(s) (slurm)" in out
+    assert "shard 1/2: job" in out and "shard 2/2: job" in out and "failed" not in out
+    results = cluster_runs["runs"]["submit"]
+    whole = [run.run_id for run in parse_suite(SUITE, gpu_available=False, num_processes=1).runs]
+    assert sorted(record["run_id"] for record in records_in(results)) == sorted(whole)
+    assert "from 2 run record(s)" in (results / "REPORT.md").read_text()  # --wait wrote the report
+
+
+def test_a_preempted_task_saves_its_step_requeues_itself_and_resumes_there(cluster_runs):
+    log = cluster_runs["logs"]["array-1.out"]
+    assert cluster_runs["requeued_at"] is not None, f"never warned (no step-40 line seen while it ran):\n{log[-3000:]}"
+    (record,) = [r for r in records_in(cluster_runs["runs"]["array"]) if r["metrics"]["requeues"]]
+    stopped = int(log.split("preempted: SIGUSR1 at step ")[1].split()[0])
+    assert 40 < stopped < ROWS[-1] and f"requeued as job {cluster_runs['jobs']['array']}_1" in log, log[-3000:]
+    assert f"resuming {record['run_id']} after epoch 1 and {stopped - 33} step(s) of epoch 2" in log, log[-3000:]
+    # The same history as an uninterrupted run, one record, and the lost time counted apart.
+    assert [row["step"] for row in record["history"]] == ROWS and log.count(f"finished: {record['run_id']}") == 1
+    assert record["metrics"]["requeues"] == 1 and record["metrics"]["requeue_lost_s"] > 0
