@@ -24,14 +24,14 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from bench.config import PRESETS, RECIPES, recipe_batch
-from bench.environment import environment, package_version, use_cpu
-from bench.measure import device_name
-from bench.metrics import BY_KEY
-from bench.plots import slug
-from bench.records import load_records, load_sweeps
-from bench.render import markdown_table
-from bench.tables import accuracy_table, run_rows, speed_table, sweep_table
+from bench.measuring.environment import environment, package_version, use_cpu
+from bench.measuring.measure import device_name
+from bench.measuring.metrics import BY_KEY
+from bench.reporting.plots import slug
+from bench.reporting.render import markdown_table
+from bench.reporting.tables import accuracy_table, run_rows, speed_table, sweep_table
+from bench.results.records import load_records, load_sweeps
+from bench.suite.config import PRESETS, RECIPES, recipe_batch
 from data.cli import OneLineParser, positive_int
 from data.datasets import get_spec
 from data.files import atomic_write
@@ -107,7 +107,7 @@ def machine_lines(env: dict, cpu: bool) -> list[str]:
                                                             "accelerate", "ffcv", "numpy", "numba"))
     lines = [f"- device: {env['device_name']} ({env['visible_gpus']} visible GPU(s)), host {env['hostname']}",
              f"- versions: {versions}", f"- code: git commit {env['git_commit']}, source digest {env['source_digest']} "
-             "(`python -m bench.provenance find DIGEST` in a clone names its commit)"]
+             "(`python -m bench.results.provenance find DIGEST` in a clone names its commit)"]
     if cpu:
         lines.append("- **CPU rehearsal** (`--cpu`): tiny sizes and synthetic data; it checks the command lines, "
                      "its numbers mean nothing.")
@@ -212,7 +212,7 @@ def suite_lines(run_dir: Path, steps: list[Step]) -> list[str]:
 
 
 def summary_markdown(run_dir: Path, budget_s: int, cpu: bool, env: dict) -> str:
-    """SUMMARY.md's text; `env` is bench.environment's description of this machine."""
+    """SUMMARY.md's text; `env` is bench.measuring.environment's description of this machine."""
     steps = read_steps(run_dir)
     sections = {
         "Machine": machine_lines(env, cpu),

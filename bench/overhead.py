@@ -19,12 +19,12 @@ from typing import Sequence
 import torch
 from accelerate import Accelerator
 
-from bench.config import PRECISIONS, RECIPES, RunConfig
-from bench.environment import use_cpu
-from bench.loop import Training, make_schedule, train_steps
-from bench.measure import WindowTimer, synchronize
-from bench.runtime import announce, build_model_and_optimizer, configure_backends, precision_error
+from bench.measuring.environment import use_cpu
+from bench.measuring.measure import WindowTimer, synchronize
 from bench.speed import bare_train_step, synthetic_batches
+from bench.suite.config import PRECISIONS, RECIPES, RunConfig
+from bench.training.loop import Training, make_schedule, train_steps
+from bench.training.runtime import announce, build_model_and_optimizer, configure_backends, precision_error
 from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names, get_spec

@@ -1,7 +1,7 @@
 """The suite's reports: `python -m bench.report` (and `write_report`, which bench/run.py calls last).
 
 Reads every run record (and speed-sweep record, if any) under one or more results folders (merged, the
-same run on the same device kind counted once: bench/compare.py) and writes REPORT.md, the tables (CSV
+same run on the same device kind counted once: bench/reporting/compare.py) and writes REPORT.md, the tables (CSV
 always, as data, and in the chosen --format) and PNG plots. REPORT.md opens with the headline: per
 dataset, data source, device and preset, one row per model, in the study's order. Then come the
 comparison with a baseline (--baseline), where each model goes wrong (weakest classes, confusion
@@ -23,16 +23,16 @@ from typing import Sequence
 import jinja2
 import pandas as pd
 
-from bench.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comparison_table, comparison_view, load_merged,
-                           regressions)
-from bench.config import PRESETS, results_folder
-from bench.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
-from bench.records import runs_dir
-from bench.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
-from bench.tradeoffs import device_warning, tradeoff_table
-from bench.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
-                          group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
-                          speed_table, sweep_table, weakest_classes)
+from bench.reporting.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comparison_table, comparison_view, load_merged,
+                                     regressions)
+from bench.reporting.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
+from bench.reporting.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
+from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
+                                    group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
+                                    speed_table, sweep_table, weakest_classes)
+from bench.reporting.tradeoffs import device_warning, tradeoff_table
+from bench.results.records import runs_dir
+from bench.suite.config import PRESETS, results_folder
 from data.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
 from data.files import DiskFull, atomic_write
@@ -84,7 +84,7 @@ class Report:
     accuracy: pd.DataFrame
     gains: pd.DataFrame
     speed: pd.DataFrame
-    tradeoffs: pd.DataFrame  # inference, cold start, energy, cost (bench/tradeoffs.py)
+    tradeoffs: pd.DataFrame  # inference, cold start, energy, cost (bench/reporting/tradeoffs.py)
     failures: pd.DataFrame
     sweep: pd.DataFrame
     comparison: pd.DataFrame | None  # with --baseline

@@ -3,7 +3,7 @@
 Parses the command line into runs, trains and measures each one, writes one record per run, and
 ends with the comparison tables. A run that diverges or runs out of memory is recorded as such and
 the suite goes on; the exit status is non-zero when any run did not finish. SIGUSR1 or SIGTERM stops the
-suite at the next step with the run's state saved there (bench/preemption.py): exit status 75, and under
+suite at the next step with the run's state saved there (bench/training/preemption.py): exit status 75, and under
 SLURM (SIGUSR1) the job requeued to go on with --resume.
 """
 from __future__ import annotations
@@ -20,15 +20,15 @@ import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
-from bench import records
-from bench.config import RunConfig, SuiteConfig, collective_timeout, parse_suite
-from bench.environment import cpu_launch_error, num_machines, use_cpu
-from bench.preemption import REQUEUE_EXIT, Preempted, Preemption, stop_line
-from bench.plan import batch_warnings, dry_run_table, suite_line
+from bench.measuring.environment import cpu_launch_error, num_machines, use_cpu
 from bench.report import write_report
-from bench.runtime import announce, configure_backends, cpu_has_native_bf16, precision_error
-from bench.tracking import tracker_dir, tracker_error
-from bench.train import train_run
+from bench.results import records
+from bench.results.tracking import tracker_dir, tracker_error
+from bench.suite.config import RunConfig, SuiteConfig, collective_timeout, parse_suite
+from bench.suite.plan import batch_warnings, dry_run_table, suite_line
+from bench.training.preemption import REQUEUE_EXIT, Preempted, Preemption, stop_line
+from bench.training.runtime import announce, configure_backends, cpu_has_native_bf16, precision_error
+from bench.training.train import train_run
 from data.errors import DataError
 from data.files import DiskFull
 

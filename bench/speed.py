@@ -7,7 +7,7 @@ device-resident synthetic batches (`--data synthetic`) or the real FFCV loader (
 difference between the two is the input pipeline's cost. A batch size that runs out of memory is
 recorded as `oom`, a point that fails otherwise (a compiler error, say) as `error` with its message, and
 the sweep goes on; the exit status is 1 when any point failed. One JSON record per point under `<results>/speed/`.
-`--find-max-batch` searches the largest batch that trains instead of sweeping --batch-sizes (bench/maxbatch.py).
+`--find-max-batch` searches the largest batch that trains instead of sweeping --batch-sizes (bench/measuring/maxbatch.py).
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
-from bench.config import COMPILE_MODES, PRECISIONS, results_folder
-from bench.environment import environment, use_cpu
-from bench.maxbatch import describe, memory_budget, search
-from bench.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
-from bench.profiling import StepProfiler
-from bench.records import sweeps_dir
-from bench.runtime import (AUTOCAST_DTYPES, announce, build_model_and_optimizer, configure_backends, precision_error,
-                           release, uses_cuda_graphs)
+from bench.measuring.environment import environment, use_cpu
+from bench.measuring.maxbatch import describe, memory_budget, search
+from bench.measuring.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
+from bench.results.records import sweeps_dir
+from bench.suite.config import COMPILE_MODES, PRECISIONS, results_folder
+from bench.training.profiling import StepProfiler
+from bench.training.runtime import (AUTOCAST_DTYPES, announce, build_model_and_optimizer, configure_backends, precision_error,
+                                    release, uses_cuda_graphs)
 from data.augment import DevicePreprocess
 from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
@@ -182,7 +182,7 @@ def limit_memory(gigabytes: float, device: torch.device) -> None:
 
 
 def max_batch_point(base: SpeedPoint, accelerator: Accelerator, args) -> tuple[SpeedPoint, dict]:
-    """Search the largest batch that trains for `base`'s setting (bench/maxbatch.py), say so in one line, and return
+    """Search the largest batch that trains for `base`'s setting (bench/measuring/maxbatch.py), say so in one line, and return
     the point at that batch (batch 1 when none fits: it is then recorded as out of memory) with the search's record
     fields."""
     device, spec = accelerator.device, get_spec(base.dataset)

@@ -1,6 +1,6 @@
 """`python -m bench.submit --shards N [options] [runner options]`: one suite as N cluster jobs.
 
-Job i of N runs the runner with the options given here plus `--shard i/N` (bench/shards.py splits the
+Job i of N runs the runner with the options given here plus `--shard i/N` (bench/suite/shards.py splits the
 suite by expected training FLOPs), through Accelerate's launcher with one process per GPU of its node,
 from this folder and with this environment. The N jobs share --results-dir: every record is named by its
 run, and every file is written whole, so they never overwrite or damage one another's, and their records
@@ -8,7 +8,7 @@ together are the whole suite. `python -m bench.report --results-dir DIR` then wr
 of them (`--wait` waits for the jobs and does it).
 
 Each job runs the runner with --resume and is checkpointable: submitit's warning before the time limit (SIGUSR2,
-90 s ahead) reaches the runner, which saves its state at the next step (bench/preemption.py); the job then waits
+90 s ahead) reaches the runner, which saves its state at the next step (bench/training/preemption.py); the job then waits
 for it to exit and submitit requeues the job, which goes on from that step.
 
 Jobs go through submitit: a SLURM job array where SLURM is installed, else local processes on this
@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from bench.config import parse_suite
 from bench.report import main as report_main
+from bench.suite.config import parse_suite
 from data.cli import OneLineParser, non_negative_int, positive_int
 
 PROG = "python -m bench.submit"

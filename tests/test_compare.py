@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import NOISE_FLOOR_PCT, NOISE_SIGMAS, comparison_table, load_merged, regressions
 from bench.report import main as report_main
-from bench.tables import run_rows
+from bench.reporting.compare import NOISE_FLOOR_PCT, NOISE_SIGMAS, comparison_table, load_merged, regressions
+from bench.reporting.tables import run_rows
 from helpers import records_in
 
 H100 = "NVIDIA H100 80GB HBM3"

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from bench.measure import WindowTimer, datasheet_peak, measured_matmul_tflops, peak_memory_bytes, reset_peak_memory
-from bench.runtime import build_model_and_optimizer
+from bench.measuring.measure import WindowTimer, datasheet_peak, measured_matmul_tflops, peak_memory_bytes, reset_peak_memory
 from bench.speed import bare_train_step
+from bench.training.runtime import build_model_and_optimizer
 from data.encode import prepare_dataset
 from data.loaders import make_loader
 from helpers import TINY, records_in, run_bench

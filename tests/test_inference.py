@@ -1,4 +1,4 @@
-"""The trained model's inference timing (bench/inference.py) on this machine's CPU: real models, real clocks."""
+"""The trained model's inference timing (bench/measuring/inference.py) on this machine's CPU: real models, real clocks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.inference import THROUGHPUT_MIN_CALLS, InferenceOptions, call_latencies, inference_metrics, measure_inference
+from bench.measuring.inference import THROUGHPUT_MIN_CALLS, InferenceOptions, call_latencies, inference_metrics, measure_inference
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from models import build_model

@@ -1,4 +1,4 @@
-"""Energy, cost and the machine's state (bench/energy.py, bench/cost.py, bench/machine.py, bench/watch.py): the CPU
+"""Energy, cost and the machine's state (bench/measuring/energy.py, bench/measuring/cost.py, bench/measuring/machine.py, bench/measuring/watch.py): the CPU
 paths on this machine, RAPL's counter arithmetic on a powercap tree, and NVML on a GPU (marked cuda)."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from bench.cost import Pricing, cost_metrics
-from bench.energy import POWERCAP, EnergyCounter, EnergyLog, energy_metrics, rapl_packages, summed
-from bench.machine import machine_state
-from bench.watch import Watch, device_flags
+from bench.measuring.cost import Pricing, cost_metrics
+from bench.measuring.energy import POWERCAP, EnergyCounter, EnergyLog, energy_metrics, rapl_packages, summed
+from bench.measuring.machine import machine_state
+from bench.measuring.watch import Watch, device_flags
 from helpers import REPO
 
 CPU = torch.device("cpu")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.metrics import (BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, formats, glossary, history_row, markdown_glossary,
-                           run_metrics)
+from bench.measuring.metrics import (BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, formats, glossary, history_row, markdown_glossary,
+                                     run_metrics)
 
 
 def runs(times: list[float | None], accuracies: list[float] | None = None) -> pd.DataFrame:
@@ -75,4 +75,4 @@ def test_report_formats_and_explanations_come_from_the_declarations():
 def test_the_measurements_page_shows_the_declared_measurements():
     page = (Path(__file__).resolve().parent.parent / "docs" / "measurements.md").read_text()
     shown = page.split("<!-- metrics:start -->\n", 1)[1].split("\n<!-- metrics:end -->", 1)[0]
-    assert shown == markdown_glossary(), "regenerate docs/measurements.md's table with `python -m bench.metrics`"
+    assert shown == markdown_glossary(), "regenerate docs/measurements.md's table with `python -m bench.measuring.metrics`"

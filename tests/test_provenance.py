@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.provenance import STAMP, find, git_commit, source_digest, stamp
+from bench.results.provenance import STAMP, find, git_commit, source_digest, stamp
 from helpers import REPO
 
 
@@ -69,8 +69,8 @@ def test_a_copy_without_git_takes_its_commit_from_the_stamp(checkout, tmp_path):
 
 def test_stamp_outside_a_checkout_is_one_line_and_exit_2(tmp_path):
     copy = shutil.copytree(REPO / "bench", tmp_path / "tree" / "bench")  # the module, run from a tree without git
-    done = subprocess.run([sys.executable, "-m", "bench.provenance", "stamp"], cwd=copy.parent, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bench.results.provenance", "stamp"], cwd=copy.parent, capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy.parent)})
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
-    assert done.stderr.startswith("python -m bench.provenance stamp: error: ") and "not a git checkout" in done.stderr
+    assert done.stderr.startswith("python -m bench.results.provenance stamp: error: ") and "not a git checkout" in done.stderr
     assert not (copy.parent / STAMP).exists()

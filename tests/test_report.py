@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from matplotlib.patches import ConnectionPatch
 
-from bench.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
-                         pareto_figure, pareto_front, slug)
-from bench.render import render
 from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
-from bench.tradeoffs import device_warning, tradeoff_table
-from bench.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
-                          headline_caption, headline_runs, headline_table, headline_view, run_rows)
+from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
+                                   pareto_figure, pareto_front, slug)
+from bench.reporting.render import render
+from bench.reporting.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
+                                    headline_caption, headline_runs, headline_table, headline_view, run_rows)
+from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from data.datasets import CIFAR10_CLASSES
 from helpers import records_in, run_module
 from models import model_names

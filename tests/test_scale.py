@@ -21,8 +21,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from bench.config import RECIPES, parse_suite
 from bench.submit import main as submit_main
+from bench.suite.config import RECIPES, parse_suite
 from helpers import REPO, TINY, records_in, run_bench
 
 # Two processes or jobs side by side on this machine's two cores: one loader thread (and torch thread) each.
@@ -78,7 +78,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
-from bench.loop import evaluate
+from bench.training.loop import evaluate
 from data.augment import DevicePreprocess
 from data.encode import prepare_dataset
 from data.loaders import make_loader

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import parse_suite
+from bench.suite.config import parse_suite
 from helpers import REPO, TINY, records_in, run_module
 from test_scale import KEEP_STATE, ONE_CORE, ONE_RUN, evaluate_in_one_process
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bench.maxbatch import search
+from bench.measuring.maxbatch import search
 from helpers import plugin_env, run_module
 
 pytestmark = pytest.mark.slow  # each test starts the real CLI in a subprocess

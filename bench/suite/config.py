@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bench.cost import Pricing, add_cost_options, pricing
-from bench.inference import InferenceOptions, add_inference_options, inference_options
-from bench.shards import shard_runs, shard_spec
-from bench.tracking import ALL as ALL_TRACKERS, TRACKERS
+from bench.measuring.cost import Pricing, add_cost_options, pricing
+from bench.measuring.inference import InferenceOptions, add_inference_options, inference_options
+from bench.results.tracking import ALL as ALL_TRACKERS, TRACKERS
+from bench.suite.shards import shard_runs, shard_spec
 from data.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
                       positive_float, positive_int)
 from data.datasets import dataset_names
@@ -108,7 +108,7 @@ class Preset:
     warmup_steps: int = 20
     synthetic_train: int = 2400  # synthetic images for train+val, when the data is synthetic
     synthetic_test: int = 400
-    inference_batch: int = 256  # the batch of the trained model's inference throughput (bench/inference.py)
+    inference_batch: int = 256  # the batch of the trained model's inference throughput (bench/measuring/inference.py)
 
 
 PRESETS: dict[str, Preset] = {
@@ -180,7 +180,7 @@ class SuiteConfig:
     precision: str  # every run's: one Accelerator serves the suite
     notes: tuple[str, ...]  # choices the options left to the harness, said in the suite's first lines
     shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
-    log_with: tuple[str, ...]  # experiment trackers (bench/tracking.py)
+    log_with: tuple[str, ...]  # experiment trackers (bench/results/tracking.py)
     results_dir: Path
     cache_dir: Path | None
     resume: bool

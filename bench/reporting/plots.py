@@ -21,8 +21,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import ConnectionPatch
 from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
-from bench.metrics import BY_KEY
-from bench.tables import CONFIG_KEYS, HEADLINE_GROUP, PRECISION_NAMES, grouped, sorted_rows, with_gib
+from bench.measuring.metrics import BY_KEY
+from bench.reporting.tables import CONFIG_KEYS, HEADLINE_GROUP, PRECISION_NAMES, grouped, sorted_rows, with_gib
 from data.files import atomic_write
 from models import model_names
 

@@ -1,7 +1,7 @@
 """Results from several folders as one, and a configuration-by-configuration comparison with a baseline.
 
 Merging: suites sharded over machines, or re-run after a crash, leave the same run in more than one
-folder. A run is identified by its run_id (every setting that changes its result, bench/config.py) and
+folder. A run is identified by its run_id (every setting that changes its result, bench/suite/config.py) and
 the device it ran on (run_id leaves the machine out): the same run on the same kind of device counts
 once, the finished record kept, else the most recent. Speed-sweep points merge the same way.
 
@@ -27,9 +27,9 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.metrics import BY_KEY
-from bench.records import load_records, load_sweeps
-from bench.tables import CONFIG_KEYS, config_label, grouped, sorted_rows
+from bench.measuring.metrics import BY_KEY
+from bench.reporting.tables import CONFIG_KEYS, config_label, grouped, sorted_rows
+from bench.results.records import load_records, load_sweeps
 
 NOISE_FLOOR_PCT = 5.0  # separate processes on one GPU differ by 1-3 % in throughput; 5 % clears that
 NOISE_SIGMAS = 2.0  # two combined standard deviations: ~95 % of noise-only differences stay inside

@@ -17,7 +17,7 @@ from data.encode import synthetic_val_size
 from models.facts import model_facts
 
 if TYPE_CHECKING:
-    from bench.config import RunConfig
+    from bench.suite.config import RunConfig
 
 
 def shard_spec(text: str) -> tuple[int, int]:

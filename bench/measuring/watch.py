@@ -14,7 +14,7 @@ import os
 import psutil
 import torch
 
-from bench.machine import CPUFREQ, nvml, read_text
+from bench.measuring.machine import CPUFREQ, nvml, read_text
 
 # NVML clock-event reasons that mean the GPU ran below the clocks it could (idle, application clocks set by the
 # administrator and display clocks are not throttling). Names as nvidia-smi prints them.
@@ -32,7 +32,7 @@ def gpu_snapshot(device: torch.device, own_pids: set[int]) -> dict:
     pynvml = nvml()
     if pynvml is None:
         return {"note": "NVML unavailable (install nvidia-ml-py: the `energy` extra)"}
-    from bench.energy import nvml_handle
+    from bench.measuring.energy import nvml_handle
 
     _, handle = nvml_handle(device)
     snap: dict = {}

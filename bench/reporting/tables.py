@@ -3,7 +3,7 @@ sweeps, and each headline model's weakest classes.
 
 Rows are grouped by everything that changes a result (data source, preset, recipe, precision, device,
 ...) so that settings are never silently merged. Metric columns, their scaling and their aggregation
-over seeds come from bench/metrics.py; the study's columns from the model registry, for real data
+over seeds come from bench/measuring/metrics.py; the study's columns from the model registry, for real data
 only (synthetic runs test the harness, not the study's claims).
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from bench.config import paired_recipe
-from bench.measure import time_to_target
-from bench.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, mlperf_time, shown
+from bench.measuring.measure import time_to_target
+from bench.measuring.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, mlperf_time, shown
+from bench.suite.config import paired_recipe
 from data.datasets import dataset_names
 from models import model_entry, model_names, study_result
 
@@ -26,7 +26,7 @@ SPEED_KEYS = ["device", "world size", "machines", "precision", "batch", "channel
               "recipe", "model", "dataset"]
 SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "precision", "channels_last", "compile",
               "batch"]
-# A configuration: everything in a run's identity (bench/config.py hashes it into run_id) except its seed. The
+# A configuration: everything in a run's identity (bench/suite/config.py hashes it into run_id) except its seed. The
 # seeds of one configuration aggregate into one row. Like run_id it leaves the machine out: the device is kept
 # beside it, so that the same configuration can be set against itself on other hardware.
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch", "global batch", "world size",
@@ -34,7 +34,7 @@ CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", 
                "synthetic size"]
 # One headline table per dataset, data source, device and preset; in it one row per model.
 HEADLINE_GROUP = ["data_source", "dataset", "device", "preset"]
-# The headline's columns, left to right: adding one is one line here. A record field declared in bench/metrics.py
+# The headline's columns, left to right: adding one is one line here. A record field declared in bench/measuring/metrics.py
 # is aggregated over seeds and shown under its label (format and meaning from there); any other name is derived in
 # headline_table (its format and meaning in DERIVED below).
 HEADLINE_COLUMNS = (
@@ -101,7 +101,7 @@ DERIVED = {
                    "GPU was not recorded)."),
     "peak mem GiB": (",.2f", "Peak allocated memory per process (max over processes and seeds) in GiB; on a CPU the "
                      "process's peak RSS."),
-    # The comparison with a baseline (bench/compare.py).
+    # The comparison with a baseline (bench/reporting/compare.py).
     "configuration": ("", "The configuration compared, in words (with model and dataset: everything in a run's "
                       "identity but its seed and machine)."),
     "baseline device": ("", "The device of the baseline's runs."),

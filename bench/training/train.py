@@ -5,9 +5,9 @@ once, loaders, model, optimizer, schedule, device-side preprocessing), `restore`
 unfinished run from its last checkpoint), `run_epochs` (each epoch through `run_epoch`: train,
 `validate` at its end or every `--eval-every` steps, one history row each, a checkpoint when one is
 due; `--stop-at-target` ends it at the target), then tests once and `summarise`s the history into the
-run's metrics. Experiment trackers (bench/tracking.py) see each row and the final metrics. The
-per-step code is in bench/loop.py, the measurement conventions in bench/measure.py, the metric
-declarations in bench/metrics.py.
+run's metrics. Experiment trackers (bench/results/tracking.py) see each row and the final metrics. The
+per-step code is in bench/training/loop.py, the measurement conventions in bench/measuring/measure.py, the metric
+declarations in bench/measuring/metrics.py.
 """
 from __future__ import annotations
 
@@ -21,18 +21,18 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch._dynamo.utils import counters as dynamo_counters
 from tqdm.auto import tqdm
 
-from bench import records, tracking
-from bench.config import RunConfig
-from bench.cost import cost_metrics
-from bench.environment import environment
-from bench.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
-from bench.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
-                           time_to_target)
-from bench.metrics import history_row, run_metrics
-from bench.probes import RunProbes
-from bench.profiling import StepProfiler
-from bench.preemption import Preempted, Preemption
-from bench.runtime import announce, build_model_and_optimizer, release, uses_cuda_graphs
+from bench.measuring.cost import cost_metrics
+from bench.measuring.environment import environment
+from bench.measuring.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
+                                     time_to_target)
+from bench.measuring.metrics import history_row, run_metrics
+from bench.measuring.probes import RunProbes
+from bench.results import records, tracking
+from bench.suite.config import RunConfig
+from bench.training.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
+from bench.training.preemption import Preempted, Preemption
+from bench.training.profiling import StepProfiler
+from bench.training.runtime import announce, build_model_and_optimizer, release, uses_cuda_graphs
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
@@ -57,7 +57,7 @@ class Progress:
     # Trained since the last validation (with --eval-every, an epoch can end between two), and the LR then.
     pending: Stretch = field(default_factory=Stretch)
     pending_lr: float | None = None
-    epoch_step: int = 0  # steps done in the epoch in progress (a state saved mid-epoch, bench/preemption.py)
+    epoch_step: int = 0  # steps done in the epoch in progress (a state saved mid-epoch, bench/training/preemption.py)
     requeues: int = 0  # times the run stopped on a signal and was resumed
     requeue_lost_s: float = 0.0  # wall seconds from each signal to the first step after its resume
     preempted_at: float | None = None  # time.time() of the signal the saved state stopped on
@@ -74,7 +74,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     record = describe_run(cfg, accelerator, started)
     progress, metrics = Progress(), {}
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
-    probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/probes.py)
+    probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/measuring/probes.py)
     try:
         training = build_training(cfg, accelerator, cache_dir)
         training.preemption = preemption
@@ -342,7 +342,7 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
 def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, test: EvalResult,
               train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float,
               compiled_graphs: int, probed: dict) -> dict:
-    """The run's metrics (bench/metrics.py declares each) from its history and timed sums, with what the run's
+    """The run's metrics (bench/measuring/metrics.py declares each) from its history and timed sums, with what the run's
     probes measured (`probed`: cold start, energy, device state, inference) and its cost."""
     history = progress.history
     best = max(history, key=lambda row: row["val_acc"])

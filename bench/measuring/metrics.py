@@ -4,7 +4,7 @@ A run record holds one `history` row per evaluation (per epoch, or per `--eval-e
 `metrics` dict per run. Both are built through `history_row` and `run_metrics`, which accept exactly
 the fields declared here, and the report takes its columns, number formats, explanations and
 seed aggregation from the same entries. Adding a metric = one `Metric(...)` here + its computation
-in bench/train.py (or bench/measure.py).
+in bench/training/train.py (or bench/measuring/measure.py).
 
 Aggregation over the seeds of one configuration:
 - `mean`: the mean; with `spread` also the sample standard deviation (blank for one run).
@@ -98,7 +98,7 @@ METRICS: tuple[Metric, ...] = (
            "between sessions are `requeue lost s`).", fmt=",.1f"),
     Metric("requeues", "requeues", "Times the run stopped on a signal (SIGUSR1: SLURM's warning before a time limit "
            "or preemption, then requeued; SIGTERM) and went on with --resume from the step where it stopped "
-           "(bench/preemption.py). Over seeds: the sum.", fmt=",.0f", aggregate="sum"),
+           "(bench/training/preemption.py). Over seeds: the sum.", fmt=",.0f", aggregate="sum"),
     Metric("requeue_lost_s", "requeue lost s", "Wall seconds from each such signal to the first training step after "
            "its resume (saving, exiting, waiting in the queue, starting again), summed; outside training time and "
            "wall time alike.", fmt=",.1f"),
@@ -110,7 +110,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("achieved_tflops", "TFLOP/s", "Training FLOP/s achieved: training GFLOPs per image x images/s.",
            fmt=",.2f"),
     Metric("peak_tflops", "peak TFLOP/s", "The devices' dense peak for this precision, summed over processes: "
-           "the vendor's datasheet for known GPUs (bench/measure.py GPU_PEAKS names each), a large matmul timed on "
+           "the vendor's datasheet for known GPUs (bench/measuring/measure.py GPU_PEAKS names each), a large matmul timed on "
            "the device for other GPUs; blank on a CPU, which has no peak to trust (a measured rate on a shared "
            "machine is no upper bound).", fmt=",.1f", aggregate="first"),
     Metric("peak_tflops_source", "peak source", "Where the peak comes from.", fmt="", aggregate="first"),
@@ -128,7 +128,7 @@ METRICS: tuple[Metric, ...] = (
            "outside the timed window (a resumed run: its last session's).", fmt=",.1f"),
     Metric("compile_s", "compile s", "Seconds torch.compile spent compiling during the run (training and "
            "evaluation graphs; dynamo's own timer), outside the timed window; blank for eager runs.", fmt=",.1f"),
-    # -- inference of the trained model (bench/inference.py)
+    # -- inference of the trained model (bench/measuring/inference.py)
     *(Metric(f"{prefix}_{q}_ms", f"{label} {q} ms", f"{what}latency of one image (batch 1) in evaluation mode, in the "
              f"run's precision and memory format: the {q[1:]}th percentile of calls each timed on its own (device "
              "synchronised; warm-up excluded; at least --inference-min-seconds and --inference-min-calls)"
@@ -143,7 +143,7 @@ METRICS: tuple[Metric, ...] = (
            "unless the run compiled.", fmt=",.0f"),
     Metric("infer_batch", "infer batch", "Batch of the inference throughput measurement (--inference-batch).",
            fmt=",.0f", aggregate="first"),
-    # -- energy (bench/energy.py) and cost (bench/cost.py)
+    # -- energy (bench/measuring/energy.py) and cost (bench/measuring/cost.py)
     Metric("energy_kwh", "energy kWh", "Energy of the whole run (from its start to the end of testing) from the "
            "devices' own counters, every device of the run counted once: NVML's on NVIDIA GPUs, RAPL's package "
            "counters on a CPU; blank where none is readable (`energy source` says why), never estimated.", fmt=",.4f"),
@@ -160,7 +160,7 @@ METRICS: tuple[Metric, ...] = (
            "set-up and evaluation included (DAWNBench's way).", fmt=",.4f"),
     Metric("cost_to_target_usd", "cost to target USD", "Price x devices x wall hours until validation accuracy first "
            "reached the target (`to target wall s`).", fmt=",.4f"),
-    # -- the device's state (bench/watch.py)
+    # -- the device's state (bench/measuring/watch.py)
     Metric("device_throttled", "throttled", "Whether a GPU of the run was throttling (power cap, thermal or hardware "
            "slowdown, per NVML) when its timed window opened or when training ended; over seeds, in how many runs; "
            "blank on a CPU or without NVML.", fmt="", aggregate="count"),
@@ -183,7 +183,7 @@ RUN_KEYS = tuple(metric.key for metric in METRICS if metric.per_run)
 def _checked(values: dict[str, Any], expected: tuple[str, ...], what: str) -> dict[str, Any]:
     missing, extra = set(expected) - set(values), set(values) - set(expected)
     if missing or extra:
-        raise KeyError(f"{what}: missing {sorted(missing)}, undeclared {sorted(extra)} (declare them in bench/metrics.py)")
+        raise KeyError(f"{what}: missing {sorted(missing)}, undeclared {sorted(extra)} (declare them in bench/measuring/metrics.py)")
     return {key: values[key] for key in expected}
 
 
@@ -266,7 +266,7 @@ AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same fo
 
 
 def markdown_glossary() -> str:
-    """Every declared measurement as a markdown table (`python -m bench.metrics`; docs/measurements.md embeds it)."""
+    """Every declared measurement as a markdown table (`python -m bench.measuring.metrics`; docs/measurements.md embeds it)."""
     lines = ["| column | record field | in | over seeds | meaning |", "|---|---|---|---|---|"]
     for metric in METRICS:
         where = " and ".join(name for name, flag in (("history", metric.per_epoch), ("metrics", metric.per_run)) if flag)

@@ -129,7 +129,7 @@ def summed(readings: list[tuple[str | None, list[float | None]]]) -> list[float 
 @dataclass
 class EnergyLog:
     """A run's energy, one process's share: the whole session, the timed windows (opened and closed by the window
-    timer, bench/measure.py) and a cumulative reading at every history row (for the energy to target)."""
+    timer, bench/measuring/measure.py) and a cumulative reading at every history row (for the energy to target)."""
 
     counter: EnergyCounter
     window_j: float = 0.0
@@ -155,7 +155,7 @@ class EnergyLog:
 
 def energy_metrics(sums: list[float | None], counter: EnergyCounter, timed_images: int, target_row: int | None,
                    resumed: bool) -> dict:
-    """The run's energy metrics (bench/metrics.py) from the summed readings: all empty, with the reason in
+    """The run's energy metrics (bench/measuring/metrics.py) from the summed readings: all empty, with the reason in
     `energy_source`, where no counter was readable or the run was resumed (earlier sessions were not metered)."""
     source = counter.source if counter.available else counter.reason
     if resumed:

@@ -5,7 +5,7 @@ the time limit (the templates ask for it), SIGTERM when it preempts, requeues or
 `KillWait` seconds later. The default checkpoint cadence (5 minutes) would lose up to 5 minutes each time; instead
 every process only notes the signal (a handler may run between any two bytecodes, where no collective or file
 write is safe), and at the next step boundary the processes agree, save the whole state at that step
-(bench/train.py save_checkpoint: weights, optimizer, scheduler, RNGs, the step within the epoch) and stop. Nothing
+(bench/training/train.py save_checkpoint: weights, optimizer, scheduler, RNGs, the step within the epoch) and stop. Nothing
 trained is lost: `--resume` continues at that step, in the same epoch order.
 
 - SIGUSR1 (the warning) also requeues the job: global rank 0 runs `scontrol requeue` for `SLURM_JOB_ID` (an array
@@ -31,7 +31,7 @@ import time
 import torch
 from accelerate import Accelerator
 
-from bench.loop import all_reduce_max_
+from bench.training.loop import all_reduce_max_
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped to be run again; the state is saved
 AGREE_EVERY = 10  # steps between the processes' all-reduce of the flag (several processes only)

@@ -31,7 +31,7 @@ def cpu_has_native_bf16() -> bool:
 def configure_backends(device: torch.device) -> None:
     """On CUDA: cuDNN autotuning (the input shape is fixed for a whole run, so the search pays for itself),
     and TF32 for both convolutions and matmuls, so that precision "no" means one thing (TF32 tensor cores)
-    and MFU divides by that peak (bench/measure.py math_mode); the record's env says so."""
+    and MFU divides by that peak (bench/measuring/measure.py math_mode); the record's env says so."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True
@@ -67,7 +67,7 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer) if train else (accelerator.prepare(model), None)
     if compile_mode:
-        # Static shapes: training drops its last partial batch and evaluation pads its own (bench/loop.py),
+        # Static shapes: training drops its last partial batch and evaluation pads its own (bench/training/loop.py),
         # so one training graph and one evaluation graph serve the whole run.
         model = torch.compile(model, mode=compile_mode, dynamic=False)
     return model, optimizer

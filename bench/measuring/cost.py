@@ -77,7 +77,7 @@ def pricing(args: argparse.Namespace) -> Pricing:
 
 
 def cost_metrics(price: float | None, devices: int, wall_time_s: float, to_target_wall_s: float | None) -> dict:
-    """The run's cost metrics (bench/metrics.py): price x devices x wall hours, for the run and to its target."""
+    """The run's cost metrics (bench/measuring/metrics.py): price x devices x wall hours, for the run and to its target."""
     if price is None:
         return {"price_per_hour_usd": None, "cost_usd": None, "cost_to_target_usd": None}
     rate = price * devices / 3600

@@ -59,7 +59,7 @@ GPU_PEAKS: dict[str, DatasheetPeak] = {
 
 def math_mode(device: torch.device, precision: str) -> str:
     """What the convolutions and matmuls really run in: precision "no" is TF32 on CUDA when both cuDNN
-    and matmuls allow it (bench/runtime.py configure_backends turns both on), plain fp32 otherwise."""
+    and matmuls allow it (bench/training/runtime.py configure_backends turns both on), plain fp32 otherwise."""
     if precision in ("bf16", "fp16"):
         return precision
     tf32 = torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() != "highest"
@@ -149,7 +149,7 @@ def reset_peak_memory(device: torch.device, drop_cached: bool = False) -> None:
 
     With `drop_cached` (a run's first reset), CUDA's cached free blocks go back to the driver first: a finished
     run's blocks stay cached after its objects die, and would count in the next run's peak reserved memory
-    (bench/runtime.py release() cannot free them: it runs while the run's objects are still alive)."""
+    (bench/training/runtime.py release() cannot free them: it runs while the run's objects are still alive)."""
     if device.type == "cuda":
         if drop_cached:
             torch.cuda.empty_cache()
@@ -192,7 +192,7 @@ class WindowTimer:
     images: int = 0
     data_wait_s: float = 0.0
     seconds: float = 0.0
-    energy: Any = None  # bench/energy.py EnergyLog: its counter is read at both synchronised ends of every window
+    energy: Any = None  # bench/measuring/energy.py EnergyLog: its counter is read at both synchronised ends of every window
     _start: float | None = field(default=None, repr=False)
     _waits: list = field(default_factory=list, repr=False)  # CUDA (before, after) event pairs
 

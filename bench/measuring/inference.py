@@ -11,7 +11,7 @@ memory format, on device-resident inputs already normalised (the model alone, no
 - throughput at `batch` (default 256): calls back to back, the device synchronised at both ends of a window of at
   least THROUGHPUT_MIN_CALLS calls and `min_seconds`; an out-of-memory batch is a result (`oom`), not a crash.
 
-Each measurement follows the harness's timing rules (bench/measure.py): warm-up calls excluded (compilation, cuDNN
+Each measurement follows the harness's timing rules (bench/measuring/measure.py): warm-up calls excluded (compilation, cuDNN
 autotuning, CUDA-graph recording happen there), and calls repeated until both a minimum duration and a minimum count
 are met, so a 1-ms model is not timed over ten calls and a slow one is not timed for minutes. A run that compiled is timed
 twice: eager (the model it compiled) and compiled with the run's mode (each shape is a graph of its own, compiled in
@@ -28,8 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.measure import is_oom, synchronize
-from bench.runtime import AUTOCAST_DTYPES, uses_cuda_graphs
+from bench.measuring.measure import is_oom, synchronize
+from bench.training.runtime import AUTOCAST_DTYPES, uses_cuda_graphs
 from data.cli import positive_float, positive_int
 
 # Untimed calls first: eager needs one (allocator, cuDNN's choice); a compiled model compiles on the first and
@@ -161,7 +161,7 @@ def measure_inference(model: torch.nn.Module, example: torch.Tensor, precision: 
 
 
 def inference_metrics(measured: dict | None) -> dict:
-    """The run metrics (bench/metrics.py) from `measure_inference`'s result; all None when not measured."""
+    """The run metrics (bench/measuring/metrics.py) from `measure_inference`'s result; all None when not measured."""
     fields = {}
     for prefix, key in (("infer", "eager"), ("compiled_infer", "compiled")):
         part = (measured or {}).get(key) or {}

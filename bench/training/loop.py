@@ -16,9 +16,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from bench.config import RunConfig
-from bench.measure import WindowTimer, reset_peak_memory, synchronize
-from bench.profiling import StepProfiler
+from bench.measuring.measure import WindowTimer, reset_peak_memory, synchronize
+from bench.suite.config import RunConfig
+from bench.training.profiling import StepProfiler
 from data.augment import DevicePreprocess
 
 LOG_EVERY = 50  # steps between host reads of the running loss (progress bar, divergence check)
@@ -42,11 +42,11 @@ class Training:
     compile_mode: str | None = None  # how the model is torch.compiled (None: eager)
     cuda_graphs: bool = False  # whether that compiled model replays CUDA graphs (each step is marked)
     profiler: StepProfiler | None = None
-    # The run's other probes (bench/probes.py): energy counter windows, device snapshots, the first step's end.
-    energy: Any = None  # bench/energy.py EnergyLog
-    watch: Any = None  # bench/watch.py Watch
+    # The run's other probes (bench/measuring/probes.py): energy counter windows, device snapshots, the first step's end.
+    energy: Any = None  # bench/measuring/energy.py EnergyLog
+    watch: Any = None  # bench/measuring/watch.py Watch
     first_step_at: float | None = None  # time.time() when the session's first step had finished on the device
-    preemption: Any = None  # bench/preemption.py Preemption: a signal stops the loop at a step boundary
+    preemption: Any = None  # bench/training/preemption.py Preemption: a signal stops the loop at a step boundary
 
     @property
     def eval_pad_to(self) -> int | None:
@@ -226,7 +226,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
                 rate = timer.images / elapsed * accelerator.num_processes if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{running:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
         if training.preemption is not None and training.preemption.due(accelerator, step):
-            break  # every process at the same step: the state is saved here (bench/train.py run_epochs)
+            break  # every process at the same step: the state is saved here (bench/training/train.py run_epochs)
     timer.stop()
     synchronize(device)
     seconds = time.perf_counter() - started

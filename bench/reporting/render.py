@@ -1,7 +1,7 @@
 """The report's tables as text: markdown (tabulate's pipe tables), CSV, LaTeX and HTML (pandas), and what their
 columns mean.
 
-Every column's number format and meaning is its measurement's (bench/metrics.py) or its derived column's
+Every column's number format and meaning is its measurement's (bench/measuring/metrics.py) or its derived column's
 (tables.DERIVED), looked up here alone; missing values stay blank in every format. CSV is the data: full precision, no
 formatting, one file per table whatever the chosen format.
 """
@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from bench import metrics
-from bench.tables import DERIVED
+from bench.measuring import metrics
+from bench.reporting.tables import DERIVED
 from data.files import atomic_write
 
 NUMBER_FORMATS = {**metrics.formats(), **{column: fmt for column, (fmt, _) in DERIVED.items()}}

@@ -1,9 +1,9 @@
-"""What a run measures beyond training itself, wired into one object so that bench/train.py stays about training:
-cold start (time to the first step, compile seconds), energy (bench/energy.py), the device's state at the ends of
-the timed window (bench/watch.py), and, after testing, the trained model's inference (bench/inference.py).
+"""What a run measures beyond training itself, wired into one object so that bench/training/train.py stays about training:
+cold start (time to the first step, compile seconds), energy (bench/measuring/energy.py), the device's state at the ends of
+the timed window (bench/measuring/watch.py), and, after testing, the trained model's inference (bench/measuring/inference.py).
 
 A run creates its RunProbes before anything else (the energy counter and the clock start with the run), attaches
-them to its Training (the loop opens the watch and the energy windows, bench/loop.py), and calls `finish` once
+them to its Training (the loop opens the watch and the energy windows, bench/training/loop.py), and calls `finish` once
 testing is done: every process joins its collectives, the main process alone times inference.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch._dynamo.utils import calculate_time_spent
 
-from bench.config import RunConfig
-from bench.energy import EnergyCounter, EnergyLog, energy_metrics, summed
-from bench.inference import inference_metrics, measure_inference
-from bench.loop import Training
-from bench.watch import Watch, device_flags
+from bench.measuring.energy import EnergyCounter, EnergyLog, energy_metrics, summed
+from bench.measuring.inference import inference_metrics, measure_inference
+from bench.measuring.watch import Watch, device_flags
+from bench.suite.config import RunConfig
+from bench.training.loop import Training
 from data.encode import IMAGE_SIZE
 
 

@@ -4,12 +4,12 @@ Every record names its commit: `git rev-parse HEAD`, with '+dirty' when tracked 
 changes. A tree copied to a GPU box or a container often arrives without `.git` (or without git), so two
 things stand in there:
 
-- `REVISION`, a file at the tree's root that `python -m bench.provenance stamp` writes in the checkout
+- `REVISION`, a file at the tree's root that `python -m bench.results.provenance stamp` writes in the checkout
   before the copy: the commit and the source digest it had then. In the copy the record takes the commit
   from it, marked '+modified' when the files no longer hash to the stamped digest.
 - the source digest, recorded with every result whatever the tree: a SHA-256 over the project's code files
   (bench/, models/, data/ Python files, scripts/, pyproject.toml), each hashed as git hashes a blob, so
-  that `python -m bench.provenance find DIGEST` in any clone names the commit with exactly those files,
+  that `python -m bench.results.provenance find DIGEST` in any clone names the commit with exactly those files,
   from git's own object ids, without checking anything out.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STAMP = "REVISION"
-PROG = "python -m bench.provenance"
+PROG = "python -m bench.results.provenance"
 PYTHON_FOLDERS = ("bench", "models", "data")  # their .py files; data/ also holds the dataset cache
 SOURCE_FOLDERS = (*PYTHON_FOLDERS, "scripts")
 

@@ -2,15 +2,15 @@
 to serve (inference latency and throughput), what it cost to start (first step, compilation), the energy and money
 it took, and on which device state it was measured; and the warning for results taken on a throttled or shared GPU.
 
-The columns are measurements declared in bench/metrics.py (labels, formats, meanings, seed aggregation from there),
-grouped like the speed table (bench/tables.py SPEED_KEYS), so hardware never mixes.
+The columns are measurements declared in bench/measuring/metrics.py (labels, formats, meanings, seed aggregation from there),
+grouped like the speed table (bench/reporting/tables.py SPEED_KEYS), so hardware never mixes.
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from bench.metrics import BY_KEY
-from bench.tables import SPEED_KEYS, grouped, sorted_rows
+from bench.measuring.metrics import BY_KEY
+from bench.reporting.tables import SPEED_KEYS, grouped, sorted_rows
 
 TRADEOFF_METRICS = ["infer_p50_ms", "infer_p95_ms", "infer_p99_ms", "infer_images_per_s", "infer_batch",
                     "compiled_infer_p50_ms", "compiled_infer_p99_ms", "compiled_infer_images_per_s",

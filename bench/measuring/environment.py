@@ -9,10 +9,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
-from bench.machine import machine_state
-from bench.measure import device_name, math_mode
-from bench.provenance import git_commit, source_digest
-from bench.runtime import cpu_has_native_bf16
+from bench.measuring.machine import machine_state
+from bench.measuring.measure import device_name, math_mode
+from bench.results.provenance import git_commit, source_digest
+from bench.training.runtime import cpu_has_native_bf16
 
 
 def package_version(name: str) -> str | None:
@@ -75,7 +75,7 @@ def environment(accelerator: Accelerator) -> dict:
         "tf32": math_mode(accelerator.device, "no") == "tf32",
         "cpu_native_bf16": cpu_has_native_bf16(),
         "hostname": platform.node(),
-        "git_commit": git_commit(),  # also in a tree copied without .git: see bench/provenance.py
+        "git_commit": git_commit(),  # also in a tree copied without .git: see bench/results/provenance.py
         "source_digest": source_digest(),
         "machine": machine_state(accelerator.device),  # driver, CUDA, power limit; CPU governor and frequencies
     }

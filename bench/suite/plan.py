@@ -12,7 +12,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from bench.config import CHECKED_GLOBAL_BATCH, RunConfig, SuiteConfig
+from bench.suite.config import CHECKED_GLOBAL_BATCH, RunConfig, SuiteConfig
 
 
 def listing(values: Sequence[str]) -> str:

@@ -3,7 +3,7 @@
 
 torchbench records these with every result because they explain differences between runs that the code does not:
 a GPU capped at a lower power limit, an older driver, a CPU left on the `powersave` governor. What changes during a
-run (clocks, temperature, throttling, other processes) is bench/watch.py's.
+run (clocks, temperature, throttling, other processes) is bench/measuring/watch.py's.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def gpu_machine(device: torch.device) -> dict:
     pynvml = nvml()
     if pynvml is None:
         return {"note": "NVML unavailable (install nvidia-ml-py: the `energy` extra)"}
-    from bench.energy import nvml_handle
+    from bench.measuring.energy import nvml_handle
 
     _, handle = nvml_handle(device)
     cuda = pynvml.nvmlSystemGetCudaDriverVersion()

@@ -1,0 +1,1 @@
+"""From records to the report: tables, plots, formats, comparisons and trade-offs."""
