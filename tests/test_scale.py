@@ -128,7 +128,7 @@ def test_two_machines_resume_from_a_shared_results_folder(two_machine_run, cache
 
 @pytest.mark.slow
 def test_a_machine_that_dies_ends_the_run_on_the_other_with_one_line(cache_dir, tmp_path):
-    port, args = str(free_port()), [*ONE_RUN, "--synthetic-size", "640", "21", "--epochs", "3",
+    port, args = str(free_port()), [*ONE_RUN, "--epochs", "4",
                                     "--collective-timeout-s", "30", "--checkpoint-minutes", "0",
                                     "--cache-dir", str(cache_dir)]
     machines = []

@@ -14,6 +14,7 @@ no accounting, so no account is checked.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,11 +31,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ON_LOCAL_CLUSTER = ["--gpus-per-node=0", "--cpus-per-task=1", "--partition=gpu"]
 SUITE = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "1"]
-# The array's suite: two runs of 2 epochs of 33 steps, validated every 40 steps, so that a line at step 40 says that
-# the first task is in its second epoch, where SLURM's warning (SIGUSR1) then preempts it. Default checkpoint cadence.
-PREEMPTED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--seeds", "0", "1", "--epochs", "2",
-                               "--synthetic-size", "640", "21", "--eval-every", "40", "--no-inference"]
-ROWS = [40, 66]  # an uninterrupted run's validations
+# The array's suite: resnet18 and the example plugin's tiny CNN, one per task (split by FLOPs), 2 epochs of a
+# dozen and more steps, validated every 20 steps: resnet18's line at step 20 says that its task is in its second
+# epoch, where SLURM's warning (SIGUSR1) then preempts it. The default checkpoint cadence (5 minutes).
+PREEMPTED = TINY + ONE_CORE + ["--plugin", "examples/tiny_cnn.py", "--models", "resnet18", "tiny_cnn", "--datasets",
+                               "mnist", "--epochs", "2", "--synthetic-size", "320", "21", "--eval-every", "20",
+                               "--no-inference"]
 WAIT_S = 600
 
 
@@ -104,28 +106,32 @@ def cluster_runs(tmp_path_factory, cache_dir) -> dict:
          "--results-dir", str(runs["submit"]), "--cache-dir", str(cache_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    # SLURM's warning to the array's first task in its second epoch, as --signal=USR1@90 sends it to the job step.
-    first_task, first_log, requeued_at = f"{jobs['array']}_1", root / "array-1.out", None
+    # SLURM's warning to resnet18's task in its second epoch, as --signal=USR1@90 sends it to the job step.
+    requeued_at, warned = None, None
     while requeued_at is None and time.monotonic() < deadline and queued([jobs["array"]]):
-        if first_log.exists() and " epoch 1.21/2:" in first_log.read_text():
-            done = subprocess.run(["scancel", "--signal=USR1", first_task], capture_output=True, text=True)
-            assert done.returncode == 0, done.stderr
-            requeued_at = time.monotonic() - started
+        for task in (1, 2):
+            log = root / f"array-{task}.out"
+            if log.exists() and re.search(r"resnet18 mnist epoch 1\.\d+/2:", log.read_text()):
+                done = subprocess.run(["scancel", "--signal=USR1", f"{jobs['array']}_{task}"], capture_output=True,
+                                      text=True)
+                assert done.returncode == 0, done.stderr
+                requeued_at, warned = time.monotonic() - started, task
         time.sleep(0.2)
 
     wait_for(list(jobs.values()), deadline)
     out, _ = submit.communicate(timeout=max(deadline - time.monotonic(), 1))
     print(f"slurm jobs done in {time.monotonic() - started:.0f} s (warned after {requeued_at} s)")
     logs = {path.name: path.read_text() for path in root.glob("*.out")}
-    return {"root": root, "runs": runs, "jobs": jobs, "logs": logs, "requeued_at": requeued_at,
+    return {"root": root, "runs": runs, "jobs": jobs, "logs": logs, "requeued_at": requeued_at, "warned": warned,
             "submit": (submit.returncode, out)}
 
 
 def test_array_template_over_two_shards_makes_the_whole_suite(cluster_runs):
     results = cluster_runs["runs"]["array"]
-    whole = [run.run_id for run in parse_suite(PREEMPTED, gpu_available=False, num_processes=1).runs]
-    recorded = [record["run_id"] for record in records_in(results)]
-    assert sorted(recorded) == sorted(whole), cluster_runs["logs"]
+    # The whole suite, once: its two runs (not parsed here: the plugin's model would stay registered in this process).
+    recorded = records_in(results)
+    assert sorted(record["model"] for record in recorded) == ["resnet18", "tiny_cnn"], cluster_runs["logs"]
+    whole = [record["run_id"] for record in recorded]
     shards = [log for name, log in cluster_runs["logs"].items() if name.startswith("array-")]
     assert len(shards) == 2 and all("1 run(s), 1 process(es) on cpu" in log for log in shards)
     report = run_module("bench.report", "--results-dir", str(results))
@@ -158,12 +164,15 @@ def test_submit_on_slurm_sends_one_job_array_into_one_results_folder(cluster_run
 
 
 def test_a_preempted_task_saves_its_step_requeues_itself_and_resumes_there(cluster_runs):
-    log = cluster_runs["logs"]["array-1.out"]
-    assert cluster_runs["requeued_at"] is not None, f"never warned (no step-40 line seen while it ran):\n{log[-3000:]}"
-    (record,) = [r for r in records_in(cluster_runs["runs"]["array"]) if r["metrics"]["requeues"]]
+    assert cluster_runs["requeued_at"] is not None, f"never warned (no step-20 line seen):\n{cluster_runs['logs']}"
+    task = cluster_runs["warned"]
+    log = cluster_runs["logs"][f"array-{task}.out"]
+    (record,) = [r for r in records_in(cluster_runs["runs"]["array"]) if r["model"] == "resnet18"]
     stopped = int(log.split("preempted: SIGUSR1 at step ")[1].split()[0])
-    assert 40 < stopped < ROWS[-1] and f"requeued as job {cluster_runs['jobs']['array']}_1" in log, log[-3000:]
-    assert f"resuming {record['run_id']} after epoch 1 and {stopped - 33} step(s) of epoch 2" in log, log[-3000:]
+    in_epoch = int(log.split(f"resuming {record['run_id']} after epoch 1 and ")[1].split()[0])
+    assert stopped > 20 and 0 < in_epoch < stopped, log[-3000:]
+    assert f"requeued as job {cluster_runs['jobs']['array']}_{task}" in log, log[-3000:]
     # The same history as an uninterrupted run, one record, and the lost time counted apart.
-    assert [row["step"] for row in record["history"]] == ROWS and log.count(f"finished: {record['run_id']}") == 1
+    assert [row["step"] for row in record["history"]] == [20, 2 * (stopped - in_epoch)]
+    assert log.count(f"finished: {record['run_id']}") == 1
     assert record["metrics"]["requeues"] == 1 and record["metrics"]["requeue_lost_s"] > 0

@@ -139,5 +139,6 @@ def test_overhead_benchmark_prints_both_throughputs_and_their_ratio():
     match = re.search(r"harness ([\d,.]+) img/s, bare ([\d,.]+) img/s, ratio ([\d.]+)", done.stdout)
     assert match, done.stdout
     harness, bare, ratio = (float(group.replace(",", "")) for group in match.groups())
-    assert harness > 0 and bare > 0 and abs(ratio - harness / bare) < 0.01
+    # Printed to one decimal: at a few img/s (a loaded machine) the rounding alone moves the ratio by several %.
+    assert harness > 0 and bare > 0 and ratio == pytest.approx(harness / bare, rel=0.1, abs=0.01)
     assert len(re.findall(r"^round \d", done.stdout, flags=re.M)) == 2
