@@ -76,21 +76,17 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     tmp = temp_sibling(path)
     with full_disk_is_one_line(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_and_rename(path, tmp, write)
-    return path
-
-
-def _write_and_rename(path: Path, tmp: Path, write: Callable[[Path], object]) -> None:
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:

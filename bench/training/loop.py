@@ -49,6 +49,11 @@ class Training:
     preemption: Any = None  # bench/training/preemption.py Preemption: a signal stops the loop at a step boundary
 
     @property
+    def preempted(self) -> bool:
+        """Whether every process agreed to stop at this step on a signal (bench/training/preemption.py)."""
+        return self.preemption is not None and self.preemption.agreed is not None
+
+    @property
     def eval_pad_to(self) -> int | None:
         """A compiled model keeps one static batch shape: evaluation pads its last, partial batch to it."""
         return self.loaders["train"].batch_size if self.compile_mode else None

@@ -244,8 +244,7 @@ def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, pro
             progress.wall_time_s = elapsed()
             if reached and cfg.stop_at_target:
                 break
-            stopping = training.preemption is not None and training.preemption.agreed is not None
-            if stopping and progress.epoch < cfg.epochs:  # after the last epoch the record is a few seconds away
+            if training.preempted and progress.epoch < cfg.epochs:  # after the last epoch the record is a few seconds away
                 progress.preempted_at, progress.requeues = training.preemption.received_at, progress.requeues + 1
                 save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
                 raise Preempted(training.preemption.agreed, cfg.run_id, progress.step)
@@ -304,7 +303,7 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
                 progress.pending, progress.pending_lr = Stretch(), training.optimizer.param_groups[0]["lr"]
                 if reached and cfg.stop_at_target:
                     break
-            if exhausted or training.preemption is not None and training.preemption.agreed is not None:
+            if exhausted or training.preempted:
                 break
     finally:
         close = getattr(batches, "close", None)  # ffcv's iterator thread holds pinned and device buffers
