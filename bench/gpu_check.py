@@ -12,7 +12,6 @@ plots, records, gpu-check.log); the summary is the page to read first when only 
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -32,9 +31,9 @@ from bench.reporting.render import markdown_table
 from bench.reporting.tables import accuracy_table, run_rows, speed_table, sweep_table
 from bench.results.records import load_records, load_sweeps
 from bench.suite.config import PRESETS, RECIPES, recipe_batch
-from data.cli import OneLineParser, positive_int
+from common.cli import OneLineParser, existing_folder, positive_int
 from data.datasets import get_spec
-from data.files import atomic_write
+from common.files import atomic_write
 from models import study_datasets
 
 PROG = "python -m bench.gpu_check"
@@ -232,13 +231,6 @@ def summary_markdown(run_dir: Path, budget_s: int, cpu: bool, env: dict) -> str:
 
 # ----- command line --------------------------------------------------------------------------------------------
 
-def existing_folder(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}")
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -246,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe_parser.add_argument("--data-dir", type=Path, default=None)
     probe_parser.add_argument("--wheels", type=Path, default=None, help="the folder ffcv would be installed from")
     summary_parser = commands.add_parser("summary", help="write RUN_DIR/SUMMARY.md")
-    summary_parser.add_argument("--run-dir", type=existing_folder, required=True)
+    summary_parser.add_argument("--run-dir", type=existing_folder("the run folder of scripts/gpu-check.sh"), required=True)
     summary_parser.add_argument("--budget-s", type=positive_int, required=True)
     summary_parser.add_argument("--cpu", action="store_true", help="the run was a CPU rehearsal")
     args = parser.parse_args(argv)

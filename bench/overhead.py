@@ -26,7 +26,7 @@ from bench.suite.config import PRECISIONS, RECIPES, RunConfig
 from bench.training.loop import Training, make_schedule, train_steps
 from bench.training.runtime import announce, build_model_and_optimizer, configure_backends, precision_error
 from data.augment import DevicePreprocess
-from data.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
+from common.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names, get_spec
 from models import model_names
 

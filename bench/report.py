@@ -33,9 +33,9 @@ from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table,
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.records import runs_dir
 from bench.suite.config import PRESETS, results_folder
-from data.cli import OneLineParser, add_plugin_option, load_plugins
+from common.cli import OneLineParser, add_plugin_option, existing_folder, load_plugins
 from data.datasets import dataset_names
-from data.files import DiskFull, atomic_write
+from common.files import DiskFull, atomic_write
 
 PROG = "python -m bench.report"
 
@@ -270,23 +270,18 @@ def iso_day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
 
 
-def existing_folder(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a folder; expected a results folder of bench/run.py "
-                                         "(holding runs/ or speed/)")
-    return path
+RESULTS_FOLDER = existing_folder("a results folder of bench/run.py (holding runs/ or speed/)")
 
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Tables and plots from the run records of bench/run.py "
                            "(and the speed sweeps of bench/speed.py): REPORT.md, tables/, plots/*.png.")
-    parser.add_argument("--results-dir", type=existing_folder, nargs="+", default=[Path("results")], metavar="DIR",
+    parser.add_argument("--results-dir", type=RESULTS_FOLDER, nargs="+", default=[Path("results")], metavar="DIR",
                         help="results folder(s) to report on, merged: the same run on the same device kind counts "
                         "once (default: results/)")
     parser.add_argument("--out", type=results_folder, metavar="DIR",
                         help="where REPORT.md, tables/ and plots/ go (default: the first --results-dir)")
-    parser.add_argument("--baseline", type=existing_folder, nargs="+", metavar="DIR",
+    parser.add_argument("--baseline", type=RESULTS_FOLDER, nargs="+", metavar="DIR",
                         help="results folder(s) to compare with: per configuration present on both sides, the "
                         "changes in accuracy, img/s, peak memory and time to target, and a flag where throughput "
                         "fell beyond the noise (the filters below pick the records reported; the baseline is matched "

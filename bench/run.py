@@ -30,7 +30,7 @@ from bench.training.preemption import REQUEUE_EXIT, Preempted, Preemption, stop_
 from bench.training.runtime import announce, configure_backends, cpu_has_native_bf16, precision_error
 from bench.training.train import train_run
 from data.errors import DataError
-from data.files import DiskFull
+from common.files import DiskFull
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,10 +36,10 @@ from bench.training.profiling import StepProfiler
 from bench.training.runtime import (AUTOCAST_DTYPES, announce, build_model_and_optimizer, configure_backends, precision_error,
                                     release, uses_cuda_graphs)
 from data.augment import DevicePreprocess
-from data.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
+from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
 from data.encode import IMAGE_SIZE
-from data.files import DiskFull, write_json_atomic
+from common.files import DiskFull, write_json_atomic
 from models import model_names
 from models.facts import model_facts
 

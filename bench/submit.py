@@ -28,7 +28,7 @@ from typing import Sequence
 
 from bench.report import main as report_main
 from bench.suite.config import parse_suite
-from data.cli import OneLineParser, non_negative_int, positive_int
+from common.cli import OneLineParser, non_negative_int, positive_int
 
 PROG = "python -m bench.submit"
 

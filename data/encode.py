@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from data.datasets import DatasetSpec, get_spec
 from data.errors import DataError
-from data.files import atomic_write, sha256_files, write_json_atomic
+from common.files import atomic_write, sha256_files, write_json_atomic
 from data.sources import RawDataset, locate_source, make_synthetic, read_source, synthetic_checksum
 
 IMAGE_SIZE = 64

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from data.errors import DataError
-from data.files import sha256_files
+from common.files import sha256_files
 
 if TYPE_CHECKING:
     from data.datasets import DatasetSpec

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from data.encode import FIELD_NAMES, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
-from data.cli import OneLineParser, add_plugin_option, load_plugins
+from common.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
 from data.errors import DataError
-from data.files import DiskFull
+from common.files import DiskFull
 from data.sources import DATA_DIR_ENV
 from models import study_datasets
 

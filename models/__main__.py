@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from data.cli import OneLineParser, add_plugin_option, load_plugins
+from common.cli import OneLineParser, add_plugin_option, load_plugins
 from models.facts import facts_table
 from models.registry import model_entry, model_names
 

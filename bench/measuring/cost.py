@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.cli import positive_float
+from common.cli import positive_float
 
 TABLE_HEADER = ["device", "usd_per_hour"]
 

@@ -30,7 +30,7 @@ import torch
 
 from bench.measuring.measure import is_oom, synchronize
 from bench.training.runtime import AUTOCAST_DTYPES, uses_cuda_graphs
-from data.cli import positive_float, positive_int
+from common.cli import positive_float, positive_int
 
 # Untimed calls first: eager needs one (allocator, cuDNN's choice); a compiled model compiles on the first and
 # records its CUDA graph on a later one.

@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
 from bench.measuring.metrics import BY_KEY
 from bench.reporting.tables import CONFIG_KEYS, HEADLINE_GROUP, PRECISION_NAMES, grouped, sorted_rows, with_gib
-from data.files import atomic_write
+from common.files import atomic_write
 from models import model_names
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

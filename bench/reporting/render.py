@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.measuring import metrics
 from bench.reporting.tables import DERIVED
-from data.files import atomic_write
+from common.files import atomic_write
 
 NUMBER_FORMATS = {**metrics.formats(), **{column: fmt for column, (fmt, _) in DERIVED.items()}}
 

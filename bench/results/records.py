@@ -1,7 +1,7 @@
 """Run records, speed-sweep records and checkpoints on disk.
 
 A record is one JSON file per run under `results/runs/` (per sweep point under `results/speed/`),
-written whole (data/files.py), so a killed suite never leaves a half-written record. Unfinished runs
+written whole (common/files.py), so a killed suite never leaves a half-written record. Unfinished runs
 live in `results/checkpoints/<run_id>/` as Accelerate state folders plus `progress.json`, which names
 the last complete one.
 """
@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from data.files import write_json_atomic
+from common.files import write_json_atomic
 
 RECORD_SCHEMA = 1
 # A record's status is one of finished, diverged, oom, failed. --resume skips the final ones and retries

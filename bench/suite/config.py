@@ -20,7 +20,7 @@ from bench.measuring.cost import Pricing, add_cost_options, pricing
 from bench.measuring.inference import InferenceOptions, add_inference_options, inference_options
 from bench.results.tracking import ALL as ALL_TRACKERS, TRACKERS
 from bench.suite.shards import shard_runs, shard_spec
-from data.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
+from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
                       positive_float, positive_int)
 from data.datasets import dataset_names
 from data.loaders import default_num_workers

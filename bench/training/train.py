@@ -37,7 +37,7 @@ from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
 from data.errors import DataError
-from data.files import full_disk_is_one_line
+from common.files import full_disk_is_one_line
 from data.loaders import set_loader_epoch, shared_loader
 from models.facts import model_facts
 

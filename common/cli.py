@@ -38,6 +38,18 @@ positive_float = number_type(float, "a positive number", lambda value: value > 0
 non_negative_float = number_type(float, "a number >= 0", lambda value: value >= 0)
 
 
+def existing_folder(expected: str) -> Callable[[str], Path]:
+    """An argparse `type` for a folder that must exist; the error says what it was expected to hold."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is not a folder; expected {expected}")
+        return path
+
+    return parse
+
+
 def import_plugin(plugin: str) -> None:
     """Import a plugin named as a module (`my_models`, found on the Python path) or as a file (`path/to/my_models.py`).
     A file is imported under a name of its own, so that no package of the same name (a `models/` folder in the
