@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from bench.measuring.environment import environment, package_version, use_cpu
-from bench.measuring.measure import device_name
+from bench.measuring.device import device_name
 from bench.measuring.metrics import BY_KEY
 from bench.reporting.plots import slug
 from bench.reporting.render import markdown_table

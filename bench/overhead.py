@@ -24,7 +24,8 @@ from bench.measuring.measure import WindowTimer, synchronize
 from bench.speed import bare_train_step, synthetic_batches
 from bench.suite.config import PRECISIONS, RECIPES, RunConfig
 from bench.training.loop import Training, make_schedule, train_steps
-from bench.training.runtime import announce, build_model_and_optimizer, configure_backends, precision_error
+from bench.measuring.device import precision_error
+from bench.training.runtime import announce, build_model_and_optimizer, configure_backends
 from data.augment import DevicePreprocess
 from common.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names, get_spec

@@ -27,7 +27,8 @@ from bench.results.tracking import tracker_dir, tracker_error
 from bench.suite.config import RunConfig, SuiteConfig, collective_timeout, parse_suite
 from bench.suite.plan import batch_warnings, dry_run_table, suite_line
 from bench.training.preemption import REQUEUE_EXIT, Preempted, Preemption, stop_line
-from bench.training.runtime import announce, configure_backends, cpu_has_native_bf16, precision_error
+from bench.measuring.device import cpu_has_native_bf16, precision_error
+from bench.training.runtime import announce, configure_backends
 from bench.training.train import train_run
 from data.errors import DataError
 from common.files import DiskFull

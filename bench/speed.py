@@ -29,12 +29,12 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from bench.measuring.environment import environment, use_cpu
 from bench.measuring.maxbatch import describe, memory_budget, search
-from bench.measuring.measure import is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
+from bench.measuring.device import AUTOCAST_DTYPES, peak_tflops, precision_error, uses_cuda_graphs
+from bench.measuring.measure import is_oom, peak_memory_bytes, reset_peak_memory, synchronize
 from bench.results.records import sweeps_dir
 from bench.suite.config import COMPILE_MODES, PRECISIONS, results_folder
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import (AUTOCAST_DTYPES, announce, build_model_and_optimizer, configure_backends, precision_error,
-                                    release, uses_cuda_graphs)
+from bench.training.runtime import announce, build_model_and_optimizer, configure_backends, release
 from data.augment import DevicePreprocess
 from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec

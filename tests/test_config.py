@@ -7,13 +7,12 @@ import time
 import pytest
 import torch
 
-from bench.measuring.measure import (GPU_PEAKS, WindowTimer, datasheet_peak, math_mode, peak_memory_bytes, peak_tflops,
-                                     reset_peak_memory, time_to_target)
+from bench.measuring.device import GPU_PEAKS, datasheet_peak, math_mode, peak_tflops, uses_cuda_graphs
+from bench.measuring.measure import WindowTimer, peak_memory_bytes, reset_peak_memory, time_to_target
 from bench.suite.config import RECIPES, parse_suite
 from bench.suite.plan import batch_warnings, suite_line
 from bench.suite.shards import run_cost
 from bench.training.loop import make_schedule
-from bench.training.runtime import uses_cuda_graphs
 from models import study_result
 
 

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from bench.measuring.measure import WindowTimer, datasheet_peak, measured_matmul_tflops, peak_memory_bytes, reset_peak_memory
+from bench.measuring.device import datasheet_peak, measured_matmul_tflops
+from bench.measuring.measure import WindowTimer, peak_memory_bytes, reset_peak_memory
 from bench.speed import bare_train_step
 from bench.training.runtime import build_model_and_optimizer
 from data.encode import prepare_dataset

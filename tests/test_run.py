@@ -52,7 +52,7 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
             assert env[key], key
         assert record["config"]["batch_size"] == 16 and record["global_batch_size"] == 16
         assert len(record["history"]) == 1
-        # The whole trade-off (bench/measuring/probes.py): the trained model's inference, cold start, cost, machine, energy.
+        # The whole trade-off (bench/training/probes.py): the trained model's inference, cold start, cost, machine, energy.
         latency = [metrics[f"infer_{q}_ms"] for q in ("p50", "p95", "p99")]
         assert 0 < latency[0] <= latency[1] <= latency[2] and metrics["infer_images_per_s"] > 0
         assert record["inference"]["eager"]["throughput"]["status"] == "ok" and record["inference"]["compiled"] is None

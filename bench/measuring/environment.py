@@ -10,9 +10,8 @@ from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
 from bench.measuring.machine import machine_state
-from bench.measuring.measure import device_name, math_mode
+from bench.measuring.device import cpu_has_native_bf16, device_name, math_mode
 from bench.results.provenance import git_commit, source_digest
-from bench.training.runtime import cpu_has_native_bf16
 
 
 def package_version(name: str) -> str | None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bench.measuring.measure import is_oom, synchronize
-from bench.training.runtime import AUTOCAST_DTYPES, uses_cuda_graphs
+from bench.measuring.device import AUTOCAST_DTYPES, uses_cuda_graphs
 from common.cli import positive_float, positive_int
 
 # Untimed calls first: eager needs one (allocator, cuDNN's choice); a compiled model compiles on the first and

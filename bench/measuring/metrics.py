@@ -110,7 +110,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("achieved_tflops", "TFLOP/s", "Training FLOP/s achieved: training GFLOPs per image x images/s.",
            fmt=",.2f"),
     Metric("peak_tflops", "peak TFLOP/s", "The devices' dense peak for this precision, summed over processes: "
-           "the vendor's datasheet for known GPUs (bench/measuring/measure.py GPU_PEAKS names each), a large matmul timed on "
+           "the vendor's datasheet for known GPUs (bench/measuring/device.py GPU_PEAKS names each), a large matmul timed on "
            "the device for other GPUs; blank on a CPU, which has no peak to trust (a measured rate on a shared "
            "machine is no upper bound).", fmt=",.1f", aggregate="first"),
     Metric("peak_tflops_source", "peak source", "Where the peak comes from.", fmt="", aggregate="first"),

@@ -42,7 +42,7 @@ class Training:
     compile_mode: str | None = None  # how the model is torch.compiled (None: eager)
     cuda_graphs: bool = False  # whether that compiled model replays CUDA graphs (each step is marked)
     profiler: StepProfiler | None = None
-    # The run's other probes (bench/measuring/probes.py): energy counter windows, device snapshots, the first step's end.
+    # The run's other probes (bench/training/probes.py): energy counter windows, device snapshots, the first step's end.
     energy: Any = None  # bench/measuring/energy.py EnergyLog
     watch: Any = None  # bench/measuring/watch.py Watch
     first_step_at: float | None = None  # time.time() when the session's first step had finished on the device

@@ -9,40 +9,17 @@ from accelerate import Accelerator
 
 from models import build_model
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that replay CUDA graphs
 FUSED_SGD_DEVICES = ("cuda", "cpu")  # where torch has a fused SGD kernel
-
-
-def precision_error(precision: str, device: torch.device) -> str | None:
-    """Why `precision` cannot run on `device`, or None when it can."""
-    if precision == "fp16" and device.type != "cuda":
-        return "fp16 needs a CUDA GPU; use bf16 (or no) on this device"
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it at
-    about a tenth of the fp32 speed."""
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                         "_is_amx_tile_supported"))
 
 
 def configure_backends(device: torch.device) -> None:
     """On CUDA: cuDNN autotuning (the input shape is fixed for a whole run, so the search pays for itself),
     and TF32 for both convolutions and matmuls, so that precision "no" means one thing (TF32 tensor cores)
-    and MFU divides by that peak (bench/measuring/measure.py math_mode); the record's env says so."""
+    and MFU divides by that peak (bench/measuring/device.py math_mode); the record's env says so."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
-
-
-def uses_cuda_graphs(compile_mode: str | None, device: torch.device) -> bool:
-    """Whether a model compiled in `compile_mode` replays CUDA graphs on `device`, so that every step must be
-    marked (torch.compiler.cudagraph_mark_step_begin): once one call is marked, cudagraph trees take unmarked
-    calls for the same step, and a step whose previous outputs are still alive records a new graph."""
-    return device.type == "cuda" and compile_mode in CUDA_GRAPH_MODES
 
 
 def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, device: torch.device, *,

@@ -23,16 +23,16 @@ from tqdm.auto import tqdm
 
 from bench.measuring.cost import cost_metrics
 from bench.measuring.environment import environment
-from bench.measuring.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
-                                     time_to_target)
+from bench.measuring.device import device_name, peak_tflops, uses_cuda_graphs
+from bench.measuring.measure import WindowTimer, is_oom, peak_memory_bytes, reset_peak_memory, time_to_target
 from bench.measuring.metrics import history_row, run_metrics
-from bench.measuring.probes import RunProbes
+from bench.training.probes import RunProbes
 from bench.results import records, tracking
 from bench.suite.config import RunConfig
 from bench.training.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
 from bench.training.preemption import Preempted, Preemption
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import announce, build_model_and_optimizer, release, uses_cuda_graphs
+from bench.training.runtime import announce, build_model_and_optimizer, release
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
@@ -74,7 +74,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
     record = describe_run(cfg, accelerator, started)
     progress, metrics = Progress(), {}
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
-    probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/measuring/probes.py)
+    probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/training/probes.py)
     try:
         training = build_training(cfg, accelerator, cache_dir)
         training.preemption = preemption
