@@ -32,6 +32,7 @@ from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table,
                                     speed_table, sweep_table, weakest_classes)
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.records import runs_dir
+from bench.results.schema import RunRecord, SweepRecord
 from bench.suite.config import PRESETS, results_folder
 from common.cli import OneLineParser, add_plugin_option, existing_folder, load_plugins
 from data.datasets import dataset_names
@@ -57,18 +58,18 @@ class Filters:
         parts = [f"{name}={value}" for name, value in vars(self).items() if value is not None]
         return ", ".join(parts) if parts else "none"
 
-    def _common(self, record: dict, stamp_key: str) -> bool:
-        if self.device is not None and self.device.lower() not in str(record.get("device") or "").lower():
+    def _common(self, record: RunRecord | SweepRecord, stamp: str | None) -> bool:
+        if self.device is not None and self.device.lower() not in str(record.device or "").lower():
             return False
-        if self.dataset is not None and record.get("dataset") != self.dataset:
+        if self.dataset is not None and record.dataset != self.dataset:
             return False
-        return self.since is None or str(record.get(stamp_key) or "")[:10] >= self.since.isoformat()
+        return self.since is None or str(stamp or "")[:10] >= self.since.isoformat()
 
-    def keep_run(self, record: dict) -> bool:
-        return self._common(record, "started_at") and (self.preset is None or record.get("preset") == self.preset)
+    def keep_run(self, record: RunRecord) -> bool:
+        return self._common(record, record.started_at) and (self.preset is None or record.preset == self.preset)
 
-    def keep_sweep(self, record: dict) -> bool:
-        return self.preset is None and self._common(record, "measured_at")
+    def keep_sweep(self, record: SweepRecord) -> bool:
+        return self.preset is None and self._common(record, record.measured_at)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
@@ -23,13 +22,14 @@ from accelerate.utils import gather_object
 from bench.measuring.environment import cpu_launch_error, num_machines, use_cpu
 from bench.report import write_report
 from bench.results import records
+from bench.results.schema import FINAL_STATUSES
 from bench.results.tracking import tracker_dir, tracker_error
 from bench.suite.config import RunConfig, SuiteConfig, collective_timeout, parse_suite
 from bench.suite.plan import batch_warnings, dry_run_table, suite_line
 from bench.training.preemption import REQUEUE_EXIT, Preempted, Preemption, stop_line
 from bench.measuring.device import cpu_has_native_bf16, precision_error
 from bench.training.runtime import announce, configure_backends
-from bench.training.train import train_run
+from bench.training.train import failed_record, train_run
 from data.errors import DataError
 from common.files import DiskFull
 
@@ -86,11 +86,12 @@ def run_suite(argv: Sequence[str] | None) -> int:
     outcomes: list[tuple[str, str]] = []
     for cfg in suite.runs:
         done = records.existing_record(suite.results_dir, cfg.run_id) if suite.resume else None
-        if done is not None and done["status"] in records.FINAL_STATUSES:
-            announce(accelerator, f"skip {cfg.run_id}: already recorded ({done['status']})")
-            outcomes.append((cfg.run_id, done["status"]))
+        if done is not None and done.status in FINAL_STATUSES:
+            announce(accelerator, f"skip {cfg.run_id}: already recorded ({done.status})")
+            outcomes.append((cfg.run_id, done.status))
             continue
         announce(accelerator, f"run {cfg.run_id}")
+        run_started = time.time()
         try:
             record = train_run(cfg, accelerator, suite.results_dir, suite.cache_dir, resume=suite.resume,
                                keep_checkpoints=suite.keep_checkpoints, profile=suite.profile, preemption=preemption)
@@ -109,13 +110,11 @@ def run_suite(argv: Sequence[str] | None) -> int:
             if accelerator.num_processes > 1 and peer_lost(error):
                 leave_for_lost_peer(accelerator.process_index, cfg.run_id, error)
             announce(accelerator, f"run {cfg.run_id} failed: {error!r}")
-            record = {"run_id": cfg.run_id, "status": "failed", "error": repr(error),
-                      "traceback": traceback.format_exc(), "model": cfg.model, "dataset": cfg.dataset, "metrics": {}}
+            record = failed_record(cfg, accelerator, run_started, error)
         if accelerator.is_main_process:
             records.write_record(suite.results_dir, record)
-        announce(accelerator, f"{record['status']}: {cfg.run_id}"
-                          + (f" ({record['error']})" if record.get("error") else ""))
-        outcomes.append((cfg.run_id, record["status"]))
+        announce(accelerator, f"{record.status}: {cfg.run_id}" + (f" ({record.error})" if record.error else ""))
+        outcomes.append((cfg.run_id, record.status))
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -154,7 +153,7 @@ def resume_mismatch(results_dir: Path, runs: Sequence[RunConfig]) -> str | None:
     for cfg in runs:
         record = records.existing_record(results_dir, cfg.run_id)
         progress = records.read_progress(results_dir, cfg.run_id)
-        seen.append((record.get("status") if record else None, progress["state"] if progress else None))
+        seen.append((record.status if record else None, progress["state"] if progress else None))
     views = gather_object([seen])
     for rank, view in enumerate(views):
         for cfg, mine, main in zip(runs, view, views[0]):

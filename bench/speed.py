@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
@@ -31,7 +30,10 @@ from bench.measuring.environment import environment, use_cpu
 from bench.measuring.maxbatch import describe, memory_budget, search
 from bench.measuring.device import AUTOCAST_DTYPES, peak_tflops, precision_error, uses_cuda_graphs
 from bench.measuring.measure import is_oom, peak_memory_bytes, reset_peak_memory, synchronize
-from bench.results.records import sweeps_dir
+from bench.reporting.render import markdown_table
+from bench.reporting.tables import sweep_table
+from bench.results.records import write_sweep
+from bench.results.schema import SweepRecord
 from bench.suite.config import COMPILE_MODES, PRECISIONS, results_folder
 from bench.training.profiling import StepProfiler
 from bench.training.runtime import announce, build_model_and_optimizer, configure_backends, release
@@ -39,7 +41,7 @@ from data.augment import DevicePreprocess
 from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
 from data.encode import IMAGE_SIZE
-from common.files import DiskFull, write_json_atomic
+from common.files import DiskFull
 from models import model_names
 from models.facts import model_facts
 
@@ -268,7 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(accelerator)
     if args.memory_limit_gb and not (args.find_max_batch and device.type == "cpu"):  # there: the search's budget
         limit_memory(args.memory_limit_gb, device)
-    out_dir = sweeps_dir(args.results_dir)
     num_workers = args.num_workers or max(1, (torch.get_num_threads()) // accelerator.num_processes)
     if args.find_max_batch:  # one point per setting, at the batch the search finds
         points = [max_batch_point(SpeedPoint(model, args.dataset, "train", precision, channels_last, compiled, 1,
@@ -294,48 +295,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             batches = ffcv_batches(point.dataset, point.batch_size, device, accelerator.num_processes > 1,
                                    num_workers, args.data_dir, args.cache_dir, args.synthetic_source)
-        record = {"schema": 1, **asdict(point), **searched, "in_channels": get_spec(point.dataset).channels,
-                  "world_size": accelerator.num_processes, "global_batch_size": point.batch_size * accelerator.num_processes,
-                  "device": env["device_name"], "env": env,
-                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warmup": args.warmup, "steps": args.steps,
-                  "windows": args.windows}
         profile_dir = args.results_dir / "profiles" / f"speed-{point.key}" if args.profile else None
         try:
-            record.update(measure_point(point, accelerator, batches, args.warmup, args.steps, args.windows, profile_dir))
+            measured = measure_point(point, accelerator, batches, args.warmup, args.steps, args.windows, profile_dir)
         except Exception as error:  # noqa: BLE001 -- a point that fails is a result; the sweep goes on
             # Out of memory is `oom`; anything else (an inductor or Triton failure on a compiled point, say) is
             # `error` with its first line, and the traceback goes to stderr for the log.
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             if is_oom(error):
-                record.update({"status": "oom", "error": message})
+                measured = {"status": "oom", "error": message}
             else:
                 traceback.print_exc()
-                record.update({"status": "error", "error": f"{type(error).__name__}: {message}"})
+                measured = {"status": "error", "error": f"{type(error).__name__}: {message}"}
         finally:
             batches.close()
             release(accelerator, compiled=point.compile != "off")
+        record = SweepRecord(**asdict(point), **searched, **measured, in_channels=get_spec(point.dataset).channels,
+                             world_size=accelerator.num_processes, env=env,
+                             measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), warmup=args.warmup, steps=args.steps,
+                             windows=args.windows)
         if accelerator.is_main_process:
             try:
-                write_json_atomic(out_dir / f"{'maxbatch_' if searched else ''}{point.key}.json", record)
+                write_sweep(args.results_dir, f"{'maxbatch_' if searched else ''}{point.key}", record)
             except DiskFull as error:  # the points already written are whole; the sweep cannot go on
                 print(f"bench/speed.py: error: {error}", file=sys.stderr)
                 return 1
         rows.append(record)
-        if record["status"] == "ok":
-            announce(accelerator, f"{point.key}: {record['images_per_s']:,.0f} img/s, {record['step_time_ms']:.1f} ms/step, "
-                              f"peak {record['peak_mem_allocated_bytes'] / 2**20:,.0f} MiB")
+        if record.status == "ok":
+            announce(accelerator, f"{point.key}: {record.images_per_s:,.0f} img/s, {record.step_time_ms:.1f} ms/step, "
+                              f"peak {record.peak_mem_allocated_bytes / 2**20:,.0f} MiB")
         else:
-            announce(accelerator, f"{point.key}: {record['status']} ({record['error']})")
+            announce(accelerator, f"{point.key}: {record.status} ({record.error})")
     accelerator.end_training()
     if accelerator.is_main_process and rows:
-        table = pd.DataFrame(rows).reindex(columns=["model", "mode", "precision", "channels_last", "compile", "batch_size",
-                                                    "status", "images_per_s", "step_time_ms", "peak_mem_allocated_bytes", "mfu"])
-        table["peak_mem_allocated_bytes"] /= 2**20
-        table["mfu"] = pd.to_numeric(table["mfu"]) * 100  # None (a CPU: no MFU) becomes NaN, shown blank
-        table = table.rename(columns={"images_per_s": "img/s", "step_time_ms": "ms/step",
-                                      "peak_mem_allocated_bytes": "peak alloc MiB", "mfu": "MFU %"})
-        print(table.to_markdown(index=False, floatfmt=",.2f"))
-    return 1 if any(row["status"] == "error" for row in rows) else 0
+        print(markdown_table(sweep_table(rows).drop(columns=["device", "world size", "dataset", "input"])))
+    return 1 if any(row.status == "error" for row in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """What several test modules share: how to run the real runner in a subprocess and read what it wrote."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from bench.results.records import load_records
+from bench.results.schema import RunRecord
 
 REPO = Path(__file__).resolve().parent.parent
 # The smallest suite that still trains: 64 synthetic train+val images (54 train, 10 val), 21 test images
@@ -36,5 +38,8 @@ def plugin_env(tmp_path: Path, name: str, text: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))}
 
 
-def records_in(results: Path) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
+def records_in(results: Path) -> list[RunRecord]:
+    """Every run record in `results`, typed; an unreadable one fails the test."""
+    records, unreadable = load_records(results)
+    assert not unreadable, unreadable
+    return records

@@ -101,8 +101,8 @@ def test_harness_under_cuda_graphs_compiles_two_graphs_and_learns(tmp_path, prec
                              precision, "--channels-last", "--compile", "reduce-overhead"], tmp_path, tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records_in(tmp_path)
-    metrics = record["metrics"]
-    assert record["status"] == "finished" and metrics["compiled_graphs"] == 2
+    metrics = record.metrics
+    assert record.status == "finished" and metrics["compiled_graphs"] == 2
     assert metrics["peak_mem_allocated_bytes"] > 0 and 0 < metrics["mfu"] <= 1
-    losses = [row["train_loss"] for row in record["history"]]
+    losses = [row["train_loss"] for row in record.history]
     assert min(losses[-3:]) < losses[0], losses

@@ -83,4 +83,4 @@ def test_a_checkpoint_on_a_full_disk_stops_the_suite_and_the_last_whole_one_resu
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1" in resumed.stdout
     (record,) = records_in(disk)
-    assert record["status"] == "finished" and record["metrics"]["epochs_completed"] == 3
+    assert record.status == "finished" and record.metrics["epochs_completed"] == 3

@@ -35,27 +35,27 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
                       "--warmup-steps", "1", "--log-with", "tensorboard"], results, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
 
-    records = {record["dataset"]: record for record in records_in(results)}
+    records = {record.dataset: record for record in records_in(results)}
     assert set(records) == {"fashion_mnist", "cifar100"}
     for dataset, record in records.items():
-        assert record["status"] == "finished" and record["model"] == "tiny_cnn"
-        assert record["metrics"]["target_accuracy"] is None and record["metrics"]["time_to_target_s"] is None
+        assert record.status == "finished" and record.model == "tiny_cnn"
+        assert record.metrics["target_accuracy"] is None and record.metrics["time_to_target_s"] is None
     # The builder got each dataset's channels and classes: 2 more input channels (16 x 9 weights each) and
     # 90 more classes (32 weights + 1 bias each).
-    assert records["cifar100"]["facts"]["params"] - records["fashion_mnist"]["facts"]["params"] == 2 * 16 * 9 + 90 * 33
+    assert records["cifar100"].facts["params"] - records["fashion_mnist"].facts["params"] == 2 * 16 * 9 + 90 * 33
     # Ten synthetic classes are learnt within two epochs (chance: 10 %); a hundred from 2-3 images each are not,
     # but every one of the 120 test images is scored.
-    assert records["fashion_mnist"]["metrics"]["test_acc"] > 0.3
-    assert round(records["cifar100"]["metrics"]["test_acc"] * 120, 3).is_integer()
+    assert records["fashion_mnist"].metrics["test_acc"] > 0.3
+    assert round(records["cifar100"].metrics["test_acc"] * 120, 3).is_integer()
 
     # Each run is a TensorBoard run of its own: every history row at its step, the final metrics at the end.
     for record in records.values():
-        events = EventAccumulator(str(results / "trackers" / record["run_id"] / "deepnets-bench"))
+        events = EventAccumulator(str(results / "trackers" / record.run_id / "deepnets-bench"))
         events.Reload()
         (final,) = events.Scalars("final/test_acc")
-        assert final.value == pytest.approx(record["metrics"]["test_acc"]) and final.step == record["history"][-1]["step"]
+        assert final.value == pytest.approx(record.metrics["test_acc"]) and final.step == record.history[-1]["step"]
         assert [(e.step, e.value) for e in events.Scalars("val/val_acc")] == [
-            (row["step"], pytest.approx(row["val_acc"])) for row in record["history"]]
+            (row["step"], pytest.approx(row["val_acc"])) for row in record.history]
 
     # The report is a separate process that never imports the plugin: unknown models still get rows.
     report = run_module("bench.report", "--results-dir", str(results))
@@ -71,13 +71,13 @@ def test_a_plugin_model_runs_the_suite_and_the_report_on_datasets_without_study_
                           "--preset", "smoke", "--synthetic-size", "300", "120", "--batch-size", "32", "--epochs", "2",
                           "--warmup-steps", "1", "--compile"], results, cache_dir)
     assert compiled.returncode == 0, compiled.stderr[-3000:]
-    (record,) = [r for r in records_in(results) if r["config"]["compile_mode"] == "default"]
+    (record,) = [r for r in records_in(results) if r.config["compile_mode"] == "default"]
     eager = records["fashion_mnist"]
-    assert record["status"] == "finished" and record["metrics"]["compiled_graphs"] == 2
-    assert eager["metrics"]["compiled_graphs"] is None
-    assert abs(record["metrics"]["test_acc"] - eager["metrics"]["test_acc"]) <= 0.05
-    assert [row["val_acc"] for row in record["history"]] == pytest.approx(
-        [row["val_acc"] for row in eager["history"]], abs=0.1)
+    assert record.status == "finished" and record.metrics["compiled_graphs"] == 2
+    assert eager.metrics["compiled_graphs"] is None
+    assert abs(record.metrics["test_acc"] - eager.metrics["test_acc"]) <= 0.05
+    assert [row["val_acc"] for row in record.history] == pytest.approx(
+        [row["val_acc"] for row in eager.history], abs=0.1)
 
 
 def test_a_plugin_dataset_is_a_choice_of_every_command(tmp_path):

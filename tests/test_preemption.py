@@ -65,11 +65,11 @@ def test_a_time_limit_saves_that_step_and_resume_goes_on_from_it(tmp_path, cache
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"after epoch 1 and {in_epoch} step(s) of epoch 2 (step {stopped})" in resumed.stdout
     (record,) = records_in(tmp_path)
-    history, metrics = record["history"], record["metrics"]
+    history, metrics = record.history, record.metrics
     # As an uninterrupted run: a row at step 20 and one at the end, every step trained once.
     steps_per_epoch = stopped - in_epoch
     assert [row["step"] for row in history] == [20, 2 * steps_per_epoch]
     assert [row["train_images"] for row in history] == [16 * 20, 16 * (2 * steps_per_epoch - 20)]
-    assert record["status"] == "finished" and metrics["epochs_completed"] == 2
+    assert record.status == "finished" and metrics["epochs_completed"] == 2
     assert metrics["requeues"] == 1 and 0 < metrics["requeue_lost_s"] < time.time() - progress["preempted_at"]
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

@@ -7,6 +7,7 @@ import io
 import itertools
 import re
 import statistics
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bench.reporting.render import render
 from bench.reporting.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
                                     headline_caption, headline_runs, headline_table, headline_view, run_rows)
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
+from bench.results.schema import RunRecord
 from data.datasets import CIFAR10_CLASSES
 from helpers import records_in, run_module
 from models import model_names
@@ -37,14 +39,17 @@ def report(smoke_suite, tmp_path_factory):
     return write_report(smoke_suite.copy_results(tmp_path_factory.mktemp("report") / "results"))
 
 
-def variant(record: dict, name: str, **changes) -> dict:
-    """A copy of a real record as another run: top-level fields, `config` and `metrics` entries changed."""
+def variant(record: RunRecord, name: str, **changes) -> RunRecord:
+    """A copy of a real record as another run: record fields, configuration fields (`model=...`, `seed=1`, `data_source="real"`),
+    and `config` and `metrics` entries changed."""
     twin = copy.deepcopy(record)
-    twin["run_id"] = f"{record['run_id']}-{name}"
-    twin["config"].update(changes.pop("config", {}))
-    twin["metrics"].update(changes.pop("metrics", {}))
-    twin.update(changes)
-    return twin
+    twin.run_id = f"{record.run_id}-{name}"
+    twin.config.update(changes.pop("config", {}))
+    twin.metrics.update(changes.pop("metrics", {}))
+    if "data_source" in changes:
+        twin.config["synthetic"] = changes.pop("data_source") == "synthetic"
+    twin.config.update({key: changes.pop(key) for key in ("model", "seed", "precision") if key in changes})
+    return replace(twin, **changes)
 
 
 @pytest.mark.slow
@@ -122,7 +127,7 @@ def test_headline_from_the_smoke_suite(report) -> None:
 
 def test_headline_takes_each_models_most_recent_configuration(smoke_suite) -> None:
     records = records_in(smoke_suite.results)
-    real = {(r["model"], r["dataset"]): r for r in records}
+    real = {(r.model, r.dataset): r for r in records}
     resnet, vgg, inception = (real[(model, "mnist")] for model in ("resnet18", "vgg16", "inception_v1"))
     later = "2099-01-01T00:00:00+0000"
     added = [
@@ -166,7 +171,7 @@ def study_history(val_accs: list[float], seconds_per_row: float = 300.0) -> list
 
 
 def test_real_data_rows_carry_the_study_numbers(smoke_suite) -> None:
-    (resnet,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
+    (resnet,) = [r for r in records_in(smoke_suite.results) if (r.model, r.dataset) == ("resnet18", "mnist")]
     # The study's 98.99 % first reached at the third validation: 900 training seconds, half the study's 1804.
     real = variant(resnet, "real", data_source="real", history=study_history([0.97, 0.985, 0.9899, 0.991]),
                    metrics={"test_acc": 0.9900, "train_time_s": 1200.0, "target_accuracy": 0.9899,
@@ -186,7 +191,7 @@ def test_real_data_rows_carry_the_study_numbers(smoke_suite) -> None:
 def test_no_speed_up_for_a_run_that_missed_the_studys_accuracy(smoke_suite) -> None:
     """Two short epochs under the study's accuracy: fewer seconds than the study's, but no speed-up, as the run
     never got there; a lower target of its own, reached, does not make one either."""
-    (resnet,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "cifar10")]
+    (resnet,) = [r for r in records_in(smoke_suite.results) if (r.model, r.dataset) == ("resnet18", "cifar10")]
     short = variant(resnet, "short", data_source="real", history=study_history([0.55, 0.61], seconds_per_row=80.0),
                     metrics={"test_acc": 0.61, "train_time_s": 160.0, "target_accuracy": 0.60,
                              "time_to_target_s": 160.0})
@@ -205,8 +210,8 @@ def test_the_trade_off_table_and_a_warning_for_a_shared_or_throttled_gpu(report,
     assert "### Inference, cold start, energy and cost" in report.report_path.read_text()
     assert device_warning(run_rows(records_in(smoke_suite.results))) is None  # a CPU flags nothing
     records = records_in(smoke_suite.results)
-    flagged = [variant(r, "flag", metrics={"device_shared": r["model"] == "vgg16",
-                                           "device_throttled": r["model"] == "resnet18"}) for r in records]
+    flagged = [variant(r, "flag", metrics={"device_shared": r.model == "vgg16",
+                                           "device_throttled": r.model == "resnet18"}) for r in records]
     warning = device_warning(run_rows(flagged))
     assert warning.startswith("**Warning:** measured on a throttling GPU during resnet18; on a GPU shared with "
                               "other processes during vgg16")
@@ -217,8 +222,8 @@ def test_the_trade_off_table_and_a_warning_for_a_shared_or_throttled_gpu(report,
 
 def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:
     """Two more seeds of one configuration, hand-made from its real record, aggregate to mean and sample std."""
-    (record,) = [r for r in records_in(smoke_suite.results) if (r["model"], r["dataset"]) == ("resnet18", "mnist")]
-    values = [record["metrics"]["test_acc"], 0.4, 0.7]
+    (record,) = [r for r in records_in(smoke_suite.results) if (r.model, r.dataset) == ("resnet18", "mnist")]
+    values = [record.metrics["test_acc"], 0.4, 0.7]
     seeds = [variant(record, f"seed{seed}", seed=seed, metrics={"test_acc": value})
              for seed, value in enumerate(values[1:], start=1)]
     accuracy = accuracy_table(run_rows([record, *seeds])).set_index(["model", "dataset"])
@@ -407,9 +412,9 @@ def test_pareto_labels_of_the_whole_suite_do_not_overlap(smoke_suite) -> None:
 
 
 def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
-    records = [r for r in records_in(smoke_suite.results) if r["dataset"] == "mnist"][:2]
+    records = [r for r in records_in(smoke_suite.results) if r.dataset == "mnist"][:2]
     for record, accuracy in zip(records, (0.9950, 0.9951)):
-        record["metrics"]["test_acc"] = accuracy
+        record.metrics["test_acc"] = accuracy
     points = configuration_points(run_rows(records))
     figure = pareto_figure(points, TIME, "training time, s", "two runs", log_x=True)
     figure.draw_without_rendering()
@@ -424,22 +429,22 @@ def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
 
 
 def test_weakest_classes_and_confusion_matrices(report, smoke_suite) -> None:
-    records = {(r["model"], r["dataset"]): r for r in records_in(smoke_suite.results)}
+    records = {(r.model, r.dataset): r for r in records_in(smoke_suite.results)}
     weakest = report.weakest
     assert list(weakest["model"]) == list(model_names()) * len(DATASETS)
     for row in weakest.itertuples(index=False):
         record = records[(row.model, row.dataset)]
-        seen = [i for i, counts in enumerate(record["test_confusion"]) if sum(counts) > 0]
-        order = sorted(seen, key=lambda i: record["test_per_class_acc"][i])[:3]
-        assert [row[5], row[7], row[9]] == [record["class_names"][i] for i in order]
-        assert [row[6], row[8], row[10]] == pytest.approx([record["test_per_class_acc"][i] * 100 for i in order])
+        seen = [i for i, counts in enumerate(record.test_confusion) if sum(counts) > 0]
+        order = sorted(seen, key=lambda i: record.test_per_class_acc[i])[:3]
+        assert [row[5], row[7], row[9]] == [record.class_names[i] for i in order]
+        assert [row[6], row[8], row[10]] == pytest.approx([record.test_per_class_acc[i] * 100 for i in order])
     chosen = headline_runs(run_rows(list(records.values())))
     for keys, group in chosen.groupby(HEADLINE_GROUP, sort=False):
         figure = confusion_figure(keys, group)
         panels = [axes for axes in figure.axes if axes.images and axes.get_title()]
         assert [axes.get_title() for axes in panels] == list(model_names())
         for axes in panels:
-            counts = np.array(records[(axes.get_title(), keys[1])]["test_confusion"], dtype=float)
+            counts = np.array(records[(axes.get_title(), keys[1])].test_confusion, dtype=float)
             expected = counts * 100 / counts.sum(axis=1, keepdims=True)
             assert np.allclose(axes.images[0].get_array().filled(np.nan), expected, equal_nan=True)
         figure.draw_without_rendering()

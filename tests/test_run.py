@@ -30,12 +30,12 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
                           flags=re.M)
     assert len(finished) == 2 and sum(map(int, finished)) == 12
     records = records_in(results)
-    assert sorted((r["model"], r["dataset"]) for r in records) == sorted(
+    assert sorted((r.model, r.dataset) for r in records) == sorted(
         (m, d) for m in model_names() for d in ("mnist", "cifar10"))
     for record in records:
-        metrics = record["metrics"]
-        assert record["status"] == "finished", record.get("error")
-        assert record["data_source"] == "synthetic"
+        metrics = record.metrics
+        assert record.status == "finished", record.error
+        assert record.data_source == "synthetic"
         for key in ("train_acc", "val_acc", "best_val_acc", "test_acc"):
             assert 0.0 <= metrics[key] <= 1.0, key
         for key in ("train_loss", "val_loss", "test_loss"):
@@ -46,16 +46,16 @@ def test_smoke_suite_writes_a_complete_record_per_model_and_dataset(smoke_suite)
         assert metrics["peak_tflops"] is None and metrics["mfu"] is None  # no trustworthy peak on a CPU
         assert 0.0 <= metrics["data_stall"] < 1.0
         assert metrics["best_val_epoch"] == 1 and metrics["epochs_completed"] == 1
-        assert record["facts"]["params"] > 1_000_000 and record["facts"]["train_gflops"] > record["facts"]["forward_gflops"]
-        env = record["env"]
+        assert record.facts["params"] > 1_000_000 and record.facts["train_gflops"] > record.facts["forward_gflops"]
+        env = record.env
         for key in ("torch", "accelerate", "ffcv", "device_name", "num_processes", "mixed_precision"):
             assert env[key], key
-        assert record["config"]["batch_size"] == 16 and record["global_batch_size"] == 16
-        assert len(record["history"]) == 1
+        assert record.config["batch_size"] == 16 and record.global_batch_size == 16
+        assert len(record.history) == 1
         # The whole trade-off (bench/training/probes.py): the trained model's inference, cold start, cost, machine, energy.
         latency = [metrics[f"infer_{q}_ms"] for q in ("p50", "p95", "p99")]
         assert 0 < latency[0] <= latency[1] <= latency[2] and metrics["infer_images_per_s"] > 0
-        assert record["inference"]["eager"]["throughput"]["status"] == "ok" and record["inference"]["compiled"] is None
+        assert record.inference["eager"]["throughput"]["status"] == "ok" and record.inference["compiled"] is None
         assert metrics["compiled_infer_p50_ms"] is None and metrics["compile_s"] is None  # eager runs
         assert 0 < metrics["time_to_first_step_s"] < metrics["wall_time_s"]
         assert metrics["price_per_hour_usd"] == 2.5
@@ -87,15 +87,15 @@ def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, c
                       "--eval-every", "4"], tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records_in(tmp_path)
-    metrics, history = record["metrics"], record["history"]
-    assert (tmp_path / "profiles" / record["run_id"] / "trace.json").stat().st_size > 0
+    metrics, history = record.metrics, record.history
+    assert (tmp_path / "profiles" / record.run_id / "trace.json").stat().st_size > 0
     # Ten balanced classes: chance is 10 %. The run stopped at the first validation at or above 60 %.
-    assert record["status"] == "finished" and metrics["reached_target"] is True
+    assert record.status == "finished" and metrics["reached_target"] is True
     assert history[-1]["val_acc"] >= 0.6 > max(row["val_acc"] for row in history[:-1])
     assert metrics["epochs_completed"] == history[-1]["epoch"] < 4 and metrics["test_acc"] > 0.5
     assert [row["step"] for row in history] == [4 * (i + 1) for i in range(len(history))]  # every 4 steps
     # Ten steps an epoch: the row at step 12 straddles the first epoch's end and still covers 4 steps.
-    assert [row["train_images"] for row in history] == [4 * record["global_batch_size"]] * len(history)
+    assert [row["train_images"] for row in history] == [4 * record.global_batch_size] * len(history)
     assert metrics["time_to_target_s"] == pytest.approx(sum(row["train_time_s"] for row in history))
     # Wall clock counts data preparation, model build and every validation: more than training alone.
     assert metrics["time_to_target_wall_s"] == history[-1]["elapsed_s"] > metrics["time_to_target_s"]
@@ -131,23 +131,23 @@ def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, c
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"after epoch {progress['epoch']}" in resumed.stdout
     (record,) = records_in(tmp_path)
-    assert record["status"] == "finished"
-    history = record["history"]
+    assert record.status == "finished"
+    history = record.history
     assert history[-1]["epoch"] == 3 and history[: len(progress["history"])] == progress["history"]
     # The steps trained before the kill and not yet in a row are in the first row after the resume.
     assert progress["pending"]["steps"] > 0
     assert [row["train_images"] for row in history[:-1]] == [5 * 16] * (len(history) - 1)
     assert sum(row["train_images"] for row in history) == history[-1]["step"] * 16
-    assert record["metrics"]["checkpoint_s"] > 0 and record["metrics"]["checkpoint_s"] >= progress["checkpoint_s"]
-    assert record["metrics"]["reached_target"] is False and record["metrics"]["time_to_target_s"] is None
-    assert record["metrics"]["epochs_completed"] == 3
-    assert not (tmp_path / "checkpoints" / record["run_id"]).exists()
+    assert record.metrics["checkpoint_s"] > 0 and record.metrics["checkpoint_s"] >= progress["checkpoint_s"]
+    assert record.metrics["reached_target"] is False and record.metrics["time_to_target_s"] is None
+    assert record.metrics["epochs_completed"] == 3
+    assert not (tmp_path / "checkpoints" / record.run_id).exists()
 
-    path = tmp_path / "runs" / f"{record['run_id']}.json"
+    path = tmp_path / "runs" / f"{record.run_id}.json"
     before = path.stat().st_mtime_ns
     # The runner once more, in this process (a finished run is skipped before any data or model is touched).
     assert run_main(args + ["--resume", "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
-    assert f"skip {record['run_id']}: already recorded (finished)" in capsys.readouterr().out
+    assert f"skip {record.run_id}: already recorded (finished)" in capsys.readouterr().out
     assert path.stat().st_mtime_ns == before
 
 
@@ -157,8 +157,8 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir, capsy
                              "--lr", "1e30"], tmp_path, cache_dir)
     assert done.returncode == 1
     records = records_in(tmp_path)
-    assert sorted(r["model"] for r in records) == ["inception_v1", "resnet18"]
-    assert {r["status"] for r in records} == {"diverged"}
+    assert sorted(r.model for r in records) == ["inception_v1", "resnet18"]
+    assert {r.status for r in records} == {"diverged"}
     assert "diverged" in done.stdout and "not finished" in done.stdout
     assert not list((tmp_path / "checkpoints").glob("*/progress.json"))  # final runs leave no checkpoint
 
@@ -244,9 +244,9 @@ def test_resume_retries_a_run_that_crashed(tmp_path, cache_dir):
 
 def test_each_run_keeps_an_exact_confusion_matrix_of_its_test_pass(smoke_suite):
     for record in records_in(smoke_suite.results):
-        confusion, per_class = record["test_confusion"], record["test_per_class_acc"]
-        assert len(confusion) == len(per_class) == len(record["class_names"]) == 10
+        confusion, per_class = record.test_confusion, record.test_per_class_acc
+        assert len(confusion) == len(per_class) == len(record.class_names) == 10
         assert sum(map(sum, confusion)) == 21  # every test image once
-        assert sum(confusion[i][i] for i in range(10)) / 21 == pytest.approx(record["metrics"]["test_acc"])
+        assert sum(confusion[i][i] for i in range(10)) / 21 == pytest.approx(record.metrics["test_acc"])
         for i, row in enumerate(confusion):
             assert per_class[i] == pytest.approx(row[i] / sum(row) if sum(row) else 0.0)

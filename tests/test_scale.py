@@ -99,16 +99,16 @@ print(repr(result.acc))
 @pytest.mark.slow
 def test_two_machines_make_one_run_that_counts_every_test_sample_once(two_machine_run, cache_dir):
     (record,) = records_in(two_machine_run)  # written once, by the main process
-    assert record["world_size"] == 2 and record["global_batch_size"] == 10 and record["num_machines"] == 2
-    assert record["config"]["num_machines"] == 2  # part of the run's identity: 1 x 2 processes is another run
-    assert record["metrics"]["peak_lr"] == pytest.approx(RECIPES["fast"].lr_for("resnet18", 10))  # the global batch
-    per_process = record["history"][0]["train_images_per_s_per_process"]
+    assert record.world_size == 2 and record.global_batch_size == 10 and record.num_machines == 2
+    assert record.config["num_machines"] == 2  # part of the run's identity: 1 x 2 processes is another run
+    assert record.metrics["peak_lr"] == pytest.approx(RECIPES["fast"].lr_for("resnet18", 10))  # the global batch
+    per_process = record.history[0]["train_images_per_s_per_process"]
     assert len(per_process) == 2 and all(rate > 0 for rate in per_process)
-    assert record["history"][0]["train_images_per_s"] == pytest.approx(sum(per_process))
-    state = next((two_machine_run / "checkpoints" / record["run_id"]).glob("epoch-*"))
+    assert record.history[0]["train_images_per_s"] == pytest.approx(sum(per_process))
+    state = next((two_machine_run / "checkpoints" / record.run_id).glob("epoch-*"))
     assert sorted(path.name for path in state.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
     single = evaluate_in_one_process(state, "resnet18", cache_dir)
-    assert record["metrics"]["test_acc"] == pytest.approx(single, abs=1e-9)
+    assert record.metrics["test_acc"] == pytest.approx(single, abs=1e-9)
 
 
 @pytest.mark.slow
@@ -122,8 +122,8 @@ def test_two_machines_resume_from_a_shared_results_folder(two_machine_run, cache
     assert f"resuming {before['run_id']} after epoch 1" in machines[0].stdout and not machines[1].stdout
     (after,) = records_in(shared)
     # Both processes loaded the saved weights: a process left with fresh ones would change its half of the test.
-    assert after["metrics"]["test_acc"] == before["metrics"]["test_acc"] and after["history"] == before["history"]
-    assert not (shared / "checkpoints" / before["run_id"]).exists()  # final now, and no --keep-checkpoints
+    assert after.metrics["test_acc"] == before.metrics["test_acc"] and after.history == before.history
+    assert not (shared / "checkpoints" / before.run_id).exists()  # final now, and no --keep-checkpoints
 
 
 @pytest.mark.slow
@@ -164,14 +164,14 @@ def test_a_machine_that_dies_ends_the_run_on_the_other_with_one_line(cache_dir, 
 def test_resume_without_a_shared_results_folder_stops_with_one_line(two_machine_run, cache_dir, tmp_path):
     own = (shutil.copytree(two_machine_run, tmp_path / "machine-0"), tmp_path / "machine-1")
     (record,) = records_in(own[0])
-    (own[0] / "runs" / f"{record['run_id']}.json").unlink()
+    (own[0] / "runs" / f"{record.run_id}.json").unlink()
     machines = launch_on_two_machines(ONE_RUN + ["--resume"], own, cache_dir)
-    state = next((own[0] / "checkpoints" / record["run_id"]).glob("epoch-*")).name
+    state = next((own[0] / "checkpoints" / record.run_id).glob("epoch-*")).name
     for done, results in zip(machines, own):
         assert done.returncode != 0
         ours = [line for line in done.stderr.splitlines() if line.startswith("bench/run.py: error:")]
         assert ours == [f"bench/run.py: error: --resume: process 0 finds record none, checkpoint {state} for "
-                        f"{record['run_id']} in {results}, process 1 finds record none, checkpoint none; expected "
+                        f"{record.run_id} in {results}, process 1 finds record none, checkpoint none; expected "
                         "--results-dir to be one folder shared by every machine"]
     assert records_in(own[0]) == records_in(own[1]) == []
 
@@ -182,7 +182,7 @@ def test_concurrent_shards_make_the_whole_suite_once(smoke_suite):
     whole = [run.run_id for run in parse_suite(list(smoke_suite.args), gpu_available=False, num_processes=1).runs]
     shares = re.findall(r"^(\d+) run\(s\), 1 process", smoke_suite.stdout, flags=re.M)
     assert len(shares) == 2 and "0" not in shares  # both shards had runs of their own
-    recorded = [record["run_id"] for record in records_in(smoke_suite.results)]
+    recorded = [record.run_id for record in records_in(smoke_suite.results)]
     assert sorted(recorded) == sorted(whole)  # none lost, none twice
     for run_id in whole:  # each run trained by one shard only
         assert smoke_suite.stdout.count(f"finished: {run_id}") == 1
@@ -208,7 +208,7 @@ def test_submit_runs_each_shard_as_a_job_into_one_results_folder(tmp_path, cache
     assert "2 run(s) in 2 job(s) (local)" in out and "one after another" in out
     assert len(re.findall(r"^shard [12]/2: job \S+ finished$", out, flags=re.M)) == 2
     whole = parse_suite(SUBMITTED, gpu_available=False, num_processes=1).runs
-    assert sorted(record["run_id"] for record in records_in(results)) == sorted(run.run_id for run in whole)
+    assert sorted(record.run_id for record in records_in(results)) == sorted(run.run_id for run in whole)
     logs = "".join(path.read_text() for path in jobs.glob("*_log.out"))
     assert "shard 1/2" in logs and "shard 2/2" in logs  # each job ran its own part
     assert "from 2 run record(s)" in (results / "REPORT.md").read_text()  # --wait reported over both

@@ -7,9 +7,17 @@ import re
 import pytest
 
 from bench.measuring.maxbatch import search
+from bench.results.records import load_sweeps, read_record
+from bench.results.schema import SweepRecord
 from helpers import plugin_env, run_module
 
 pytestmark = pytest.mark.slow  # each test starts the real CLI in a subprocess
+
+
+def sweeps_in(results) -> list[SweepRecord]:
+    records, unreadable = load_sweeps(results)
+    assert not unreadable, unreadable
+    return records
 
 
 def test_sweep_over_models_precisions_and_modes_writes_a_record_per_point(tmp_path):
@@ -17,14 +25,14 @@ def test_sweep_over_models_precisions_and_modes_writes_a_record_per_point(tmp_pa
                       "--batch-sizes", "2", "--channels-last", "on", "--modes", "train", "infer",
                       "--warmup", "1", "--steps", "1", "--windows", "2", "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(p.read_text()) for p in (tmp_path / "speed").glob("*.json")]
+    records = sweeps_in(tmp_path)
     assert len(records) == 2 * 2 * 2
     for record in records:
-        assert record["status"] == "ok"
-        assert record["images_per_s"] > 0 and record["step_time_ms"] > 0 and record["mfu"] is None  # GPUs only
-        assert record["peak_mem_allocated_bytes"] > 0 and len(record["window_step_times_ms"]) == 2
-        assert record["channels_last"] is True and record["device"]
-    assert {(r["model"], r["precision"], r["batch_size"], r["mode"]) for r in records} == {
+        assert record.status == "ok"
+        assert record.images_per_s > 0 and record.step_time_ms > 0 and record.mfu is None  # GPUs only
+        assert record.peak_mem_allocated_bytes > 0 and len(record.window_step_times_ms) == 2
+        assert record.channels_last is True and record.device
+    assert {(r.model, r.precision, r.batch_size, r.mode) for r in records} == {
         (m, p, 2, mode) for m in ("resnet18", "inception_v1") for p in ("no", "bf16") for mode in ("train", "infer")}
     report = run_module("bench.report", "--results-dir", str(tmp_path))
     assert report.returncode == 0, report.stderr
@@ -39,8 +47,7 @@ def test_out_of_memory_batch_is_recorded_and_the_sweep_goes_on(tmp_path):
                       "--channels-last", "off", "--modes", "train", "--warmup", "1", "--steps", "1", "--windows", "1",
                       "--memory-limit-gb", "1", "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    status = {json.loads(p.read_text())["batch_size"]: json.loads(p.read_text())["status"]
-              for p in (tmp_path / "speed").glob("*.json")}
+    status = {record.batch_size: record.status for record in sweeps_in(tmp_path)}
     assert status == {2: "ok", 2048: "oom", 4: "ok"}
 
 
@@ -67,10 +74,10 @@ def test_find_max_batch_on_a_cpu_stops_before_the_hosts_memory_and_says_so(tmp_p
                       "--steps", "1", "--windows", "1", "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = (tmp_path / "speed").glob("maxbatch_*.json")
-    record = json.loads(path.read_text())
-    found = record["max_batch"]
-    assert record["search"] == "max-batch" and found["limit"] == "memory (predicted)" and found["cap"] == 4096
-    assert record["batch_size"] == found["batch"] >= 1 and record["status"] == "ok"  # the batch found is the one timed
+    record = read_record(path, SweepRecord)
+    found = record.max_batch
+    assert record.search == "max-batch" and found["limit"] == "memory (predicted)" and found["cap"] == 4096
+    assert record.batch_size == found["batch"] >= 1 and record.status == "ok"  # the batch found is the one timed
     predicted = [probe["batch"] for probe in found["probes"] if probe["status"] == "predicted"]
     assert predicted and found["batch"] < min(predicted)  # never tried: no OOM killer woken
     assert f"max batch {found['batch']}: batch" in done.stdout and "exceeds the memory budget" in done.stdout
@@ -111,10 +118,9 @@ def test_a_failing_point_is_recorded_as_an_error_and_the_sweep_goes_on(tmp_path)
                       "--steps", "1", "--windows", "1", "--results-dir", str(tmp_path),
                       env=plugin_env(tmp_path, "failing", FAILING_MODEL))
     assert done.returncode == 1, done.stderr[-3000:]  # the sweep ran to its end, and says a point failed
-    records = {record["batch_size"]: record for record in
-               (json.loads(path.read_text()) for path in (tmp_path / "speed").glob("*.json"))}
-    assert records[3]["status"] == "error" and records[3]["error"] == "RuntimeError: triton: failed to compile kernel"
-    assert records[2]["status"] == "ok" and records[2]["images_per_s"] > 0
+    records = {record.batch_size: record for record in sweeps_in(tmp_path)}
+    assert records[3].status == "error" and records[3].error == "RuntimeError: triton: failed to compile kernel"
+    assert records[2].status == "ok" and records[2].images_per_s > 0
     assert "b3_synthetic: error (RuntimeError: triton: failed to compile kernel)" in done.stdout
     assert "Traceback" in done.stderr  # the whole story stays in the log
 
@@ -125,8 +131,8 @@ def test_sweep_through_the_ffcv_loader(tmp_path):
                       "--synthetic-source", "--cache-dir", str(tmp_path / "cache"), "--warmup", "1", "--steps", "2",
                       "--windows", "1", "--profile", "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "speed").glob("*.json")]
-    assert record["data"] == "ffcv" and record["in_channels"] == 1 and record["images_per_s"] > 0
+    (record,) = sweeps_in(tmp_path)
+    assert record.data == "ffcv" and record.in_channels == 1 and record.images_per_s > 0
     (trace,) = (tmp_path / "profiles").glob("speed-*/trace.json")
     assert json.loads(trace.read_text())["traceEvents"]  # a Chrome/Perfetto trace
     assert "Self CPU" in done.stdout  # the top-ops table in the log

@@ -29,7 +29,8 @@ import pandas as pd
 
 from bench.measuring.metrics import BY_KEY
 from bench.reporting.tables import CONFIG_KEYS, config_label, grouped, sorted_rows
-from bench.results.records import load_records, load_sweeps
+from bench.results.records import Record, load_records, load_sweeps
+from bench.results.schema import RunRecord, SweepRecord
 
 NOISE_FLOOR_PCT = 5.0  # separate processes on one GPU differ by 1-3 % in throughput; 5 % clears that
 NOISE_SIGMAS = 2.0  # two combined standard deviations: ~95 % of noise-only differences stay inside
@@ -44,21 +45,21 @@ class Merged:
     """The records of one or more results folders, duplicates dropped."""
 
     folders: list[Path]
-    runs: list[dict] = field(default_factory=list)
-    sweeps: list[dict] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    sweeps: list[SweepRecord] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     dropped: int = 0  # duplicate run and sweep records left out
 
 
-def deduplicated(records: list[dict], identity: Callable[[dict], Hashable], good: str,
-                 stamps: tuple[str, ...]) -> tuple[list[dict], int]:
+def deduplicated(records: list[Record], identity: Callable[[Record], Hashable], good: str,
+                 stamps: tuple[str, ...]) -> tuple[list[Record], int]:
     """One record per identity: one with status `good` if there is one, the latest among those (by the first of
     `stamps` a record has; time zones respected, no time loses), else the first met. Returns the records kept and
     how many were not."""
     frame = pd.DataFrame({
         "key": [identity(record) for record in records],
-        "good": [record.get("status") == good for record in records],
-        "time": pd.to_datetime([next((record[stamp] for stamp in stamps if record.get(stamp)), None)
+        "good": [record.status == good for record in records],
+        "time": pd.to_datetime([next((getattr(record, stamp) for stamp in stamps if getattr(record, stamp)), None)
                                 for record in records], utc=True, errors="coerce", format="ISO8601"),
         "earlier folder": range(len(records), 0, -1),  # a full tie keeps the record met first
     })
@@ -76,10 +77,10 @@ def load_merged(folders: Sequence[Path]) -> Merged:
             good, bad = load(folder)
             found += good
             merged.skipped += bad
-    merged.runs, dropped_runs = deduplicated(runs, lambda r: (r["run_id"], r.get("device")), "finished",
+    merged.runs, dropped_runs = deduplicated(runs, lambda r: (r.run_id, r.device), "finished",
                                              ("finished_at", "started_at"))
     merged.sweeps, dropped_sweeps = deduplicated(
-        sweeps, lambda r: (*(r.get(key) for key in SWEEP_IDENTITY), r.get("device")), "ok", ("measured_at",))
+        sweeps, lambda r: (*(getattr(r, key) for key in SWEEP_IDENTITY), r.device), "ok", ("measured_at",))
     merged.dropped = dropped_runs + dropped_sweeps
     return merged
 

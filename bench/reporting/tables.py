@@ -15,6 +15,7 @@ import pandas as pd
 
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, mlperf_time, shown
+from bench.results.schema import RunRecord, SweepRecord
 from bench.suite.config import paired_recipe
 from data.datasets import dataset_names
 from models import model_entry, model_names, study_result
@@ -120,30 +121,29 @@ DERIVED = {
 }
 
 
-def run_rows(records: list[dict]) -> pd.DataFrame:
+def run_rows(records: list[RunRecord]) -> pd.DataFrame:
     """One flat row per run record: its setting, every declared run metric, and its model facts."""
     rows = []
     for record in records:
-        config, metrics, facts = record.get("config") or {}, record.get("metrics") or {}, record.get("facts") or {}
+        config = record.config
         rows.append({
-            "run_id": record["run_id"], "status": record["status"], "error": record.get("error"),
-            "model": record["model"], "dataset": record["dataset"], "data_source": record.get("data_source"),
-            "preset": record.get("preset"), "recipe": record.get("recipe"), "seed": record.get("seed"),
-            "precision": record.get("precision"), "device": record.get("device"),
-            "world size": record.get("world_size"), "machines": record.get("num_machines") or 1,
-            "batch": record.get("batch_size"),
-            "global batch": record.get("global_batch_size"), "epochs": config.get("epochs"),
+            "run_id": record.run_id, "status": record.status, "error": record.error,
+            "model": record.model, "dataset": record.dataset, "data_source": record.data_source,
+            "preset": record.preset, "recipe": record.recipe, "seed": record.seed,
+            "precision": record.precision, "device": record.device,
+            "world size": record.world_size, "machines": record.num_machines,
+            "batch": record.batch_size, "global batch": record.global_batch_size, "epochs": config.get("epochs"),
             "channels_last": config.get("channels_last"), "compile": config.get("compile_mode") or "off",
             # Options older records lack, at the value they had before the option existed.
             "lr": config.get("lr"), "stop_at_target": config.get("stop_at_target") or False,
             "eval_every": config.get("eval_every"),
             "synthetic size": f"{config.get('synthetic_train')}+{config.get('synthetic_test')}"
-            if record.get("data_source") == "synthetic" else None,
-            "started_at": record.get("started_at"), "history": record.get("history") or [],
-            "params": facts.get("params"), "train_gflops": facts.get("train_gflops"),
-            "class_names": record.get("class_names"), "per_class_acc": record.get("test_per_class_acc"),
-            "confusion": record.get("test_confusion"), "to study s": seconds_to_study_accuracy(record),
-            **{key: metrics.get(key) for key in RUN_KEYS},
+            if record.data_source == "synthetic" else None,
+            "started_at": record.started_at, "history": record.history,
+            "params": record.facts.get("params"), "train_gflops": record.facts.get("train_gflops"),
+            "class_names": record.class_names, "per_class_acc": record.test_per_class_acc,
+            "confusion": record.test_confusion, "to study s": seconds_to_study_accuracy(record),
+            **{key: record.metrics.get(key) for key in RUN_KEYS},
         })
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *RUN_KEYS])
     for key in RUN_KEYS:  # absent metrics arrive as None; numeric ones become NaN so that means skip them
@@ -152,11 +152,11 @@ def run_rows(records: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def seconds_to_study_accuracy(record: dict) -> float:
+def seconds_to_study_accuracy(record: RunRecord) -> float:
     """Training seconds until the run's validation accuracy first reached the study's test accuracy for its model and
     dataset (real data only), from its history: NaN when it never did or the study has no number."""
-    study = study_result(record["model"], record["dataset"]) if record.get("data_source") == "real" else None
-    seconds = time_to_target(record.get("history") or [], study.test_acc_pct / 100).seconds if study else None
+    study = study_result(record.model, record.dataset) if record.data_source == "real" else None
+    seconds = time_to_target(record.history, study.test_acc_pct / 100).seconds if study else None
     return np.nan if seconds is None else seconds
 
 
@@ -263,17 +263,17 @@ def failures_table(runs: pd.DataFrame) -> pd.DataFrame:
     return sorted_rows(failed.reindex(columns=columns), ["status", "dataset", "model", "run_id"])
 
 
-def sweep_table(sweeps: list[dict]) -> pd.DataFrame:
+def sweep_table(sweeps: list[SweepRecord]) -> pd.DataFrame:
     """One row per speed-sweep point (bench/speed.py)."""
     memory, reserved, mfu = (BY_KEY[key] for key in ("peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "mfu"))
     rows = [{
-        "device": record.get("device"), "world size": record.get("world_size"), "model": record["model"],
-        "dataset": record.get("dataset") or f"{record.get('in_channels')} channels", "input": record.get("data"),
-        "mode": record["mode"], "precision": record.get("precision"), "channels_last": record.get("channels_last"),
-        "compile": record.get("compile"), "batch": record["batch_size"], "status": record["status"],
-        "img/s": record.get("images_per_s"), "step ms": record.get("step_time_ms"),
-        memory.label: record.get(memory.key), reserved.label: record.get(reserved.key), mfu.label: record.get(mfu.key),
-        "max batch": (record.get("max_batch") or {}).get("limit"),
+        "device": record.device, "world size": record.world_size, "model": record.model,
+        "dataset": record.dataset or f"{record.in_channels} channels", "input": record.data,
+        "mode": record.mode, "precision": record.precision, "channels_last": record.channels_last,
+        "compile": record.compile, "batch": record.batch_size, "status": record.status,
+        "img/s": record.images_per_s, "step ms": record.step_time_ms,
+        memory.label: record.peak_mem_allocated_bytes, reserved.label: record.peak_mem_reserved_bytes,
+        mfu.label: record.mfu, "max batch": (record.max_batch or {}).get("limit"),
     } for record in sweeps]
     table = pd.DataFrame(rows, columns=[*SWEEP_KEYS, "status", "img/s", "step ms", memory.label, reserved.label,
                                         mfu.label, "max batch"])

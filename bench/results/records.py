@@ -1,9 +1,8 @@
 """Run records, speed-sweep records and checkpoints on disk.
 
-A record is one JSON file per run under `results/runs/` (per sweep point under `results/speed/`),
-written whole (common/files.py), so a killed suite never leaves a half-written record. Unfinished runs
-live in `results/checkpoints/<run_id>/` as Accelerate state folders plus `progress.json`, which names
-the last complete one.
+One JSON file per run under `results/runs/` (per sweep point under `results/speed/`), written whole, so a killed
+suite never leaves a half-written record. Unfinished runs live in `results/checkpoints/<run_id>/` as Accelerate state
+folders plus `progress.json`, which names the last complete one.
 """
 from __future__ import annotations
 
@@ -11,14 +10,12 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import TypeVar
+
+from bench.results.schema import RecordError, RunRecord, SweepRecord
 from common.files import write_json_atomic
 
-RECORD_SCHEMA = 1
-# A record's status is one of finished, diverged, oom, failed. --resume skips the final ones and retries
-# a crashed ("failed") run.
-FINAL_STATUSES = ("finished", "diverged", "oom")
-RUN_FIELDS = ("run_id", "status", "model", "dataset", "metrics")
-SWEEP_FIELDS = ("model", "mode", "batch_size", "status")
+Record = TypeVar("Record", RunRecord, SweepRecord)
 
 
 def runs_dir(results_dir: Path) -> Path:
@@ -37,44 +34,48 @@ def checkpoint_dir(results_dir: Path, run_id: str) -> Path:
     return results_dir / "checkpoints" / run_id
 
 
-def write_record(results_dir: Path, record: dict) -> Path:
-    return write_json_atomic(record_path(results_dir, record["run_id"]), record)
+def write_record(results_dir: Path, record: RunRecord) -> Path:
+    return write_json_atomic(record_path(results_dir, record.run_id), record.to_json())
 
 
-def existing_record(results_dir: Path, run_id: str) -> dict | None:
+def write_sweep(results_dir: Path, name: str, record: SweepRecord) -> Path:
+    return write_json_atomic(sweeps_dir(results_dir) / f"{name}.json", record.to_json())
+
+
+def read_record(path: Path, kind: type[Record]) -> Record:
+    """The record in `path`; RecordError says why it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
+        raise RecordError(f"not valid JSON ({error})") from None
+    return kind.from_json(data)
+
+
+def existing_record(results_dir: Path, run_id: str) -> RunRecord | None:
     """The stored record of a run, or None when there is none or it cannot be read."""
     try:
-        return json.loads(record_path(results_dir, run_id).read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_record(record_path(results_dir, run_id), RunRecord)
+    except RecordError:
         return None
 
 
-def load_folder(folder: Path, required: tuple[str, ...]) -> tuple[list[dict], list[tuple[Path, str]]]:
-    """Every readable JSON record in `folder` (none is fine), and (path, reason) for each unreadable one."""
+def load_folder(folder: Path, kind: type[Record]) -> tuple[list[Record], list[tuple[Path, str]]]:
+    """Every readable record in `folder` (none is fine), and (path, reason) for each unreadable one."""
     good, bad = [], []
     for path in sorted(folder.glob("*.json")):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
-            bad.append((path, f"not valid JSON ({error})"))
-            continue
-        if not isinstance(record, dict):
-            bad.append((path, "not a JSON object"))
-            continue
-        missing = [key for key in required if key not in record]
-        if missing:
-            bad.append((path, f"missing fields {missing}"))
-            continue
-        good.append(record)
+            good.append(read_record(path, kind))
+        except RecordError as error:
+            bad.append((path, str(error)))
     return good, bad
 
 
-def load_records(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
-    return load_folder(runs_dir(results_dir), RUN_FIELDS)
+def load_records(results_dir: Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    return load_folder(runs_dir(results_dir), RunRecord)
 
 
-def load_sweeps(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
-    return load_folder(sweeps_dir(results_dir), SWEEP_FIELDS)
+def load_sweeps(results_dir: Path) -> tuple[list[SweepRecord], list[tuple[Path, str]]]:
+    return load_folder(sweeps_dir(results_dir), SweepRecord)
 
 
 def write_progress(results_dir: Path, run_id: str, progress: dict) -> Path:

@@ -153,13 +153,22 @@ class RunConfig:
     inference: InferenceOptions | None = field(default=InferenceOptions(), compare=False)  # None: --no-inference
     pricing: Pricing = field(default=Pricing(), compare=False)
 
+    def to_json(self) -> dict:
+        """Every setting that changes the result: the record's `config`."""
+        return {f.name: dataclasses.asdict(self.recipe) if f.name == "recipe" else getattr(self, f.name)
+                for f in dataclasses.fields(self) if f.compare}
+
+    def settings_json(self) -> dict:
+        """How the run is measured, outside its identity: the record's `settings`."""
+        every = dataclasses.asdict(self)
+        return {f.name: every[f.name] for f in dataclasses.fields(self) if not f.compare}
+
     @property
     def run_id(self) -> str:
         """Readable prefix plus a hash of every setting that changes the result."""
-        identity = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        identity = self.to_json()
         if self.num_machines == 1:  # one machine: the identity (and run id) it had before machines were counted
             del identity["num_machines"]
-        identity["recipe"] = dataclasses.asdict(self.recipe)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
         return f"{self.preset}_{source}_{self.model}_{self.recipe.name}_{self.precision}_b{self.batch_size}_s{self.seed}_{digest}"

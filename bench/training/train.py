@@ -12,7 +12,8 @@ declarations in bench/measuring/metrics.py.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+import traceback
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from bench.measuring.measure import WindowTimer, is_oom, peak_memory_bytes, rese
 from bench.measuring.metrics import history_row, run_metrics
 from bench.training.probes import RunProbes
 from bench.results import records, tracking
+from bench.results.schema import RunRecord
 from bench.suite.config import RunConfig
 from bench.training.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
 from bench.training.preemption import Preempted, Preemption
@@ -64,7 +66,7 @@ class Progress:
 
 
 def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
-              resume: bool, keep_checkpoints: bool, profile: bool, preemption: Preemption | None = None) -> dict:
+              resume: bool, keep_checkpoints: bool, profile: bool, preemption: Preemption | None = None) -> RunRecord:
     """Train and measure one configuration; returns its record (the caller writes it).
 
     A diverged or out-of-memory run is a result (status `diverged` / `oom`, with its history so far);
@@ -82,7 +84,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         tracking.start(accelerator, cfg, cfg.run_id, results_dir)
         spec = get_spec(cfg.dataset)
         facts = model_facts(cfg.model, spec.channels, num_classes=spec.num_classes)
-        record["facts"] = asdict(facts)
+        record.facts = asdict(facts)
         progress = restore(cfg, accelerator, results_dir, training) if resume else None
         resumed = progress is not None
         if progress is None:
@@ -100,13 +102,13 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
         probed, parts = probes.tested(cfg, accelerator, progress.timed_images, progress.history, resumed)
         inferred, inference = probes.inference(cfg, accelerator, training)  # after the run's energy and graphs
-        record.update(parts | inference)
+        record.device_state, record.inference = parts["device_state"], inference["inference"]
         metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
                             int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
                             probed=probed | inferred | probes.first_step_metrics(training))
         tracking.log_final(accelerator, metrics, step=progress.step)
-        record["test_confusion"] = test.confusion
-        record["test_per_class_acc"] = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
+        record.test_confusion = test.confusion
+        record.test_per_class_acc = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
         status, error = "finished", None
     except RunDiverged as caught:
         status, error = "diverged", str(caught)
@@ -122,23 +124,24 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         accelerator.wait_for_everyone()
         if accelerator.is_local_main_process:  # every machine's random states too, when the folder is not shared
             records.remove_checkpoints(results_dir, cfg.run_id)
-    return {**record, "status": status, "error": error, "history": progress.history, "metrics": metrics,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return replace(record, status=status, error=error, history=progress.history, metrics=metrics, finished_at=now())
 
 
-def describe_run(cfg: RunConfig, accelerator: Accelerator, started: float) -> dict:
-    """The record's description of a run: what ran, on what, when."""
-    env = environment(accelerator)
-    return {
-        "schema": records.RECORD_SCHEMA, "run_id": cfg.run_id, "model": cfg.model, "dataset": cfg.dataset,
-        "data_source": "synthetic" if cfg.synthetic else "real", "preset": cfg.preset, "recipe": cfg.recipe.name,
-        "seed": cfg.seed, "precision": cfg.precision, "batch_size": cfg.batch_size,
-        "global_batch_size": cfg.batch_size * accelerator.num_processes, "world_size": accelerator.num_processes,
-        "num_machines": cfg.num_machines,
-        "config": asdict(cfg), "env": env, "device": env["device_name"],
-        "class_names": list(get_spec(cfg.dataset).class_names),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-    }
+def describe_run(cfg: RunConfig, accelerator: Accelerator, started: float) -> RunRecord:
+    """A run's record before it has an outcome (a failure, until the run says otherwise): what ran, on what, when."""
+    return RunRecord(run_id=cfg.run_id, status="failed", config=cfg.to_json(), settings=cfg.settings_json(),
+                     env=environment(accelerator), class_names=list(get_spec(cfg.dataset).class_names),
+                     started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)))
+
+
+def failed_record(cfg: RunConfig, accelerator: Accelerator, started: float, error: BaseException) -> RunRecord:
+    """The record of a run that raised `error`: its description, the error and its traceback."""
+    return replace(describe_run(cfg, accelerator, started), error=repr(error), traceback=traceback.format_exc(),
+                   finished_at=now())
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | None) -> Training:
