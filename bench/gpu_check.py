@@ -30,7 +30,8 @@ from bench.reporting.plots import slug
 from bench.reporting.render import markdown_table
 from bench.reporting.tables import accuracy_table, run_rows, speed_table, sweep_table
 from bench.results.records import load_records, load_sweeps
-from bench.suite.config import PRESETS, RECIPES, recipe_batch
+from bench.suite.config import recipe_batch
+from bench.suite.recipes import PRESETS, RECIPES
 from common.cli import OneLineParser, existing_folder, positive_int
 from data.datasets import get_spec
 from common.files import atomic_write

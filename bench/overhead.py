@@ -22,10 +22,12 @@ from accelerate import Accelerator
 from bench.measuring.environment import use_cpu
 from bench.measuring.measure import WindowTimer, synchronize
 from bench.speed import bare_train_step, synthetic_batches
-from bench.suite.config import PRECISIONS, RECIPES, RunConfig
+from bench.suite.config import RunConfig
+from bench.suite.recipes import PRECISIONS, RECIPES
 from bench.training.loop import Training, make_schedule, train_steps
+from bench.training.probes import RunProbes
 from bench.measuring.device import precision_error
-from bench.training.runtime import announce, build_model_and_optimizer, configure_backends
+from bench.training.runtime import print_main, build_model_and_optimizer, configure_backends
 from data.augment import DevicePreprocess
 from common.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.datasets import dataset_names, get_spec
@@ -95,23 +97,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     compile_mode=None, synthetic=True, synthetic_train=0, synthetic_test=0, target_accuracy=None,
                     world_size=accelerator.num_processes)
     scheduler, per_step, _ = make_schedule(harness_optimizer, cfg, args.steps + 1)
-    harness = Training(
-        model=harness_model, optimizer=harness_optimizer, scheduler=scheduler, per_step_schedule=per_step,
-        criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
-        loaders={"train": RepeatedBatch(images, labels, args.steps + 1)}, counts={}, train_preprocess=preprocess,
-        eval_preprocess=preprocess, generator=torch.Generator(device=device),
-    )
-
+    probes = RunProbes(accelerator, time.time())  # the run's probes, as the runner's loop has them
     harness_rates, bare_rates = [], []
-    for round_number in range(args.rounds):
-        timer = WindowTimer(device)
-        train_steps(harness, accelerator, iter(harness.loaders["train"]), timer, start_timing_at=1, step=0)
-        harness_rates.append(timer.images_per_s)
-        bare_rates.append(bare_loop(bare_model, inputs, labels, bare_optimizer, args.steps, args.precision, device))
-        announce(accelerator, f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "
-                          f"bare {bare_rates[-1]:,.1f} img/s")
+    with probes.track():
+        harness = Training(
+            model=harness_model, optimizer=harness_optimizer, scheduler=scheduler, per_step_schedule=per_step,
+            criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+            loaders={"train": RepeatedBatch(images, labels, args.steps + 1)}, counts={}, train_preprocess=preprocess,
+            eval_preprocess=preprocess, generator=torch.Generator(device=device), probes=probes,
+        )
+        for round_number in range(args.rounds):
+            timer = WindowTimer(device, energy=probes.energy)
+            train_steps(harness, accelerator, iter(harness.loaders["train"]), timer, start_timing_at=1, step=0)
+            harness_rates.append(timer.images_per_s)
+            bare_rates.append(bare_loop(bare_model, inputs, labels, bare_optimizer, args.steps, args.precision,
+                                        device))
+            print_main(accelerator, f"round {round_number + 1}: harness {harness_rates[-1]:,.1f} img/s, "
+                                    f"bare {bare_rates[-1]:,.1f} img/s")
     harness_rate, bare_rate = statistics.median(harness_rates), statistics.median(bare_rates)
-    announce(accelerator, f"{args.model} {args.dataset} batch {args.batch_size} {args.precision} "
+    print_main(accelerator, f"{args.model} {args.dataset} batch {args.batch_size} {args.precision} "
                       f"channels_last={args.channels_last} on {device}: harness {harness_rate:,.1f} img/s, "
                       f"bare {bare_rate:,.1f} img/s, ratio {harness_rate / bare_rate:.3f} (target >= 0.97)")
     return 0

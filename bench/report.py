@@ -33,7 +33,8 @@ from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table,
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.records import runs_dir
 from bench.results.schema import RunRecord, SweepRecord
-from bench.suite.config import PRESETS, results_folder
+from bench.suite.options import results_folder
+from bench.suite.recipes import PRESETS
 from common.cli import OneLineParser, add_plugin_option, existing_folder, load_plugins
 from data.datasets import dataset_names
 from common.files import DiskFull, atomic_write

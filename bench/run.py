@@ -1,10 +1,13 @@
 """The benchmark suite: `accelerate launch bench/run.py [options]` (or `python -m bench.run`).
 
-Parses the command line into runs, trains and measures each one, writes one record per run, and
-ends with the comparison tables. A run that diverges or runs out of memory is recorded as such and
-the suite goes on; the exit status is non-zero when any run did not finish. SIGUSR1 or SIGTERM stops the
-suite at the next step with the run's state saved there (bench/training/preemption.py): exit status 75, and under
-SLURM (SIGUSR1) the job requeued to go on with --resume.
+Parses the command line into runs, trains and measures each one, writes one record per run, and ends with the
+comparison tables. A run that diverges or runs out of memory is recorded as such and the suite goes on; the exit
+status is non-zero when any run did not finish. SIGUSR1 or SIGTERM stops the suite at the next step with the run's
+state saved there: exit status 75, and under SLURM (SIGUSR1) the job requeued to go on with --resume.
+
+One run, file by file: this file's `train_suite` -> bench/training/train.py (`train_run`: build, restore, epochs,
+test, summarise) -> bench/training/loop.py (`train_steps`, `evaluate`) and bench/training/probes.py (energy, device
+state, cold start, inference) -> back in `train_suite`, bench/results/records.py writes the record.
 """
 from __future__ import annotations
 
@@ -19,19 +22,21 @@ import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 
+from bench.measuring.device import cpu_has_native_bf16, precision_error
 from bench.measuring.environment import cpu_launch_error, num_machines, use_cpu
 from bench.report import write_report
 from bench.results import records
+from bench.results.records import CheckpointError
 from bench.results.schema import FINAL_STATUSES
 from bench.results.tracking import tracker_dir, tracker_error
-from bench.suite.config import RunConfig, SuiteConfig, collective_timeout, parse_suite
+from bench.suite.config import RunConfig, SuiteConfig, parse_suite
+from bench.suite.options import collective_timeout
 from bench.suite.plan import batch_warnings, dry_run_table, suite_line
-from bench.training.preemption import REQUEUE_EXIT, Preempted, Preemption, stop_line
-from bench.measuring.device import cpu_has_native_bf16, precision_error
-from bench.training.runtime import announce, configure_backends
+from bench.suite.preemption import REQUEUE_EXIT, Preempted, Preemption, requeue, stop_line
+from bench.training.runtime import configure_backends, print_main
 from bench.training.train import failed_record, train_run
-from data.errors import DataError
 from common.files import DiskFull
+from data.errors import DataError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_suite(argv: Sequence[str] | None) -> int:
+    """The processes, the options and the Accelerator; the suite itself is `train_suite`."""
     started = time.time()
     preemption = Preemption()
     preemption.install()  # from the start: a signal during set-up stops the suite at its first step
@@ -53,80 +59,82 @@ def run_suite(argv: Sequence[str] | None) -> int:
     state = PartialState(cpu=cpu, timeout=timedelta(seconds=collective_timeout(argv)))
     gpu = state.device.type == "cuda"
     suite = parse_suite(argv, gpu_available=gpu, num_processes=state.num_processes,
-                        num_machines=num_machines(state.num_processes),
-                        native_bf16=gpu or cpu_has_native_bf16())
-    precision = suite.precision
-    if error := precision_error(precision, state.device):
-        print(f"bench/run.py: error: --precision {precision}: {error}", file=sys.stderr)
+                        num_machines=num_machines(state.num_processes), native_bf16=gpu or cpu_has_native_bf16(),
+                        preemption=preemption)
+    if error := precision_error(suite.precision, state.device):
+        print(f"bench/run.py: error: --precision {suite.precision}: {error}", file=sys.stderr)
         return 2
     if suite.log_with and (error := tracker_error(list(suite.log_with))):
         print(f"bench/run.py: error: {error}", file=sys.stderr)
         return 2
     if suite.dry_run:
         return dry_run(suite, state)
-    accelerator = Accelerator(mixed_precision=precision, cpu=cpu, log_with=list(suite.log_with) or None,
-                              project_dir=str(tracker_dir(suite.results_dir)))
-    for note in suite.notes:
-        announce(accelerator, note)
-    if suite.shard:
-        announce(accelerator, f"shard {suite.shard[0]}/{suite.shard[1]}")
-        if not suite.runs:  # an array with more tasks than the suite has runs: the spare tasks succeed idle
-            announce(accelerator, "no runs in this part: the suite has fewer runs than parts; nothing to do")
-            accelerator.end_training()
-            return 0
-    announce(accelerator, suite_line(suite, accelerator.num_processes, accelerator.device.type))
-    for warning in batch_warnings(suite.runs):
-        announce(accelerator, warning)
-    configure_backends(accelerator.device)
-    if suite.resume and (error := resume_mismatch(suite.results_dir, suite.runs)):
-        accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)  # every machine says why it stops
+    accelerator = Accelerator(mixed_precision=suite.precision, cpu=cpu, log_with=list(suite.log_with) or None,
+                              project_dir=str(tracker_dir(suite.context.results_dir)))
+    try:
+        return train_suite(suite, accelerator, started)
+    finally:
         accelerator.end_training()
+
+
+def train_suite(suite: SuiteConfig, accelerator: Accelerator, started: float) -> int:
+    """Every run in turn, each record written as it ends, then the report: 0 when every run finished, 1 when one
+    did not, 2 when the data or a checkpoint cannot be used, 75 when a signal stopped the suite."""
+    context = suite.context
+    for note in suite.notes:
+        print_main(accelerator, note)
+    if suite.shard:
+        print_main(accelerator, f"shard {suite.shard[0]}/{suite.shard[1]}")
+        if not suite.runs:  # an array with more tasks than the suite has runs: the spare tasks succeed idle
+            print_main(accelerator, "no runs in this part: the suite has fewer runs than parts; nothing to do")
+            return 0
+    print_main(accelerator, suite_line(suite, accelerator.num_processes, accelerator.device.type))
+    for warning in batch_warnings(suite.runs):
+        print_main(accelerator, warning)
+    configure_backends(accelerator.device)
+    if context.resume and (error := resume_mismatch(context.results_dir, suite.runs)):
+        accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)  # every machine says why it stops
         return 2
 
     outcomes: list[tuple[str, str]] = []
     for cfg in suite.runs:
-        done = records.existing_record(suite.results_dir, cfg.run_id) if suite.resume else None
+        done = records.existing_record(context.results_dir, cfg.run_id) if context.resume else None
         if done is not None and done.status in FINAL_STATUSES:
-            announce(accelerator, f"skip {cfg.run_id}: already recorded ({done.status})")
+            print_main(accelerator, f"skip {cfg.run_id}: already recorded ({done.status})")
             outcomes.append((cfg.run_id, done.status))
             continue
-        announce(accelerator, f"run {cfg.run_id}")
+        print_main(accelerator, f"run {cfg.run_id}")
         run_started = time.time()
         try:
-            record = train_run(cfg, accelerator, suite.results_dir, suite.cache_dir, resume=suite.resume,
-                               keep_checkpoints=suite.keep_checkpoints, profile=suite.profile, preemption=preemption)
+            record = train_run(cfg, context, accelerator)
         except Preempted as preempted:  # the state at that step is saved; the runs after it wait for the resume
             if accelerator.is_main_process:
-                print(stop_line(preempted), flush=True)
-            accelerator.end_training()
+                print(stop_line(preempted, requeue(preempted)), flush=True)
             return REQUEUE_EXIT
-        except DataError as error:
+        except (DataError, CheckpointError) as error:
             accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)  # every machine says why it stops
-            accelerator.end_training()
             return 2
         except DiskFull:
             raise  # not the run's fault: the suite cannot go on writing
         except Exception as error:  # a broken run is a result; the suite goes on
             if accelerator.num_processes > 1 and peer_lost(error):
                 leave_for_lost_peer(accelerator.process_index, cfg.run_id, error)
-            announce(accelerator, f"run {cfg.run_id} failed: {error!r}")
-            record = failed_record(cfg, accelerator, run_started, error)
+            print_main(accelerator, f"run {cfg.run_id} failed: {error!r}")
+            record = failed_record(cfg, context, accelerator, run_started, error)
         if accelerator.is_main_process:
-            records.write_record(suite.results_dir, record)
-        announce(accelerator, f"{record.status}: {cfg.run_id}" + (f" ({record.error})" if record.error else ""))
+            records.write_record(context.results_dir, record)
+        print_main(accelerator, f"{record.status}: {cfg.run_id}" + (f" ({record.error})" if record.error else ""))
         outcomes.append((cfg.run_id, record.status))
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        report = write_report(suite.results_dir)
-        print(report.summary_markdown)
+        print(write_report(context.results_dir).summary_markdown)
     failed = [(run_id, status) for run_id, status in outcomes if status != "finished"]
     wall = time.time() - started
     for run_id, status in failed:
-        announce(accelerator, f"{status}: {run_id}")
-    announce(accelerator, f"suite done: {len(outcomes) - len(failed)} finished, {len(failed)} not finished, "
-                      f"{wall:,.1f} s wall ({time.strftime('%H:%M:%S', time.gmtime(wall))})")
-    accelerator.end_training()
+        print_main(accelerator, f"{status}: {run_id}")
+    print_main(accelerator, f"suite done: {len(outcomes) - len(failed)} finished, {len(failed)} not finished, "
+                            f"{wall:,.1f} s wall ({time.strftime('%H:%M:%S', time.gmtime(wall))})")
     return 1 if failed else 0
 
 
@@ -158,8 +166,9 @@ def resume_mismatch(results_dir: Path, runs: Sequence[RunConfig]) -> str | None:
     for rank, view in enumerate(views):
         for cfg, mine, main in zip(runs, view, views[0]):
             if mine != main:
-                return (f"--resume: process 0 finds {found(*main)} for {cfg.run_id} in {results_dir}, process {rank} "
-                        f"finds {found(*mine)}; expected --results-dir to be one folder shared by every machine")
+                return (f"--resume: process 0 finds {saved_words(*main)} for {cfg.run_id} in {results_dir}, process "
+                        f"{rank} finds {saved_words(*mine)}; expected --results-dir to be one folder shared by every "
+                        "machine")
     return None
 
 
@@ -182,7 +191,8 @@ def leave_for_lost_peer(rank: int, run_id: str, error: BaseException) -> None:
     os._exit(1)
 
 
-def found(status: str | None, state: str | None) -> str:
+def saved_words(status: str | None, state: str | None) -> str:
+    """What a process finds saved for a run, in words."""
     return f"record {status or 'none'}, checkpoint {state or 'none'}"
 
 

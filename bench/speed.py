@@ -34,9 +34,10 @@ from bench.reporting.render import markdown_table
 from bench.reporting.tables import sweep_table
 from bench.results.records import write_sweep
 from bench.results.schema import SweepRecord
-from bench.suite.config import COMPILE_MODES, PRECISIONS, results_folder
+from bench.suite.options import results_folder
+from bench.suite.recipes import COMPILE_MODES, PRECISIONS
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import announce, build_model_and_optimizer, configure_backends, release
+from bench.training.runtime import print_main, build_model_and_optimizer, configure_backends, release
 from data.augment import DevicePreprocess
 from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from data.datasets import DatasetSpec, dataset_names, get_spec
@@ -205,7 +206,7 @@ def max_batch_point(base: SpeedPoint, accelerator: Accelerator, args) -> tuple[S
         return None if None in peaks else max(peaks)
 
     found = search(probe, args.batch_cap, memory_budget(device, args.memory_limit_gb))
-    announce(accelerator, f"{base.model} {base.precision} {'channels_last' if base.channels_last else 'contiguous'} "
+    print_main(accelerator, f"{base.model} {base.precision} {'channels_last' if base.channels_last else 'contiguous'} "
                       f"compile {base.compile}: {describe(found, args.batch_cap)}")
     return replace(base, batch_size=found.batch or 1), {"search": "max-batch",
                                                          "max_batch": found.to_json(args.batch_cap)}
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Every process must agree to stop, or the others would wait forever at the next point's collectives.
         if args.time_budget_s is not None and broadcast_object_list(
                 [time.monotonic() - started >= args.time_budget_s])[0]:
-            announce(accelerator, f"bench/speed.py: time budget of {args.time_budget_s:g} s spent after {number} of "
+            print_main(accelerator, f"bench/speed.py: time budget of {args.time_budget_s:g} s spent after {number} of "
                               f"{len(points)} point(s); skipped: {', '.join(p.key for p, _ in points[number:])}")
             break
         if point.data == "synthetic":
@@ -322,10 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         rows.append(record)
         if record.status == "ok":
-            announce(accelerator, f"{point.key}: {record.images_per_s:,.0f} img/s, {record.step_time_ms:.1f} ms/step, "
+            print_main(accelerator, f"{point.key}: {record.images_per_s:,.0f} img/s, {record.step_time_ms:.1f} ms/step, "
                               f"peak {record.peak_mem_allocated_bytes / 2**20:,.0f} MiB")
         else:
-            announce(accelerator, f"{point.key}: {record.status} ({record.error})")
+            print_main(accelerator, f"{point.key}: {record.status} ({record.error})")
     accelerator.end_training()
     if accelerator.is_main_process and rows:
         print(markdown_table(sweep_table(rows).drop(columns=["device", "world size", "dataset", "input"])))

@@ -8,7 +8,7 @@ together are the whole suite. `python -m bench.report --results-dir DIR` then wr
 of them (`--wait` waits for the jobs and does it).
 
 Each job runs the runner with --resume and is checkpointable: submitit's warning before the time limit (SIGUSR2,
-90 s ahead) reaches the runner, which saves its state at the next step (bench/training/preemption.py); the job then waits
+90 s ahead) reaches the runner, which saves its state at the next step (bench/suite/preemption.py); the job then waits
 for it to exit and submitit requeues the job, which goes on from that step.
 
 Jobs go through submitit: a SLURM job array where SLURM is installed, else local processes on this
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "many jobs", file=sys.stderr)
         return 2
 
-    folder = args.folder or suite.results_dir / "jobs"
+    folder = args.folder or suite.context.results_dir / "jobs"
     executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
     executor.update_parameters(
         name="deepnets-bench", timeout_min=args.timeout_min, nodes=1, tasks_per_node=1,
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, job in enumerate(jobs, 1):
         print(f"shard {index}/{args.shards}: job {job.job_id}")
     if not args.wait:
-        print(f"when every job has ended: python -m bench.report --results-dir {suite.results_dir}")
+        print(f"when every job has ended: python -m bench.report --results-dir {suite.context.results_dir}")
         return 0
 
     failed = 0
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed += error is not None
         print(f"shard {index}/{args.shards}: job {job.job_id} "
               + ("finished" if error is None else f"failed (see {job.paths.stderr})"))
-    reported = report_main(["--results-dir", str(suite.results_dir)])
+    reported = report_main(["--results-dir", str(suite.context.results_dir)])
     return 1 if failed or reported else 0
 
 

@@ -9,7 +9,8 @@ import torch
 
 from bench.measuring.device import GPU_PEAKS, datasheet_peak, math_mode, peak_tflops, uses_cuda_graphs
 from bench.measuring.measure import WindowTimer, peak_memory_bytes, reset_peak_memory, time_to_target
-from bench.suite.config import RECIPES, parse_suite
+from bench.suite.config import parse_suite
+from bench.suite.recipes import RECIPES
 from bench.suite.plan import batch_warnings, suite_line
 from bench.suite.shards import run_cost
 from bench.training.loop import make_schedule
@@ -74,10 +75,30 @@ def test_the_first_line_states_global_batch_and_lr_and_warns_beyond_the_checked_
 
 
 def test_run_id_names_what_changes_results_and_nothing_else():
-    (run,) = parse_suite(["--models", "resnet18", "--datasets", "mnist"], gpu_available=False, num_processes=1).runs
-    assert run.run_id == dataclasses.replace(run, num_workers=7, warmup_steps=99, data_dir="/elsewhere").run_id
+    argv = ["--models", "resnet18", "--datasets", "mnist"]
+    (run,) = parse_suite(argv, gpu_available=False, num_processes=1).runs
+    how = ["--num-workers", "7", "--warmup-steps", "99", "--data-dir", "/elsewhere", "--checkpoint-minutes", "0",
+           "--no-inference", "--price-per-hour", "3", "--results-dir", "/tmp/x", "--resume", "--profile"]
+    elsewhere = parse_suite(argv + how, gpu_available=False, num_processes=1)
+    assert elsewhere.runs == (run,) and elsewhere.context.warmup_steps == 99  # the context changed, the runs did not
     for change in ({"world_size": 2}, {"seed": 1}, {"batch_size": 8}, {"precision": "bf16"}, {"epochs": 9}):
         assert dataclasses.replace(run, **change).run_id != run.run_id, change
+
+
+@pytest.mark.parametrize("argv, processes, machines, run_ids", [
+    (["--models", "resnet18", "--datasets", "mnist"], 1, 1, ["fast_mnist_resnet18_fast_bf16_b512_s0_b506ae81fe"]),
+    (["--preset", "fast", "--models", "vgg16_improved", "--datasets", "cifar10", "--compile", "reduce-overhead",
+      "--seeds", "3", "--eval-every", "50", "--stop-at-target"], 8, 2,
+     ["fast_cifar10_vgg16_improved_fast_bf16_b512_s3_36af4367bb"]),
+    (["--preset", "paper", "--models", "inception_v1"], 1, 1,
+     ["paper_mnist_inception_v1_paper-vanilla_no_b128_s0_39722522ca",
+      "paper_cifar10_inception_v1_paper-vanilla_no_b128_s0_ce2d39f1c3"]),
+])
+def test_run_ids_are_the_ones_earlier_versions_gave(argv, processes, machines, run_ids):
+    """Run ids name records and checkpoints on disk: these were computed by the harness before the run context was
+    split off the configuration (December 2026), and must not change."""
+    suite = parse_suite(argv, gpu_available=True, num_processes=processes, num_machines=machines)
+    assert [run.run_id for run in suite.runs] == run_ids
 
 
 def test_time_to_target_counts_training_seconds_until_first_hit():

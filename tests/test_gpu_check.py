@@ -251,7 +251,7 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
     # The rehearsal runs other sizes and models than a GPU: read the GPU's command lines with the real parsers.
     from accelerate.commands.launch import launch_command_parser
 
-    from bench.suite.config import build_parser as run_parser
+    from bench.suite.options import build_parser as run_parser
     from bench.report import build_parser as report_parser
     from bench.speed import build_parser as speed_parser
     from models import model_names

@@ -1,4 +1,4 @@
-"""Preemption for real (bench/training/preemption.py): a signal to a running suite saves the state at the next step,
+"""Preemption for real (bench/suite/preemption.py): a signal to a running suite saves the state at the next step,
 and --resume goes on from that step, not from the epoch's start. Real processes, real signals; SLURM's side (its
 SIGUSR1 warning and the requeue) is tested on a real cluster in tests/test_slurm.py."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from bench.training.preemption import REQUEUE_EXIT
+from bench.suite.preemption import REQUEUE_EXIT
 from helpers import REPO, TINY, records_in, run_bench
 
 pytestmark = pytest.mark.slow

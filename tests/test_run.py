@@ -250,3 +250,20 @@ def test_each_run_keeps_an_exact_confusion_matrix_of_its_test_pass(smoke_suite):
         assert sum(confusion[i][i] for i in range(10)) / 21 == pytest.approx(record.metrics["test_acc"])
         for i, row in enumerate(confusion):
             assert per_class[i] == pytest.approx(row[i] / sum(row) if sum(row) else 0.0)
+
+
+def test_a_checkpoint_another_version_wrote_is_one_line_not_a_silent_restart(tmp_path, cache_dir, capsys):
+    """progress.json with a field this version does not know: --resume stops before training, names the file and
+    what to do, and leaves the saved state as it was."""
+    args = TINY + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "2", "--results-dir", str(tmp_path),
+                   "--cache-dir", str(cache_dir)]
+    (cfg,) = parse_suite(args, gpu_available=False, num_processes=1).runs
+    folder = tmp_path / "checkpoints" / cfg.run_id
+    (folder / "epoch-0001").mkdir(parents=True)
+    progress = {"state": "epoch-0001", "epoch": 1, "step": 3, "history": [], "a_field_from_elsewhere": 1}
+    (folder / "progress.json").write_text(json.dumps(progress))
+    assert run_main(args + ["--resume"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bench/run.py: error:")]
+    assert str(folder / "progress.json") in line and "a_field_from_elsewhere" in line and str(folder) in line
+    assert json.loads((folder / "progress.json").read_text()) == progress and (folder / "epoch-0001").is_dir()
+    assert records_in(tmp_path) == []

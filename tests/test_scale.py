@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from bench.submit import main as submit_main
-from bench.suite.config import RECIPES, parse_suite
+from bench.suite.config import parse_suite
+from bench.suite.recipes import RECIPES
 from helpers import REPO, TINY, records_in, run_bench
 
 # Two processes or jobs side by side on this machine's two cores: one loader thread (and torch thread) each.
@@ -115,11 +116,11 @@ def test_two_machines_make_one_run_that_counts_every_test_sample_once(two_machin
 def test_two_machines_resume_from_a_shared_results_folder(two_machine_run, cache_dir, tmp_path):
     shared = shutil.copytree(two_machine_run, tmp_path / "shared")
     (before,) = records_in(shared)
-    (shared / "runs" / f"{before['run_id']}.json").unlink()  # killed after its last checkpoint, before its record
+    (shared / "runs" / f"{before.run_id}.json").unlink()  # killed after its last checkpoint, before its record
     machines = launch_on_two_machines(ONE_RUN + ["--resume"], (shared, shared), cache_dir)
     for done in machines:
         assert done.returncode == 0, done.stderr[-4000:]
-    assert f"resuming {before['run_id']} after epoch 1" in machines[0].stdout and not machines[1].stdout
+    assert f"resuming {before.run_id} after epoch 1" in machines[0].stdout and not machines[1].stdout
     (after,) = records_in(shared)
     # Both processes loaded the saved weights: a process left with fresh ones would change its half of the test.
     assert after.metrics["test_acc"] == before.metrics["test_acc"] and after.history == before.history

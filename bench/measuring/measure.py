@@ -12,9 +12,19 @@ import resource
 import time
 from dataclasses import dataclass, field
 from contextlib import contextmanager
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
+import torch.distributed as dist
+
+from bench.measuring.energy import EnergyLog
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, in place, the element-wise maximum over every process: per-process results merged."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 def synchronize(device: torch.device) -> None:
@@ -82,7 +92,7 @@ class WindowTimer:
     images: int = 0
     data_wait_s: float = 0.0
     seconds: float = 0.0
-    energy: Any = None  # bench/measuring/energy.py EnergyLog: its counter is read at both synchronised ends of every window
+    energy: EnergyLog | None = None  # its counter is read at both synchronised ends of every window
     _start: float | None = field(default=None, repr=False)
     _waits: list = field(default_factory=list, repr=False)  # CUDA (before, after) event pairs
 

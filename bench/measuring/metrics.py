@@ -98,7 +98,7 @@ METRICS: tuple[Metric, ...] = (
            "between sessions are `requeue lost s`).", fmt=",.1f"),
     Metric("requeues", "requeues", "Times the run stopped on a signal (SIGUSR1: SLURM's warning before a time limit "
            "or preemption, then requeued; SIGTERM) and went on with --resume from the step where it stopped "
-           "(bench/training/preemption.py). Over seeds: the sum.", fmt=",.0f", aggregate="sum"),
+           "(bench/suite/preemption.py). Over seeds: the sum.", fmt=",.0f", aggregate="sum"),
     Metric("requeue_lost_s", "requeue lost s", "Wall seconds from each such signal to the first training step after "
            "its resume (saving, exiting, waiting in the queue, starting again), summed; outside training time and "
            "wall time alike.", fmt=",.1f"),

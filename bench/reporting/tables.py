@@ -16,7 +16,7 @@ import pandas as pd
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, mlperf_time, shown
 from bench.results.schema import RunRecord, SweepRecord
-from bench.suite.config import paired_recipe
+from bench.suite.recipes import paired_recipe
 from data.datasets import dataset_names
 from models import model_entry, model_names, study_result
 

@@ -18,6 +18,10 @@ from common.files import write_json_atomic
 Record = TypeVar("Record", RunRecord, SweepRecord)
 
 
+class CheckpointError(Exception):
+    """A saved state that cannot be resumed; the message is one line saying why and what to do."""
+
+
 def runs_dir(results_dir: Path) -> Path:
     return results_dir / "runs"
 

@@ -1,130 +1,28 @@
-"""Recipes, presets and the command line, in one place.
-
-A *recipe* is how a network is trained (optimizer, schedule, loss, augmentation); a *preset* is a
-bundle of defaults for a whole suite (data source, epochs, batch, precision). Both are plain frozen
-dataclasses so that a record can store exactly what ran, and every preset value can be overridden
-from the command line.
-"""
+"""A suite's runs, every value resolved: what each run computes (`RunConfig`, which names it) and how the suite
+carries them out (`RunContext`), from the command line over the preset over the recipe."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from bench.measuring.cost import Pricing, add_cost_options, pricing
-from bench.measuring.inference import InferenceOptions, add_inference_options, inference_options
-from bench.results.tracking import ALL as ALL_TRACKERS, TRACKERS
-from bench.suite.shards import shard_runs, shard_spec
-from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
-                      positive_float, positive_int)
-from data.datasets import dataset_names
+from bench.measuring.cost import Pricing, pricing
+from bench.measuring.inference import InferenceOptions, inference_options
+from bench.suite.options import build_parser, overrides
+from bench.suite.preemption import Preemption
+from bench.suite.recipes import AUTO, PAIRED, PRESETS, RECIPES, Preset, Recipe, paired_recipe
+from bench.suite.shards import shard_runs
+from common.cli import load_plugins
 from data.loaders import default_num_workers
-from models import model_entry, model_names, study_datasets, study_result
-
-PRECISIONS = ("no", "fp16", "bf16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one network is trained. `lr` is for a global batch of `lr_batch` when `scale_lr` is set."""
-
-    name: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    label_smoothing: float
-    schedule: str  # "constant", "multistep" (stepped per epoch) or "warmup-cosine" (stepped per step)
-    epochs: int
-    batch_size: int
-    augment: str  # the dataset's augmentation family: "none", "paper" (the study's) or "fast"
-    nesterov: bool = False
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    warmup_fraction: float = 0.0  # linear warm-up over this share of the run's steps ...
-    warmup_max_epochs: float = 1.0  # ... but never longer than this many epochs
-    scale_lr: bool = False
-    lr_batch: int = 128
-    per_model_lr: bool = False  # multiply by the model entry's fast_lr_scale
-
-    def lr_for(self, model: str, global_batch: int) -> float:
-        """Peak learning rate for this model and global batch size."""
-        lr = self.lr * (model_entry(model).fast_lr_scale if self.per_model_lr else 1.0)
-        return lr * global_batch / self.lr_batch if self.scale_lr else lr
-
-
-RECIPES: dict[str, Recipe] = {
-    # docs/STUDY.md, exactly: the study's recipes.
-    "paper-vanilla": Recipe(
-        name="paper-vanilla", lr=0.001, momentum=0.9, weight_decay=0.0, label_smoothing=0.0,
-        schedule="constant", epochs=50, batch_size=128, augment="none",
-    ),
-    "paper-improved": Recipe(
-        name="paper-improved", lr=0.01, momentum=0.9, weight_decay=4e-5, label_smoothing=0.1,
-        schedule="multistep", milestones=(5, 27, 40, 47), gamma=0.1, epochs=50, batch_size=128,
-        augment="paper",
-    ),
-    # Ours, for time to accuracy on a GPU: a large batch with the linear scaling rule, a short
-    # warm-up (a tenth of the run, at most an epoch) then cosine decay per step, Nesterov momentum,
-    # label smoothing, and cheap device-side flips/shifts. A model entry can scale the rate (VGG16
-    # without batch norm gets a tenth).
-    "fast": Recipe(
-        name="fast", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.1,
-        schedule="warmup-cosine", warmup_fraction=0.1, warmup_max_epochs=1.0, epochs=12, batch_size=512,
-        augment="fast",
-        scale_lr=True, lr_batch=512, per_model_lr=True,
-    ),
-}
-
-# The largest global batch each recipe has been run at as it stands: the study's recipes at their 128; `fast` at
-# the batch its learning rate is stated for (lr 0.2 per 512 images). Beyond it the linear scaling rule is
-# extrapolated (large batches often want a longer warm-up or LARS), and the suite's first lines say so.
-CHECKED_GLOBAL_BATCH = {"paper-vanilla": 128, "paper-improved": 128, "fast": 512}
-
-# The study pairs each vanilla model with the vanilla recipe and each improved one with the improved.
-PAIRED = "paired"
-
-
-def paired_recipe(model: str) -> str:
-    return "paper-improved" if model_entry(model).is_improved else "paper-vanilla"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Suite-wide defaults. `None` means: take it from the recipe (or the launcher, for precision)."""
-
-    name: str
-    recipe: str
-    synthetic: bool
-    epochs: int | None = None
-    batch_size: int | None = None
-    precision: str | None = None
-    channels_last: bool = False
-    warmup_steps: int = 20
-    synthetic_train: int = 2400  # synthetic images for train+val, when the data is synthetic
-    synthetic_test: int = 400
-    inference_batch: int = 256  # the batch of the trained model's inference throughput (bench/measuring/inference.py)
-
-
-PRESETS: dict[str, Preset] = {
-    "paper": Preset(name="paper", recipe=PAIRED, synthetic=False),
-    "fast": Preset(name="fast", recipe="fast", synthetic=False, precision="bf16", channels_last=True),
-    # Synthetic data and a few dozen steps: finishes in minutes on two CPU cores.
-    "smoke": Preset(
-        name="smoke", recipe="fast", synthetic=True, epochs=2, batch_size=32, warmup_steps=2,
-        synthetic_train=640, synthetic_test=128, inference_batch=32,
-    ),
-}
-AUTO = "auto"
+from models import study_result
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run depends on; its hash names the run for records and --resume."""
+    """Everything that changes a run's result, and nothing else: its hash names the run for records and --resume."""
 
     model: str
     dataset: str
@@ -145,23 +43,10 @@ class RunConfig:
     lr: float | None = None  # explicit override of the recipe's peak learning rate
     stop_at_target: bool = False  # end the run once validation accuracy reaches the target
     eval_every: int | None = None  # validate every this many steps (None: at each epoch's end)
-    # How a run is measured or where its files are, not what it computes: left out of its identity.
-    warmup_steps: int = field(default=20, compare=False)
-    num_workers: int = field(default=1, compare=False)
-    data_dir: str | None = field(default=None, compare=False)
-    checkpoint_minutes: float = field(default=5.0, compare=False)
-    inference: InferenceOptions | None = field(default=InferenceOptions(), compare=False)  # None: --no-inference
-    pricing: Pricing = field(default=Pricing(), compare=False)
 
     def to_json(self) -> dict:
-        """Every setting that changes the result: the record's `config`."""
-        return {f.name: dataclasses.asdict(self.recipe) if f.name == "recipe" else getattr(self, f.name)
-                for f in dataclasses.fields(self) if f.compare}
-
-    def settings_json(self) -> dict:
-        """How the run is measured, outside its identity: the record's `settings`."""
-        every = dataclasses.asdict(self)
-        return {f.name: every[f.name] for f in dataclasses.fields(self) if not f.compare}
+        """The record's `config`."""
+        return dataclasses.asdict(self)
 
     @property
     def run_id(self) -> str:
@@ -184,160 +69,41 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """How the suite's runs are carried out and where their files go: nothing here changes a result or a run id."""
+
+    results_dir: Path
+    cache_dir: Path | None = None  # the .beton files (default: data/cache)
+    data_dir: Path | None = None  # the raw datasets (default: $DEEPNETS_DATA_DIR, else a download)
+    warmup_steps: int = 20  # training steps before the timed window opens
+    num_workers: int = 1  # loader threads per process
+    checkpoint_minutes: float = 5.0  # a resumable state at the first epoch end this long after the last
+    resume: bool = False
+    keep_checkpoints: bool = False
+    profile: bool = False
+    inference: InferenceOptions | None = InferenceOptions()  # None: --no-inference
+    pricing: Pricing = Pricing()
+    preemption: Preemption | None = None  # the signals that stop a run at its next step
+
+    def settings_json(self) -> dict:
+        """What of this shapes a run's measurements: the record's `settings`."""
+        return {"warmup_steps": self.warmup_steps, "num_workers": self.num_workers,
+                "data_dir": str(self.data_dir) if self.data_dir else None,
+                "checkpoint_minutes": self.checkpoint_minutes,
+                "inference": dataclasses.asdict(self.inference) if self.inference else None,
+                "pricing": dataclasses.asdict(self.pricing)}
+
+
+@dataclass(frozen=True)
 class SuiteConfig:
     runs: tuple[RunConfig, ...]
+    context: RunContext
     precision: str  # every run's: one Accelerator serves the suite
     notes: tuple[str, ...]  # choices the options left to the harness, said in the suite's first lines
     shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
     log_with: tuple[str, ...]  # experiment trackers (bench/results/tracking.py)
-    results_dir: Path
-    cache_dir: Path | None
-    resume: bool
-    keep_checkpoints: bool
-    profile: bool
     overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
     dry_run: bool = False  # print the resolved runs and train nothing
-
-
-def add_collective_timeout(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    group.add_argument("--collective-timeout-s", type=positive_float, default=600, metavar="S",
-                       help="end the run when another process has not joined a collective for S seconds (a machine "
-                       "that died, a hung peer), with one line, instead of waiting forever (default %(default)s, "
-                       "NCCL's own)")
-
-
-def collective_timeout(argv: Sequence[str] | None) -> float:
-    """--collective-timeout-s alone, read before the process group exists (parse_suite needs its size)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_collective_timeout(parser)
-    return parser.parse_known_args(argv)[0].collective_timeout_s
-
-
-def accuracy_fraction(text: str) -> float:
-    """Accept 0.85 or 85 (percent) and return a fraction."""
-    value = positive_float(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"expected an accuracy in (0, 1] or a percentage in (1, 100], got {text!r}")
-    return value / 100 if value > 1 else value
-
-
-def results_folder(text: str) -> Path:
-    """A folder for results: absent (created later) or a directory, never an existing file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder for the results")
-    return path
-
-
-def build_parser() -> OneLineParser:
-    models, datasets, study = model_names(), dataset_names(), study_datasets()
-    parser = OneLineParser(
-        prog="bench/run.py",
-        description="Train and measure image-classification CNNs on FFCV-encoded 64x64 datasets under Accelerate.",
-        epilog="Launch with `accelerate launch bench/run.py ...`: without an Accelerate config it starts one process "
-        "per visible GPU, and --batch-size is per process. `--dry-run` prints what would run (global batch, lr, "
-        "precision, epochs) and trains nothing.",
-    )
-    what = parser.add_argument_group("what to run")
-    what.add_argument("--models", nargs="+", choices=models, default=list(models), metavar="MODEL",
-                      help=f"models to run (default: all). Valid: {', '.join(models)}")
-    what.add_argument("--datasets", nargs="+", choices=datasets, default=list(study), metavar="DATASET",
-                      help=f"datasets (default: the study's, {', '.join(study)}). Valid: {', '.join(datasets)}")
-    what.add_argument("--preset", choices=(AUTO, *PRESETS), default=AUTO,
-                      help="auto (default): 'fast' on real data when a GPU is present, else 'smoke'")
-    what.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed (default: 0)")
-    add_plugin_option(what)
-    what.add_argument("--dry-run", action="store_true",
-                      help="print the resolved runs (run id, global batch, lr, precision, epochs) and what the "
-                      "options override, then stop: nothing is trained or written")
-
-    recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--recipe", choices=(PAIRED, *RECIPES), default=None,
-                        help="training recipe (default: the preset's). 'paired' = the study's pairing: "
-                        "vanilla models with paper-vanilla, improved ones with paper-improved")
-    recipe.add_argument("--epochs", type=positive_int, help="epochs per run (default: the recipe's)")
-    recipe.add_argument("--batch-size", type=positive_int,
-                        help="batch size PER PROCESS (global batch = this x number of processes; default: the "
-                        "preset's, else the recipe's; the study's recipes split their global 128 across processes)")
-    recipe.add_argument("--lr", type=positive_float,
-                        help="peak learning rate (default: the recipe's, scaled to the global batch)")
-    recipe.add_argument("--target-accuracy", type=accuracy_fraction,
-                        help="validation accuracy for time-to-target, as 0.99 or 99 (default: the study's test "
-                        "accuracy for that model and dataset when it has one; none on synthetic data)")
-    recipe.add_argument("--stop-at-target", action="store_true",
-                        help="time-to-accuracy mode: end each run as soon as its validation accuracy reaches the "
-                        "target, then test once (a run that never gets there trains all its epochs)")
-    recipe.add_argument("--eval-every", type=positive_int, metavar="STEPS",
-                        help="validate every STEPS training steps (and at the end) instead of after every epoch, "
-                        "so that time to target is measured more finely; validation time counts in the wall-clock "
-                        "figure")
-
-    speed = parser.add_argument_group("precision and speed")
-    speed.add_argument("--precision", choices=PRECISIONS,
-                       help="mixed precision (default: the launcher's --mixed_precision if fp16/bf16, else the preset's)")
-    speed.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                       help="channels_last memory format (default: the preset's)")
-    speed.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
-                       dest="compile_mode", help="torch.compile the model (mode 'reduce-overhead' uses CUDA graphs)")
-    speed.add_argument("--warmup-steps", type=non_negative_int, help="training steps excluded from throughput")
-    speed.add_argument("--num-workers", type=positive_int, default=None,
-                       help="FFCV loader threads per process (default: CPU cores / processes)")
-    speed.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
-    add_inference_options(speed)
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", type=Path, default=None,
-                      help="directory with the raw datasets (default: $DEEPNETS_DATA_DIR, else download)")
-    data.add_argument("--cache-dir", type=Path, default=None, help="where .beton files go (default: data/cache)")
-    data.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=None,
-                      help="use the learnable synthetic data instead of the real datasets (default: the preset's)")
-    data.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
-                      help="images in the synthetic train(+val) and test sets (default: the preset's)")
-
-    output = parser.add_argument_group("output")
-    output.add_argument("--results-dir", type=results_folder, default=Path("results"),
-                        help="records and tables (default: results/)")
-    output.add_argument("--resume", action="store_true",
-                        help="skip runs that already have a record and continue unfinished ones from their checkpoint")
-    output.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint of finished runs")
-    output.add_argument("--checkpoint-minutes", type=non_negative_float, default=5.0, metavar="M",
-                        help="save a resumable checkpoint at the end of an epoch once M minutes have passed since "
-                        "the last one (default 5: a kill loses at most that much training plus the epoch in "
-                        "progress); 0 = after every epoch")
-    add_cost_options(output)
-
-    cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--shard", type=shard_spec, metavar="I/N",
-                         help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
-                         "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
-    add_collective_timeout(cluster)
-
-    tracking = parser.add_argument_group("tracking")
-    tracking.add_argument("--log-with", nargs="+", choices=(ALL_TRACKERS, *TRACKERS), default=[], metavar="TRACKER",
-                          help=f"also log every run to these experiment trackers through Accelerate ({ALL_TRACKERS}: "
-                          f"every installed one). Valid: {', '.join(TRACKERS)}; each is an extra, e.g. "
-                          "pip install 'deepnets-bench[tensorboard]'")
-    return parser
-
-
-# Options that override what the preset and its recipes would choose: shown by the first lines and --dry-run.
-OVERRIDING = ("recipe", "epochs", "batch_size", "lr", "precision", "channels_last", "compile_mode", "synthetic",
-              "synthetic_size", "warmup_steps", "target_accuracy")
-
-
-def overrides(args: argparse.Namespace) -> tuple[str, ...]:
-    """The overriding options the command line gave, as `--option value`."""
-    given = []
-    for dest in OVERRIDING:
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        option = "--compile" if dest == "compile_mode" else f"--{dest.replace('_', '-')}"
-        if isinstance(value, bool):
-            given.append(option if value else f"--no-{option[2:]}")
-        else:
-            given.append(f"{option} {' '.join(map(str, value)) if isinstance(value, list) else value}")
-    return tuple(given)
 
 
 def launcher_precision() -> str | None:
@@ -384,17 +150,15 @@ def resolve_precision(explicit: str | None, preset: Preset, gpu_available: bool,
     return preset.precision or "no", None
 
 
-def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int,
-                native_bf16: bool = True, num_machines: int = 1) -> SuiteConfig:
-    """Command line -> the list of runs, every value resolved (CLI over preset over recipe)."""
+def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int, native_bf16: bool = True,
+                num_machines: int = 1, preemption: Preemption | None = None) -> SuiteConfig:
+    """Command line -> the list of runs, every value resolved (CLI over preset over recipe), and their context."""
     load_plugins(argv, "bench/run.py")
     args = build_parser().parse_args(argv)
     preset, auto_reason = resolve_preset(args.preset, args.synthetic, gpu_available)
     synthetic = preset.synthetic if args.synthetic is None else args.synthetic
     precision, precision_reason = resolve_precision(args.precision, preset, gpu_available, native_bf16)
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
-    warmup_steps = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
-    num_workers = args.num_workers or default_num_workers()
     recipe_choice = args.recipe or preset.recipe
     synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
     runs = []
@@ -411,17 +175,17 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     batch_size=args.batch_size or preset.batch_size or recipe_batch(recipe, num_processes),
                     precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
-                    target_accuracy=target, world_size=num_processes, num_machines=num_machines,
-                    warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
+                    target_accuracy=target, world_size=num_processes, num_machines=num_machines, lr=args.lr,
                     stop_at_target=args.stop_at_target, eval_every=args.eval_every,
-                    checkpoint_minutes=args.checkpoint_minutes, pricing=pricing(args),
-                    inference=inference_options(args, preset.inference_batch),
-                    data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
+    context = RunContext(
+        results_dir=args.results_dir, cache_dir=args.cache_dir, data_dir=args.data_dir,
+        warmup_steps=preset.warmup_steps if args.warmup_steps is None else args.warmup_steps,
+        num_workers=args.num_workers or default_num_workers(), checkpoint_minutes=args.checkpoint_minutes,
+        resume=args.resume, keep_checkpoints=args.keep_checkpoints, profile=args.profile,
+        inference=inference_options(args, preset.inference_batch), pricing=pricing(args), preemption=preemption)
     return SuiteConfig(
-        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), precision=precision,
-        notes=tuple(note for note in (auto_reason, precision_reason) if note),
-        shard=args.shard, log_with=tuple(args.log_with), results_dir=args.results_dir,
-        cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-        profile=args.profile, overrides=overrides(args), dry_run=args.dry_run,
+        runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), context=context, precision=precision,
+        notes=tuple(note for note in (auto_reason, precision_reason) if note), shard=args.shard,
+        log_with=tuple(args.log_with), overrides=overrides(args), dry_run=args.dry_run,
     )

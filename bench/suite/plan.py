@@ -12,7 +12,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from bench.suite.config import CHECKED_GLOBAL_BATCH, RunConfig, SuiteConfig
+from bench.suite.config import RunConfig, SuiteConfig
+from bench.suite.recipes import CHECKED_GLOBAL_BATCH
 
 
 def listing(values: Sequence[str]) -> str:
@@ -37,7 +38,7 @@ def suite_line(suite: SuiteConfig, processes: int, device: str) -> str:
     line = f"{len(suite.runs)} run(s), {processes} process(es) on {device}"
     if suite.runs:
         line += f", {batch_and_lr(suite.runs)}"
-    line += f", precision {suite.precision}, results in {suite.results_dir}/"
+    line += f", precision {suite.precision}, results in {suite.context.results_dir}/"
     if suite.overrides:
         line += f"; set by options: {' '.join(suite.overrides)}"
     return line

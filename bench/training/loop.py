@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from bench.measuring.measure import WindowTimer, reset_peak_memory, synchronize
+from bench.measuring.measure import WindowTimer, all_reduce_max_, reset_peak_memory, synchronize
 from bench.suite.config import RunConfig
+from bench.suite.preemption import Preemption
+from bench.training.probes import RunProbes
 from bench.training.profiling import StepProfiler
 from data.augment import DevicePreprocess
 
@@ -26,31 +27,28 @@ LOG_EVERY = 50  # steps between host reads of the running loss (progress bar, di
 
 @dataclass
 class Training:
-    """The prepared pieces of one run that every step uses."""
+    """The prepared pieces of one run that every step uses, built complete before the first step."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per_step_schedule: bool
     criterion: torch.nn.Module
-    loaders: dict
+    loaders: dict[str, Any]  # split -> ffcv Loader (or the overhead benchmark's stand-in)
     counts: dict[str, int]
     train_preprocess: DevicePreprocess
     eval_preprocess: DevicePreprocess
     generator: torch.Generator
+    probes: RunProbes  # the run's extra measurements (energy windows, device snapshots, first step)
     lr_warmup_steps: int = 0  # what the schedule resolved to
     compile_mode: str | None = None  # how the model is torch.compiled (None: eager)
     cuda_graphs: bool = False  # whether that compiled model replays CUDA graphs (each step is marked)
     profiler: StepProfiler | None = None
-    # The run's other probes (bench/training/probes.py): energy counter windows, device snapshots, the first step's end.
-    energy: Any = None  # bench/measuring/energy.py EnergyLog
-    watch: Any = None  # bench/measuring/watch.py Watch
-    first_step_at: float | None = None  # time.time() when the session's first step had finished on the device
-    preemption: Any = None  # bench/training/preemption.py Preemption: a signal stops the loop at a step boundary
+    preemption: Preemption | None = None  # a signal stops the loop at a step boundary
 
     @property
     def preempted(self) -> bool:
-        """Whether every process agreed to stop at this step on a signal (bench/training/preemption.py)."""
+        """Whether every process agreed to stop at this step on a signal."""
         return self.preemption is not None and self.preemption.agreed is not None
 
     @property
@@ -64,9 +62,9 @@ class RunDiverged(RuntimeError):
 
 
 @dataclass
-class Stretch:
-    """Sums over a stretch of training steps (an epoch, or the steps between two validations); stretches
-    add up, so that a history row can cover the steps since the previous validation."""
+class StepSums:
+    """Sums over consecutive training steps (an epoch, or the steps between two validations); they add up, so that
+    a history row can cover every step since the previous validation."""
 
     loss_sum: float = 0.0  # over every sample of every process
     correct: float = 0.0
@@ -82,14 +80,14 @@ class Stretch:
                 "per_process": per_process}
 
     @classmethod
-    def from_json(cls, saved: dict) -> Stretch:
+    def from_json(cls, saved: dict) -> StepSums:
         per_process = saved.get("per_process")
         return cls(**{**saved, "per_process": None if per_process is None
                       else torch.tensor(per_process, dtype=torch.float64)})
 
-    def __add__(self, other: Stretch) -> Stretch:
+    def __add__(self, other: StepSums) -> StepSums:
         per_process = other.per_process if self.per_process is None else self.per_process + other.per_process
-        return Stretch(self.loss_sum + other.loss_sum, self.correct + other.correct, self.seen + other.seen,
+        return StepSums(self.loss_sum + other.loss_sum, self.correct + other.correct, self.seen + other.seen,
                        per_process, self.seconds + other.seconds, self.steps + other.steps)
 
     @property
@@ -142,12 +140,6 @@ def rates(per_process: torch.Tensor) -> list[float]:
     return [float(row[0] / row[1]) if row[1] > 0 else 0.0 for row in per_process]
 
 
-def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
     """(scheduler, per_step, warm-up steps): the recipe's LR schedule, stepped by the loop, never by Accelerate.
 
@@ -171,7 +163,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_ep
 
 
 def train_steps(training: Training, accelerator: Accelerator, batches: Iterator, timer: WindowTimer,
-                start_timing_at: int, step: int, limit: int | None = None, bar=None) -> tuple[Stretch, int, bool]:
+                start_timing_at: int, step: int, limit: int | None = None, bar=None) -> tuple[StepSums, int, bool]:
     """Train on `batches` until they run out or `limit` steps are done; returns the stretch's sums, the
     step counter after it and whether the batches ran out. The timer's window opens once the step
     counter reaches `start_timing_at` (warm-up and profiled steps stay out of it)."""
@@ -189,8 +181,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
                 # from here: compilation's and cuDNN autotuning's workspaces stay out of it.
                 accelerator.wait_for_everyone()
                 reset_peak_memory(device)
-                if training.watch is not None:
-                    training.watch.start()
+                training.probes.window_opened()
             timer.start()  # before the wait, so the window and the stall cover the same time
         try:
             with timer.waiting_for_data():
@@ -214,9 +205,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
         seen += labels.shape[0]
         step += 1
         done += 1
-        if training.first_step_at is None:  # cold start ends here: one host sync, once per session
-            synchronize(device)
-            training.first_step_at = time.time()
+        training.probes.step_done()
         if training.profiler is not None:
             training.profiler.step(step)
         if bar is not None:
@@ -231,7 +220,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
                 rate = timer.images / elapsed * accelerator.num_processes if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{running:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
         if training.preemption is not None and training.preemption.due(accelerator, step):
-            break  # every process at the same step: the state is saved here (bench/training/train.py run_epochs)
+            break  # every process at the same step: the run saves its state here
     timer.stop()
     synchronize(device)
     seconds = time.perf_counter() - started
@@ -240,7 +229,7 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
     if not math.isfinite(float(sums[0])):
         raise RunDiverged(f"training loss became {float(sums[0])} in the steps ending at step {step}")
     per_process = gather_rows(accelerator, [timer.images, timer.seconds, timer.data_wait_s])
-    return Stretch(float(sums[0]), float(sums[1]), float(sums[2]), per_process, seconds, done), step, exhausted
+    return StepSums(float(sums[0]), float(sums[1]), float(sums[2]), per_process, seconds, done), step, exhausted
 
 
 @torch.no_grad()

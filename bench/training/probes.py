@@ -1,14 +1,17 @@
-"""What a run measures beyond training itself, wired into one object so that bench/training/train.py stays about training:
-cold start (time to the first step, compile seconds), energy (bench/measuring/energy.py), the device's state at the ends of
-the timed window (bench/measuring/watch.py), and, after testing, the trained model's inference (bench/measuring/inference.py).
+"""A run's measurements beyond training itself: cold start (time to the first step, compile seconds), energy, the
+device's state when the timed window opens and when training ends, and, after testing, the trained model's inference.
 
-A run creates its RunProbes before anything else (the energy counter and the clock start with the run), attaches
-them to its Training (the loop opens the watch and the energy windows, bench/training/loop.py), and calls `finish` once
-testing is done: every process joins its collectives, the main process alone times inference.
+`with probes.track():` spans the run from its start to the end of testing, and `with probes.training():` its
+training; the loop says when the timed window first opens (`window_opened`) and when a step is done. Afterwards
+`probes.measured(...)` ends the energy reading, gathers every process's share and times inference: one typed result.
 """
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -16,10 +19,11 @@ from accelerate.utils import gather_object
 from torch._dynamo.utils import calculate_time_spent
 
 from bench.measuring.energy import EnergyCounter, EnergyLog, energy_metrics, summed
-from bench.measuring.inference import inference_metrics, measure_inference
+from bench.measuring.inference import InferenceOptions, inference_metrics, measure_inference
+from bench.measuring.measure import synchronize
 from bench.measuring.watch import Watch, device_flags
 from bench.suite.config import RunConfig
-from bench.training.loop import Training
+from data.augment import DevicePreprocess
 from data.encode import IMAGE_SIZE
 
 
@@ -28,52 +32,78 @@ def compile_seconds() -> float:
     return calculate_time_spent().get("total_wall_time", 0.0)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What the probes measured, for the record: run metrics (each declared in bench/measuring/metrics.py), every
+    process's device snapshots, and the inference measurement in full (None when not timed)."""
+
+    metrics: dict[str, Any]
+    device_state: list[dict[str, Any]] = field(default_factory=list)
+    inference: dict[str, Any] | None = None
+
+
 class RunProbes:
-    """One run's extra measurements; every process makes one (its constructor is a collective)."""
+    """One run's extra measurements; every process makes one (`track` and `measured` are collectives)."""
 
     def __init__(self, accelerator: Accelerator, started: float) -> None:
-        self.started = started
+        self.accelerator, self.started = accelerator, started
+        self.energy = EnergyLog(EnergyCounter(reason="not tracked"))
+        self.watch: Watch | None = None
+        self.first_step_at: float | None = None  # time.time() when this session's first step was done on the device
+        self._compile_before = 0.0
+
+    @contextmanager
+    def track(self) -> Iterator[RunProbes]:
+        """The run, from its start to the end of testing: the energy counter and the compile clock."""
+        device = self.accelerator.device
         own_pids = set(gather_object([os.getpid()]))  # the run's own processes are not "other processes"
-        self.energy = EnergyLog(EnergyCounter.open(accelerator.device, accelerator.is_local_main_process))
-        self.watch = Watch(accelerator.device, own_pids)
-        self.compile_before = compile_seconds()
-        self.compile_s: float | None = None
+        self.energy = EnergyLog(EnergyCounter.open(device, self.accelerator.is_local_main_process))
+        self.watch = Watch(device, own_pids)
+        self._compile_before = compile_seconds()
+        yield self
 
-    def attach(self, training: Training) -> None:
-        training.energy, training.watch = self.energy, self.watch
-
-    def training_done(self) -> None:
-        """At the end of the last timed window, before testing: the device's end snapshot."""
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """The run's training: the device's snapshot when it ends (the loop takes the one when its window opens)."""
+        yield
         self.watch.stop()
 
-    def tested(self, cfg: RunConfig, accelerator: Accelerator, timed_images: int, history: list[dict],
-               resumed: bool) -> tuple[dict, dict]:
-        """Once testing is done (every process): (run metrics, record fields) of cold start, energy and the device's
-        state. Energy ends here: inference, timed next, is not the run's."""
-        self.compile_s = compile_seconds() - self.compile_before if cfg.compile_mode else None
+    def window_opened(self) -> None:
+        """The timed window has opened for the first time this session: the device's state now."""
+        self.watch.start()
+
+    def step_done(self) -> None:
+        """After every training step: the first ends the cold start (one host sync, once per session)."""
+        if self.first_step_at is None:
+            synchronize(self.accelerator.device)
+            self.first_step_at = time.time()
+
+    def validated(self) -> None:
+        """At every history row: the energy counter, for the energy to target."""
+        self.energy.mark()
+
+    def measured(self, cfg: RunConfig, inference: InferenceOptions | None, model: torch.nn.Module,
+                 preprocess: DevicePreprocess, timed_images: int, history: list[dict], resumed: bool) -> Measured:
+        """Once testing is done, on every process: energy (ending here, before inference), cold start, the device's
+        flags, then the trained model's inference, timed by the main process while the others wait."""
+        accelerator = self.accelerator
         energy = summed(gather_object([self.energy.reading()]))
         target = cfg.target_accuracy
         target_row = next((index for index, row in enumerate(history) if target is not None
                            and row["val_acc"] >= target), None)
         states = gather_object([{"rank": accelerator.process_index, **self.watch.states()}])
-        metrics = {"compile_s": self.compile_s, **device_flags(states),
-                   **energy_metrics(energy, self.energy.counter, timed_images, target_row, resumed)}
-        return metrics, {"device_state": states}
-
-    def inference(self, cfg: RunConfig, accelerator: Accelerator, training: Training) -> tuple[dict, dict]:
-        """The trained model's inference on the main process (the others wait): (run metrics, record fields)."""
-        measured = None
-        if cfg.inference is not None and accelerator.is_main_process:
-            model = accelerator.unwrap_model(training.model, keep_torch_compile=False)
-            channels = len(training.eval_preprocess.mean)
-            images = torch.randint(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, channels), dtype=torch.uint8,
+        metrics = {
+            "time_to_first_step_s": self.first_step_at - self.started if self.first_step_at is not None else None,
+            "compile_s": compile_seconds() - self._compile_before if cfg.compile_mode else None,  # inference's apart
+            **device_flags(states),
+            **energy_metrics(energy, self.energy.counter, timed_images, target_row, resumed),
+        }
+        timed = None
+        if inference is not None and accelerator.is_main_process:
+            bare = accelerator.unwrap_model(model, keep_torch_compile=False)
+            images = torch.randint(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, len(preprocess.mean)), dtype=torch.uint8,
                                    device=accelerator.device)
-            example = training.eval_preprocess(images)[0]
-            measured = measure_inference(model, example, cfg.precision, cfg.channels_last, cfg.compile_mode,
-                                         cfg.inference)
+            timed = measure_inference(bare, preprocess(images)[0], cfg.precision, cfg.channels_last,
+                                      cfg.compile_mode, inference)
         accelerator.wait_for_everyone()
-        return inference_metrics(measured), {"inference": measured}
-
-    def first_step_metrics(self, training: Training) -> dict:
-        at = training.first_step_at
-        return {"time_to_first_step_s": at - self.started if at is not None else None}
+        return Measured(metrics=metrics | inference_metrics(timed), device_state=states, inference=timed)

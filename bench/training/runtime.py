@@ -50,7 +50,7 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
     return model, optimizer
 
 
-def announce(accelerator: Accelerator, *args, **kwargs) -> None:
+def print_main(accelerator: Accelerator, *args, **kwargs) -> None:
     """Print from the global main process only. Accelerate's `print` prints on every machine's local main, which
     doubles each line in a two-node job's log."""
     if accelerator.is_main_process:

@@ -1,13 +1,10 @@
 """One training run under Accelerate, from its configuration to its record.
 
-Read top to bottom: `train_run` is the whole run and calls, in order, `build_training` (data encoded
-once, loaders, model, optimizer, schedule, device-side preprocessing), `restore` (continue an
-unfinished run from its last checkpoint), `run_epochs` (each epoch through `run_epoch`: train,
-`validate` at its end or every `--eval-every` steps, one history row each, a checkpoint when one is
-due; `--stop-at-target` ends it at the target), then tests once and `summarise`s the history into the
-run's metrics. Experiment trackers (bench/results/tracking.py) see each row and the final metrics. The
-per-step code is in bench/training/loop.py, the measurement conventions in bench/measuring/measure.py, the metric
-declarations in bench/measuring/metrics.py.
+Read top to bottom: `train_run` is the whole run and calls, in order, `build_training` (data encoded once, loaders,
+model, optimizer, schedule, device-side preprocessing), `restore` (an unfinished run goes on from its last
+checkpoint), `run_epochs` (each epoch through `run_epoch`: train, `validate` at its end or every `--eval-every`
+steps, one history row each, a checkpoint when one is due; `--stop-at-target` ends it at the target), then tests
+once and `summarise`s the history into the run's metrics.
 """
 from __future__ import annotations
 
@@ -23,23 +20,25 @@ from torch._dynamo.utils import counters as dynamo_counters
 from tqdm.auto import tqdm
 
 from bench.measuring.cost import cost_metrics
-from bench.measuring.environment import environment
 from bench.measuring.device import device_name, peak_tflops, uses_cuda_graphs
+from bench.measuring.environment import environment
 from bench.measuring.measure import WindowTimer, is_oom, peak_memory_bytes, reset_peak_memory, time_to_target
 from bench.measuring.metrics import history_row, run_metrics
-from bench.training.probes import RunProbes
 from bench.results import records, tracking
+from bench.results.records import CheckpointError
 from bench.results.schema import RunRecord
-from bench.suite.config import RunConfig
-from bench.training.loop import EvalResult, RunDiverged, Stretch, Training, evaluate, gather_rows, make_schedule, train_steps
-from bench.training.preemption import Preempted, Preemption
+from bench.suite.config import RunConfig, RunContext
+from bench.suite.preemption import Preempted
+from bench.training.loop import (EvalResult, RunDiverged, StepSums, Training, evaluate, gather_rows, make_schedule,
+                                 train_steps)
+from bench.training.probes import RunProbes
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import announce, build_model_and_optimizer, release
+from bench.training.runtime import build_model_and_optimizer, print_main, release
+from common.files import full_disk_is_one_line
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
 from data.encode import prepare_dataset
 from data.errors import DataError
-from common.files import full_disk_is_one_line
 from data.loaders import set_loader_epoch, shared_loader
 from models.facts import model_facts
 
@@ -57,58 +56,52 @@ class Progress:
     wall_time_s: float = 0.0  # the run's wall time up to the last checkpoint
     checkpoint_s: float = 0.0  # of which spent writing checkpoints
     # Trained since the last validation (with --eval-every, an epoch can end between two), and the LR then.
-    pending: Stretch = field(default_factory=Stretch)
+    pending: StepSums = field(default_factory=StepSums)
     pending_lr: float | None = None
-    epoch_step: int = 0  # steps done in the epoch in progress (a state saved mid-epoch, bench/training/preemption.py)
+    epoch_step: int = 0  # steps done in the epoch in progress (a state saved mid-epoch on a signal)
     requeues: int = 0  # times the run stopped on a signal and was resumed
     requeue_lost_s: float = 0.0  # wall seconds from each signal to the first step after its resume
     preempted_at: float | None = None  # time.time() of the signal the saved state stopped on
 
 
-def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache_dir: Path | None,
-              resume: bool, keep_checkpoints: bool, profile: bool, preemption: Preemption | None = None) -> RunRecord:
+def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> RunRecord:
     """Train and measure one configuration; returns its record (the caller writes it).
 
     A diverged or out-of-memory run is a result (status `diverged` / `oom`, with its history so far);
     any other exception propagates, Preempted among them (the state at that step is saved).
     """
     started = time.time()
-    record = describe_run(cfg, accelerator, started)
+    record = describe_run(cfg, context, accelerator, started)
     progress, metrics = Progress(), {}
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
-    probes = RunProbes(accelerator, started)  # energy, device state, cold start, inference (bench/training/probes.py)
+    probes = RunProbes(accelerator, started)
     try:
-        training = build_training(cfg, accelerator, cache_dir)
-        training.preemption = preemption
-        probes.attach(training)
-        tracking.start(accelerator, cfg, cfg.run_id, results_dir)
-        spec = get_spec(cfg.dataset)
-        facts = model_facts(cfg.model, spec.channels, num_classes=spec.num_classes)
-        record.facts = asdict(facts)
-        progress = restore(cfg, accelerator, results_dir, training) if resume else None
-        resumed = progress is not None
-        if progress is None:
-            progress = Progress()
-            if accelerator.is_local_main_process:  # every machine: its own files when the folder is not shared
-                records.remove_checkpoints(results_dir, cfg.run_id)
-        wall_before = progress.wall_time_s
-        run_epochs(cfg, accelerator, training, progress, results_dir, profile, started, keep_checkpoints)
-        probes.training_done()
-        test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
-                        accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to,
-                        cuda_graphs=training.cuda_graphs)
+        with probes.track():
+            training = build_training(cfg, context, accelerator, probes)
+            tracking.start(accelerator, cfg, cfg.run_id, context.results_dir)
+            spec = get_spec(cfg.dataset)
+            facts = model_facts(cfg.model, spec.channels, num_classes=spec.num_classes)
+            saved = restore(cfg, context.results_dir, accelerator, training) if context.resume else None
+            if saved is None and accelerator.is_local_main_process:  # every machine: its own files, unshared
+                records.remove_checkpoints(context.results_dir, cfg.run_id)
+            progress = saved or Progress()
+            wall_before = progress.wall_time_s
+            with probes.training():
+                run_epochs(cfg, context, accelerator, training, progress, started)
+            test = evaluate(training.model, training.loaders["test"], training.eval_preprocess,
+                            training.counts["test"], accelerator, num_classes=spec.num_classes,
+                            pad_to=training.eval_pad_to, cuda_graphs=training.cuda_graphs)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
         wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
-        probed, parts = probes.tested(cfg, accelerator, progress.timed_images, progress.history, resumed)
-        inferred, inference = probes.inference(cfg, accelerator, training)  # after the run's energy and graphs
-        record.device_state, record.inference = parts["device_state"], inference["inference"]
-        metrics = summarise(cfg, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
-                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
-                            probed=probed | inferred | probes.first_step_metrics(training))
+        measured = probes.measured(cfg, context.inference, training.model, training.eval_preprocess,
+                                   progress.timed_images, progress.history, resumed=saved is not None)
+        metrics = summarise(cfg, context, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
+                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs, measured=measured.metrics)
         tracking.log_final(accelerator, metrics, step=progress.step)
-        record.test_confusion = test.confusion
-        record.test_per_class_acc = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
+        record = replace(record, facts=asdict(facts), device_state=measured.device_state,
+                         inference=measured.inference, test_confusion=test.confusion,
+                         test_per_class_acc=[row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)])
         status, error = "finished", None
     except RunDiverged as caught:
         status, error = "diverged", str(caught)
@@ -120,23 +113,24 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         tracking.finish(accelerator)
         release(accelerator, compiled=bool(cfg.compile_mode))
     # Finished, diverged and OOM runs are final (--resume skips them): their checkpoints are done with.
-    if not keep_checkpoints:
+    if not context.keep_checkpoints:
         accelerator.wait_for_everyone()
         if accelerator.is_local_main_process:  # every machine's random states too, when the folder is not shared
-            records.remove_checkpoints(results_dir, cfg.run_id)
+            records.remove_checkpoints(context.results_dir, cfg.run_id)
     return replace(record, status=status, error=error, history=progress.history, metrics=metrics, finished_at=now())
 
 
-def describe_run(cfg: RunConfig, accelerator: Accelerator, started: float) -> RunRecord:
+def describe_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator, started: float) -> RunRecord:
     """A run's record before it has an outcome (a failure, until the run says otherwise): what ran, on what, when."""
-    return RunRecord(run_id=cfg.run_id, status="failed", config=cfg.to_json(), settings=cfg.settings_json(),
+    return RunRecord(run_id=cfg.run_id, status="failed", config=cfg.to_json(), settings=context.settings_json(),
                      env=environment(accelerator), class_names=list(get_spec(cfg.dataset).class_names),
                      started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)))
 
 
-def failed_record(cfg: RunConfig, accelerator: Accelerator, started: float, error: BaseException) -> RunRecord:
+def failed_record(cfg: RunConfig, context: RunContext, accelerator: Accelerator, started: float,
+                  error: BaseException) -> RunRecord:
     """The record of a run that raised `error`: its description, the error and its traceback."""
-    return replace(describe_run(cfg, accelerator, started), error=repr(error), traceback=traceback.format_exc(),
+    return replace(describe_run(cfg, context, accelerator, started), error=repr(error), traceback=traceback.format_exc(),
                    finished_at=now())
 
 
@@ -144,18 +138,19 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | None) -> Training:
-    """Data (encoded once per cache, main process first), loaders, model, optimizer, schedule, preprocessing."""
+def build_training(cfg: RunConfig, context: RunContext, accelerator: Accelerator, probes: RunProbes) -> Training:
+    """Data (encoded once per cache, main process first), loaders, model, optimizer, schedule, preprocessing, and what
+    watches the steps (probes, the profiler, the signals)."""
     device = accelerator.device
     set_seed(cfg.seed, device_specific=True)  # rank 0 keeps the seed; DDP copies its weights to the others
     with accelerator.main_process_first():
-        encoded = prepare_dataset(cfg.dataset, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-                                  cache_dir=cache_dir, synthetic=cfg.synthetic,
+        encoded = prepare_dataset(cfg.dataset, data_dir=context.data_dir, cache_dir=context.cache_dir,
+                                  synthetic=cfg.synthetic,
                                   synthetic_train=cfg.synthetic_train, synthetic_test=cfg.synthetic_test)
     spec = encoded.spec
     loaders = {
         split: shared_loader(encoded.paths[split], batch_size=cfg.batch_size, train=(split == "train"), device=device,
-                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=cfg.num_workers)
+                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=context.num_workers)
         for split in ("train", "val", "test")
     }
     if len(loaders["train"]) == 0:
@@ -176,21 +171,27 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
         counts=encoded.counts,
         train_preprocess=DevicePreprocess(spec.mean, spec.std, spec.augmentation(recipe.augment), cfg.channels_last),
         eval_preprocess=DevicePreprocess(spec.mean, spec.std, None, cfg.channels_last),
-        generator=torch.Generator(device=device), lr_warmup_steps=warmup, compile_mode=cfg.compile_mode,
-        cuda_graphs=uses_cuda_graphs(cfg.compile_mode, device),
+        generator=torch.Generator(device=device), probes=probes, lr_warmup_steps=warmup, compile_mode=cfg.compile_mode,
+        cuda_graphs=uses_cuda_graphs(cfg.compile_mode, device), preemption=context.preemption,
+        profiler=StepProfiler(context.results_dir / "profiles" / cfg.run_id, device, context.warmup_steps)
+        if context.profile and accelerator.is_main_process else None,
     )
 
 
-def restore(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, training: Training) -> Progress | None:
-    """Load the last complete epoch of an unfinished run (model, optimizer, scaler, RNGs, schedule)."""
+def restore(cfg: RunConfig, results_dir: Path, accelerator: Accelerator, training: Training) -> Progress | None:
+    """Load the last saved state of an unfinished run (model, optimizer, scaler, RNGs, schedule, and where in its
+    epoch it stopped); None when there is none. A state this version cannot read is a CheckpointError, never a
+    silent start from zero."""
     saved = records.read_progress(results_dir, cfg.run_id)
     if saved is None:
         return None
-    state = records.checkpoint_dir(results_dir, cfg.run_id) / saved.pop("state")
+    folder = records.checkpoint_dir(results_dir, cfg.run_id)
+    state = folder / saved.pop("state")
     try:
-        progress = Progress(**{**saved, "pending": Stretch.from_json(saved.get("pending", {}))})
-    except TypeError:  # written by another version of the harness: start over
-        return None
+        progress = Progress(**{**saved, "pending": StepSums.from_json(saved.get("pending", {}))})
+    except TypeError as error:
+        raise CheckpointError(f"{folder / 'progress.json'}: written by another version of deepnets-bench ({error}); "
+                              f"resume it with that version, or remove {folder} to start {cfg.run_id} over") from None
     accelerator.load_state(str(state))
     training.scheduler.load_state_dict(torch.load(state / "lr_scheduler.pt", weights_only=True))
     augment_rng = state / f"augment_rng_{accelerator.process_index}.pt"
@@ -198,7 +199,7 @@ def restore(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, trainin
         training.generator.set_state(torch.load(augment_rng, weights_only=True))
     within = f" and {progress.epoch_step} step(s) of epoch {progress.epoch + 1} (step {progress.step})" \
         if progress.epoch_step else ""
-    announce(accelerator, f"resuming {cfg.run_id} after epoch {progress.epoch}{within}")
+    print_main(accelerator, f"resuming {cfg.run_id} after epoch {progress.epoch}{within}")
     return progress
 
 
@@ -225,16 +226,14 @@ def save_checkpoint(accelerator: Accelerator, results_dir: Path, run_id: str, tr
         records.prune_states(folder, keep=state_name)
 
 
-def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, results_dir: Path,
-               profile: bool, started: float, keep_final_state: bool) -> None:
+def run_epochs(cfg: RunConfig, context: RunContext, accelerator: Accelerator, training: Training, progress: Progress,
+               started: float) -> None:
     """Train the remaining epochs, validating after each (or every `eval_every` steps), until the last
     epoch or, with `stop_at_target`, the first validation at the target; checkpoint when one is due,
     and at the end when the final state is to be kept (--keep-checkpoints)."""
     wall_before = progress.wall_time_s
     reset_peak_memory(accelerator.device, drop_cached=True)  # the previous run's cached blocks are not ours
-    if profile and accelerator.is_main_process:
-        training.profiler = StepProfiler(results_dir / "profiles" / cfg.run_id, accelerator.device, cfg.warmup_steps)
-    start_timing_at = cfg.warmup_steps + (StepProfiler.steps if profile else 0)
+    start_timing_at = context.warmup_steps + (StepProfiler.steps if training.profiler else 0)
     session_step, last_saved = 0, time.time()  # this session's steps: warm-up and profiling restart on resume
 
     def elapsed() -> float:
@@ -249,17 +248,18 @@ def run_epochs(cfg: RunConfig, accelerator: Accelerator, training: Training, pro
                 break
             if training.preempted and progress.epoch < cfg.epochs:  # after the last epoch the record is a few seconds away
                 progress.preempted_at, progress.requeues = training.preemption.received_at, progress.requeues + 1
-                save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
+                save_checkpoint(accelerator, context.results_dir, cfg.run_id, training, progress)
                 raise Preempted(training.preemption.agreed, cfg.run_id, progress.step)
             # Rank 0's clock decides, so that every rank enters save_state together.
-            (due,) = broadcast_object_list([time.time() - last_saved >= cfg.checkpoint_minutes * 60], from_process=0)
+            (due,) = broadcast_object_list([time.time() - last_saved >= context.checkpoint_minutes * 60],
+                                           from_process=0)
             if due and epoch + 1 < cfg.epochs:  # after the last epoch the record follows at once
                 saving = time.time()
-                save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
+                save_checkpoint(accelerator, context.results_dir, cfg.run_id, training, progress)
                 progress.checkpoint_s += time.time() - saving  # a resumed run's sum misses only its last save
                 last_saved = time.time()
-        if keep_final_state:
-            save_checkpoint(accelerator, results_dir, cfg.run_id, training, progress)
+        if context.keep_checkpoints:
+            save_checkpoint(accelerator, context.results_dir, cfg.run_id, training, progress)
     finally:
         if training.profiler is not None:
             training.profiler.close()
@@ -286,24 +286,25 @@ def run_epoch(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
     try:
         while True:
             limit = cfg.eval_every - progress.step % cfg.eval_every if cfg.eval_every else None
-            stretch, session_step, exhausted = train_steps(training, accelerator, batches,
-                                                           WindowTimer(accelerator.device, energy=training.energy), start_timing_at,
-                                                           session_step, limit=limit, bar=bar)
-            progress.pending, progress.step = progress.pending + stretch, progress.step + stretch.steps
-            progress.epoch_step += stretch.steps
-            if progress.preempted_at is not None and training.first_step_at is not None:  # the first step since
-                progress.requeue_lost_s += training.first_step_at - progress.preempted_at  # the signal
+            trained, session_step, exhausted = train_steps(
+                training, accelerator, batches, WindowTimer(accelerator.device, energy=training.probes.energy),
+                start_timing_at, session_step, limit=limit, bar=bar)
+            progress.pending, progress.step = progress.pending + trained, progress.step + trained.steps
+            progress.epoch_step += trained.steps
+            first_step_at = training.probes.first_step_at
+            if progress.preempted_at is not None and first_step_at is not None:  # the first step since the signal
+                progress.requeue_lost_s += first_step_at - progress.preempted_at
                 progress.preempted_at = None
-            if stretch.images:
-                progress.timed_images += stretch.images
-                progress.timed_seconds += stretch.images / stretch.images_per_s
-                progress.stall_seconds += stretch.data_stall * stretch.images / stretch.images_per_s
+            if trained.images:
+                progress.timed_images += trained.images
+                progress.timed_seconds += trained.images / trained.images_per_s
+                progress.stall_seconds += trained.data_stall * trained.images / trained.images_per_s
             if exhausted and not training.per_step_schedule:
                 training.scheduler.step()
-            validate_now = (stretch.steps and progress.step % cfg.eval_every == 0) if cfg.eval_every else exhausted
+            validate_now = (trained.steps and progress.step % cfg.eval_every == 0) if cfg.eval_every else exhausted
             if validate_now or (exhausted and epoch + 1 == cfg.epochs and progress.pending.steps):
                 reached = validate(cfg, accelerator, training, progress, len(loader), elapsed)
-                progress.pending, progress.pending_lr = Stretch(), training.optimizer.param_groups[0]["lr"]
+                progress.pending, progress.pending_lr = StepSums(), training.optimizer.param_groups[0]["lr"]
                 if reached and cfg.stop_at_target:
                     break
             if exhausted or training.preempted:
@@ -325,8 +326,7 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
     trained, lr = progress.pending, progress.pending_lr
     val = evaluate(training.model, training.loaders["val"], training.eval_preprocess, training.counts["val"],
                    accelerator, pad_to=training.eval_pad_to, cuda_graphs=training.cuda_graphs)
-    if training.energy is not None:
-        training.energy.mark()  # the counter at every row: energy to target
+    training.probes.validated()
     epochs = progress.step / steps_per_epoch
     progress.history.append(row := history_row(
         epoch=epochs, step=progress.step, train_images=int(trained.seen), train_loss=trained.loss, train_acc=trained.acc, val_loss=val.loss,
@@ -335,17 +335,17 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
         eval_images_per_s=val.images_per_s, data_stall=trained.data_stall, lr=lr,
     ))
     tracking.log_row(accelerator, row)
-    announce(accelerator, f"{cfg.model} {cfg.dataset} epoch {epochs:.2f}/{cfg.epochs}: train loss {trained.loss:.4f} "
+    print_main(accelerator, f"{cfg.model} {cfg.dataset} epoch {epochs:.2f}/{cfg.epochs}: train loss {trained.loss:.4f} "
                       f"acc {trained.acc:.4f} | val loss {val.loss:.4f} acc {val.acc:.4f} | "
                       f"{trained.images_per_s:,.0f} img/s, stall {trained.data_stall:.1%}")
     return cfg.target_accuracy is not None and val.acc >= cfg.target_accuracy
 
 
-def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, progress: Progress, test: EvalResult,
-              train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float,
-              compiled_graphs: int, probed: dict) -> dict:
-    """The run's metrics (bench/measuring/metrics.py declares each) from its history and timed sums, with what the run's
-    probes measured (`probed`: cold start, energy, device state, inference) and its cost."""
+def summarise(cfg: RunConfig, context: RunContext, accelerator: Accelerator, training: Training, progress: Progress,
+              test: EvalResult, train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float,
+              compiled_graphs: int, measured: dict) -> dict:
+    """The run's metrics (each declared in bench/measuring/metrics.py) from its history and timed sums, with what its
+    probes `measured` (cold start, energy, device state, inference) and its cost."""
     history = progress.history
     best = max(history, key=lambda row: row["val_acc"])
     timed_seconds = progress.timed_seconds
@@ -375,7 +375,7 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         peak_mem_allocated_bytes=peak_allocated, peak_mem_reserved_bytes=peak_reserved,
         peak_lr=training.optimizer.param_groups[0]["initial_lr"], lr_warmup_steps=training.lr_warmup_steps,
         compiled_graphs=compiled_graphs if cfg.compile_mode else None,
-        **cost_metrics(cfg.pricing.for_device(device_name(accelerator.device)), accelerator.num_processes,
+        **cost_metrics(context.pricing.for_device(device_name(accelerator.device)), accelerator.num_processes,
                        wall_time_s, target.wall_seconds),
-        **probed,
+        **measured,
     )

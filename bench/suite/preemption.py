@@ -31,7 +31,7 @@ import time
 import torch
 from accelerate import Accelerator
 
-from bench.training.loop import all_reduce_max_
+from bench.measuring.measure import all_reduce_max_
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped to be run again; the state is saved
 AGREE_EVERY = 10  # steps between the processes' all-reduce of the flag (several processes only)
@@ -87,16 +87,24 @@ def slurm_job() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
-def stop_line(preempted: Preempted) -> str:
-    """Requeue the job where that was asked (SIGUSR1 under SLURM) and say in one line what happens next."""
+def requeue(preempted: Preempted) -> str | None:
+    """Requeue the job where the signal asked for it (SIGUSR1 under SLURM): None when done or not asked, else why
+    `scontrol requeue` failed."""
     job = slurm_job()
-    if preempted.signum == signal.SIGUSR1 and job:
-        try:
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-            why = done.stderr.strip() or f"exit {done.returncode}" if done.returncode else None
-        except (OSError, subprocess.TimeoutExpired) as error:
-            why = str(error)
-        if why is None:
-            return f"preempted: {preempted}; requeued as job {job}, which goes on from that step with --resume"
-        return f"preempted: {preempted}; scontrol requeue {job} failed ({why}): submit the job again with --resume"
-    return f"preempted: {preempted}; run the same command with --resume to go on from that step"
+    if preempted.signum != signal.SIGUSR1 or not job:
+        return None
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    return (done.stderr.strip() or f"exit {done.returncode}") if done.returncode else None
+
+
+def stop_line(preempted: Preempted, requeue_error: str | None) -> str:
+    """What happens next, in one line, once `requeue` has done its part."""
+    job = slurm_job()
+    if preempted.signum != signal.SIGUSR1 or not job:
+        return f"preempted: {preempted}; run the same command with --resume to go on from that step"
+    if requeue_error is None:
+        return f"preempted: {preempted}; requeued as job {job}, which goes on from that step with --resume"
+    return f"preempted: {preempted}; scontrol requeue {job} failed ({requeue_error}): submit the job again with --resume"
