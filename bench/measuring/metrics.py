@@ -118,7 +118,8 @@ METRICS: tuple[Metric, ...] = (
            "trustworthy peak, see `peak TFLOP/s`).", scale=100, fmt=".2f"),
     Metric("peak_mem_allocated_bytes", "peak alloc MiB", "Peak allocated device memory per process (max over "
            "processes and seeds) from the opening of the timed window (after warm-up: compilation and cuDNN "
-           "autotuning excluded) to the end of the run, evaluation included; on a CPU the process's peak RSS.",
+           "autotuning excluded) to the end of the run, evaluation included (its last batch padded to the training "
+           "batch, so no new shape is autotuned there); on a CPU the process's peak RSS.",
            scale=1 / MIB, fmt=",.0f", aggregate="max"),
     Metric("peak_mem_reserved_bytes", "peak reserved MiB", "Peak memory reserved by the caching allocator, "
            "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
