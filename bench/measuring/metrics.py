@@ -162,11 +162,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("cost_to_target_usd", "cost to target USD", "Price x devices x wall hours until validation accuracy first "
            "reached the target (`to target wall s`).", fmt=",.4f"),
     # -- the device's state (bench/measuring/watch.py)
-    Metric("device_throttled", "throttled", "Whether a GPU of the run was throttling (power cap, thermal or hardware "
-           "slowdown, per NVML) when its timed window opened or when training ended; over seeds, in how many runs; "
-           "blank on a CPU or without NVML.", fmt="", aggregate="count"),
+    Metric("device_throttled", "throttled", "Whether a GPU of the run was slowed down when its timed window opened "
+           "or when training ended: NVML's clock-event reasons hardware slowdown, thermal slowdown (hardware or "
+           "software) or power brake. Running at the software power cap, normal under load, does not count (every "
+           "active reason is in the record's `device_state`); over seeds, in how many runs; blank on a CPU or "
+           "without NVML.", fmt="", aggregate="count"),
+    Metric("power_limited", "power capped", "Whether a GPU of the run had an enforced power limit below its default "
+           "(an administrator's cap: a real slowdown) at those instants; both limits are in the record's "
+           "`env.machine.gpu`; over seeds, in how many runs; blank on a CPU, without NVML or on a MIG slice.", fmt="",
+           aggregate="count"),
     Metric("device_shared", "shared GPU", "Whether another process used a GPU of the run at those instants (a shared "
-           "GPU corrupts timings); over seeds, in how many runs; blank on a CPU or without NVML.", fmt="",
+           "GPU corrupts timings); over seeds, in how many runs; blank on a CPU, without NVML, or where NVML lists none "
+           "of the run's own processes (in a container it gives host PIDs: the snapshot's note says so).", fmt="",
            aggregate="count"),
     # -- settings resolved at run time
     Metric("peak_lr", "peak lr", "The learning rate at the top of the schedule.", fmt=".4g", aggregate="first"),
