@@ -99,15 +99,16 @@ class Step:
     name: str
     status: str  # ok, failed (exit N), stopped: budget, skipped: ...
     seconds: int
+    limit: int  # the seconds it was allowed (its cap, or what the budget left)
     command: str
 
 
 def read_steps(run_dir: Path) -> list[Step]:
-    """steps.tsv, one `name<TAB>status<TAB>seconds<TAB>command` line per step, as the script wrote it."""
+    """steps.tsv, one `name<TAB>status<TAB>seconds<TAB>limit<TAB>command` line per step, as the script wrote it."""
     path = run_dir / "steps.tsv"
     lines = path.read_text().splitlines() if path.exists() else []
-    return [Step(name, status, int(seconds), command)
-            for name, status, seconds, command in (line.split("\t", 3) for line in lines)]
+    return [Step(name, status, int(seconds), int(limit), command)
+            for name, status, seconds, limit, command in (line.split("\t", 4) for line in lines)]
 
 
 def step_log(run_dir: Path, name: str) -> str:
@@ -132,7 +133,7 @@ def counted(names: list[str], what: str) -> str:
 
 
 def steps_lines(steps: list[Step], budget_s: int) -> list[str]:
-    table = pd.DataFrame([vars(step) for step in steps]).reindex(columns=["name", "status", "seconds"])
+    table = pd.DataFrame([vars(step) for step in steps]).reindex(columns=["name", "status", "seconds", "limit"])
     ok = [step.name for step in steps if step.status == "ok"]
     failed = [step.name for step in steps if step.status.startswith("failed")]
     cut = [step.name for step in steps if step.status.startswith(("skipped", "stopped"))]
