@@ -273,7 +273,7 @@ else
   # GPU a child could not get one while its parent holds it.
   mapfile -t cuda_modules < <(grep -l -E '(pytest\.)?mark\.cuda\b' tests/test_*.py)
   mapfile -t spawning_modules < <(grep -l -E '(pytest\.)?mark\.spawns\b' tests/test_*.py)
-  cuda_tests=("$PYTHON" -m pytest -v -p no:cacheprovider)
+  cuda_tests=("$PYTHON" -m pytest -v -s -p no:cacheprovider)  # -s: what a test prints (its rates, NVML's answers)
   step cuda-tests "$(limit_of cuda-tests)" "${cuda_tests[@]}" -m "cuda and not spawns" --timeout "$CUDA_TEST_TIMEOUT_S" \
     "${cuda_modules[@]}"
   # fp16 first: the GradScaler under CUDA graphs is the riskier path; bf16 when time is left, at the end.

@@ -113,7 +113,7 @@ def test_rehearsal_runs_every_step_with_only_the_gpu_machines_packages(rehearsal
     sections = {name: log.split(f"\n=== {name} (at most ", 1)[1].split("\n=== ", 1)[0] for name in PYTEST_STEPS}
     collected = re.search(r"=+ (\d+) skipped, (\d+) deselected in ", sections["cuda-tests"])
     assert collected and int(collected[1]) >= 10, sections["cuda-tests"][-3000:]
-    assert "-v -p no:cacheprovider -m cuda and not spawns" in sections["cuda-tests"]
+    assert "-v -s -p no:cacheprovider -m cuda and not spawns" in sections["cuda-tests"]
     for name, precision in (("cuda-compile", "fp16"), ("cuda-compile-bf16", "bf16")):
         assert re.search(rf"test_harness_under_cuda_graphs_compiles_two_graphs_and_learns\[{precision}\] SKIPPED",
                          sections[name]), sections[name]
@@ -334,7 +334,7 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
     assert run_dir.name.startswith("nvidia-h100-80gb-hbm3-")
     lines = [line.split(" :: ", 1)[1] for line in (tmp_path / "calls").read_text().splitlines()]
     # The CUDA tests: the quick ones, then each CUDA-graph test in a pytest process of its own, fp16 first; -v.
-    quick, fp16, bf16 = (line.removeprefix("-m pytest -v -p no:cacheprovider ") for line in lines if "-m pytest" in line)
+    quick, fp16, bf16 = (line.removeprefix("-m pytest -v -s -p no:cacheprovider ") for line in lines if "-m pytest" in line)
     assert quick.startswith("-m cuda and not spawns --timeout 90 tests/")
     assert {"tests/test_cuda.py", "tests/test_augment.py", "tests/test_models.py", "tests/test_machine.py"} <= set(
         quick.split(" "))
