@@ -1,9 +1,9 @@
 """The Python half of scripts/gpu-check.sh: what this machine offers (`probe`) and the one-page SUMMARY.md (`summary`).
 
 `python -m bench.gpu_check probe [--data-dir DIR] [--wheels DIR]` prints KEY=VALUE lines for the script to
-read: whether ffcv imports, whether CUDA is there, the device's name and a file-name slug of it, the `fast`
-preset's batch, which of the study's datasets DIR holds (with where MNIST's files are looked for), and
-which of the wheels to install should ffcv be missing.
+read: whether ffcv imports, whether CUDA is there, the device's name and a file-name slug of it, its compute mode and
+MIG (from NVML, without a CUDA context), the `fast` preset's batch, which of the study's datasets DIR holds (with
+where MNIST's files are looked for), and which of the wheels to install should ffcv be missing.
 
 `python -m bench.gpu_check summary --run-dir DIR --budget-s S [--cpu]` reads what the script left in its
 run folder (steps.tsv, logs/, the run and sweep records) and writes DIR/SUMMARY.md: the device and versions,
@@ -25,7 +25,9 @@ from accelerate import Accelerator
 
 from bench.measuring.environment import environment, package_version, use_cpu
 from bench.measuring.device import device_name
+from bench.measuring.machine import gpu_state
 from bench.measuring.metrics import BY_KEY
+from bench.measuring.nvml import NvmlDevice, for_device
 from bench.reporting.plots import slug
 from bench.reporting.render import markdown_table
 from bench.reporting.tables import accuracy_table, run_rows, speed_table, sweep_table
@@ -57,6 +59,17 @@ def wheels_to_install(folder: Path | None) -> list[str]:
             if wheel.name.startswith("ffcv-") or package_version(wheel.name.split("-")[0]) is None]
 
 
+def gpu_modes(device: NvmlDevice) -> str:
+    """One line: the GPU's compute mode and MIG as NVML reports them (an EXCLUSIVE_PROCESS GPU admits one CUDA
+    context at a time; a MIG slice has no energy, power or clocks of its own), and what NVML did not answer."""
+    state = gpu_state(device)
+    if "mig" not in state:  # no NVML at all
+        return f"compute mode and MIG unknown: {state['note']}"
+    line = (f"compute mode {state['compute_mode'] or 'unknown'}, MIG mode {state['mig_mode'] or 'unknown'} "
+            f"({'this device is a MIG slice' if state['mig'] else 'a whole GPU'})")
+    return line + (f"; NVML did not answer: {state['note']}" if "note" in state else "")
+
+
 def probe(data_dir: Path | None, wheels: Path | None) -> list[str]:
     """KEY=VALUE lines; values are single lines (the script splits each at its first '=')."""
     try:
@@ -74,6 +87,7 @@ def probe(data_dir: Path | None, wheels: Path | None) -> list[str]:
             present.append(dataset)
     folder_name = slug(name)[:40].strip("-")  # 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'
     return [f"ffcv={ffcv_status}", f"cuda={'yes' if cuda else 'no'}", f"device={name}", f"slug={folder_name}",
+            f"gpu_modes={gpu_modes(for_device(torch.device('cuda', 0))) if cuda else ''}",
             f"fast_batch={fast.batch_size or recipe_batch(RECIPES[fast.recipe], num_processes=1)}",
             f"datasets={' '.join(present)}", f"mnist_files={get_spec('mnist').source.place_hint()}",
             f"wheels={' '.join(wheels_to_install(wheels))}"]
@@ -86,15 +100,16 @@ class Step:
     name: str
     status: str  # ok, failed (exit N), stopped: budget, skipped: ...
     seconds: int
+    limit: int  # the seconds it was allowed (its cap, or what the budget left)
     command: str
 
 
 def read_steps(run_dir: Path) -> list[Step]:
-    """steps.tsv, one `name<TAB>status<TAB>seconds<TAB>command` line per step, as the script wrote it."""
+    """steps.tsv, one `name<TAB>status<TAB>seconds<TAB>limit<TAB>command` line per step, as the script wrote it."""
     path = run_dir / "steps.tsv"
     lines = path.read_text().splitlines() if path.exists() else []
-    return [Step(name, status, int(seconds), command)
-            for name, status, seconds, command in (line.split("\t", 3) for line in lines)]
+    return [Step(name, status, int(seconds), int(limit), command)
+            for name, status, seconds, limit, command in (line.split("\t", 4) for line in lines)]
 
 
 def step_log(run_dir: Path, name: str) -> str:
@@ -119,7 +134,7 @@ def counted(names: list[str], what: str) -> str:
 
 
 def steps_lines(steps: list[Step], budget_s: int) -> list[str]:
-    table = pd.DataFrame([vars(step) for step in steps]).reindex(columns=["name", "status", "seconds"])
+    table = pd.DataFrame([vars(step) for step in steps]).reindex(columns=["name", "status", "seconds", "limit"])
     ok = [step.name for step in steps if step.status == "ok"]
     failed = [step.name for step in steps if step.status.startswith("failed")]
     cut = [step.name for step in steps if step.status.startswith(("skipped", "stopped"))]

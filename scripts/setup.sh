@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by scripts/bench.sh and scripts/test.sh: a Python environment with torch, ffcv and
-# this project (editable, with its test extras). A second run finds everything in place and returns at once.
+# this project (editable; with --test, as scripts/test.sh asks, its test extras too). A second run finds everything
+# in place and returns at once.
 #
 # The environment (scripts/env.sh): $DEEPNETS_VENV, else an active virtualenv/conda environment whose Python
 # imports torch, else .venv. A new .venv reuses the torch of $PYTHON (default python3) when it has one (CUDA build
@@ -10,9 +11,19 @@
 # ffcv: kept when importable; else installed from local wheels (FFCV_WHEELS=DIR, default .device-wheels/ when it
 # holds one; no internet needed), else built from the package index, which needs the system packages below
 # (apt-get, with sudo only when not root, and only when they are missing).
+# The project's requirements are taken from the environment first, with no package index asked: a machine that has
+# them all makes no network call. Only what is missing is fetched; where no index answers, one line names it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+
+extra=""
+case ${1:-} in
+  --test) extra=test ;;
+  "") ;;
+  *) echo "setup: error: unknown option '$1' (valid: --test, for the test extras)" >&2; exit 2 ;;
+esac
+extras=${extra:+[$extra]}
 
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION-2.14.1}
@@ -64,10 +75,37 @@ if [ ! -x "$PY" ]; then
   fi
 fi
 
-# Reinstall the project only when its declared dependencies change.
+missing_requirements() {  # the requirements of the installed project (and of its extras "$1") that this Python lacks
+  "$PY" - "$1" <<'PYTHON'
+import sys
+from importlib import metadata
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # accelerate's own requirement: without it, nothing else can be checked
+    print("packaging")
+    sys.exit()
+missing = []
+for text in metadata.requires("deepnets-bench") or []:
+    requirement = Requirement(text)
+    if requirement.marker is not None and not requirement.marker.evaluate({"extra": sys.argv[1]}):
+        continue
+    try:
+        if requirement.specifier.contains(metadata.version(requirement.name), prereleases=True):
+            continue
+    except metadata.PackageNotFoundError:
+        pass
+    missing.append(str(requirement).split(";")[0].strip())
+print(" ".join(missing))
+PYTHON
+}
+
+# Reinstall the project only when its declared dependencies (or the extras asked for) change; the test extras'
+# install serves a later run without them.
 stamp="$VENV/.deepnets-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+installed=$(cat "$stamp" 2>/dev/null || true)
+if [ "$installed" != "$digest$extras" ] && [ "$installed" != "$digest[test]" ]; then
   if words=$(torch_words "$PY" 2>/dev/null); then
     echo "setup: using $words"
   else
@@ -86,10 +124,24 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   else
     apt_install "${FFCV_BUILD_PACKAGES[@]}"
     echo "setup: ffcv builds from source once"
+    # ffcv's setup.py imports numpy and pkgconfig at build time, so it builds against the environment.
+    "$PY" -m pip install -q numpy pkgconfig Cython
   fi
-  echo "setup: installing deepnets-bench and its dependencies into $VENV"
-  # ffcv's setup.py imports numpy and pkgconfig at build time, so it builds against the environment.
-  "$PY" -m pip install -q numpy pkgconfig Cython
-  "$PY" -m pip install -q --no-build-isolation -e ".[test]"
-  echo "$want" > "$stamp"
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  # The project itself, editable, with no index asked; then its requirements, from here when they are all here.
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$log" 2>&1 \
+    || { echo "setup: error: cannot install deepnets-bench into $VENV: $(grep -m 1 -i error "$log" || tail -n 1 "$log")" >&2; exit 1; }
+  lacking=$(missing_requirements "$extra")
+  if [ -z "$lacking" ]; then
+    echo "setup: installed deepnets-bench$extras into $VENV (every requirement was here: no package index asked)"
+  else
+    echo "setup: installing what deepnets-bench$extras lacks into $VENV: $lacking"
+    if ! "$PY" -m pip install -q --no-build-isolation -e ".$extras" >"$log" 2>&1; then
+      echo "setup: error: deepnets-bench$extras needs $lacking, not installed here, and no package index has them" \
+           "($(grep -m 1 -E '^ERROR' "$log" || tail -n 1 "$log")); install them, or run where an index answers" >&2
+      exit 1
+    fi
+  fi
+  echo "$digest$extras" > "$stamp"
 fi

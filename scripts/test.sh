@@ -6,7 +6,7 @@
 # JIT), so two workers on two cores finish well before one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 source scripts/env.sh
 set +e
 "$PY" -m pytest -n auto --dist loadfile "$@"

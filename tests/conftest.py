@@ -41,6 +41,20 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def children_can_use_an_exclusive_gpu(request) -> None:
+    """A test marked `spawns` starts processes that need the GPU: where the GPU admits one CUDA context
+    (EXCLUSIVE_PROCESS) and this pytest process already holds one, they could not start; skipped, saying how to run
+    it (scripts/gpu-check.sh runs such tests in a pytest process of their own)."""
+    if request.node.get_closest_marker("spawns") and torch.cuda.is_initialized():
+        from bench.measuring.machine import gpu_state
+        from bench.measuring.nvml import for_device
+
+        if gpu_state(for_device(torch.device("cuda", 0))).get("compute_mode") == "exclusive_process":
+            pytest.skip("the GPU is EXCLUSIVE_PROCESS and this pytest process holds a CUDA context: run "
+                        "-m 'cuda and spawns' in a pytest process of its own")
+
+
 def shared_folder(tmp_path_factory, name: str) -> Path:
     """A folder every pytest-xdist worker of this session sees (scripts/test.sh runs one per core; the
     base temp folder's parent is common to them), else a temp folder of this process."""

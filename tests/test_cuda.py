@@ -1,6 +1,7 @@
 """The CUDA-only paths (marked `cuda`: skipped without a GPU, run by scripts/gpu-check.sh with `pytest -m cuda`):
 fp16 with the fused optimizer and no host sync per step, the loader's copies to the GPU, CUDA memory
-statistics, the data stall on the device timeline, and the harness under torch.compile's CUDA graphs."""
+statistics, the data stall on the device timeline, and the harness under torch.compile's CUDA graphs (in a
+process of its own: marked `spawns`, run by the check in a pytest process that holds no CUDA context)."""
 from __future__ import annotations
 
 import time
@@ -18,6 +19,7 @@ from helpers import TINY, records_in, run_bench
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
+DATASHEET_TOLERANCE = 1.05  # a measured peak may exceed the datasheet's by this factor
 
 
 def test_fp16_step_with_fused_sgd_makes_no_host_sync():
@@ -68,9 +70,12 @@ def test_a_runs_first_reset_does_not_count_the_previous_runs_cached_blocks():
 def test_an_unlisted_gpus_peak_is_a_large_matmul_between_events_and_an_upper_bound():
     measured = measured_matmul_tflops(CUDA, "bf16")
     listed = datasheet_peak(torch.cuda.get_device_name(CUDA), "bf16")
+    print(f"bf16 matmul {measured:,.0f} TFLOP/s, datasheet {listed}")  # for the check's log
     assert measured > 10  # a launch-bound measurement would be far lower on any tensor-core GPU
     if listed:
-        assert measured <= listed[0]
+        # Boost clocks and a datasheet's rounding can put a card slightly above its listed peak; a wrong datasheet
+        # row (another model's, another precision's) is far beyond this.
+        assert measured <= DATASHEET_TOLERANCE * listed[0]
 
 
 def test_data_stall_is_the_gpu_waiting_not_the_host():
@@ -93,6 +98,7 @@ def test_data_stall_is_the_gpu_waiting_not_the_host():
     assert timer.data_wait_s < 0.01
 
 
+@pytest.mark.spawns
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_harness_under_cuda_graphs_compiles_two_graphs_and_learns(tmp_path, precision):
     # 8 epochs of 3 steps: fp16's GradScaler skips its first steps (the loss scale starts too high) and the

@@ -8,6 +8,7 @@ the budget's shares and what --out holds after each step are checked in seconds 
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -24,7 +25,9 @@ from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
 # The rehearsal's steps, in order (on a GPU the overhead runs for resnet18_improved and inception_v1).
-STEPS = ["cuda-tests", "suite", "overhead-resnet18", "throughput", "sweep-eager", "sweep-compiled", "report", "summary"]
+STEPS = ["cuda-tests", "cuda-compile", "suite", "overhead-resnet18", "throughput", "sweep-eager", "sweep-compiled",
+         "cuda-compile-bf16", "report", "summary"]
+PYTEST_STEPS = ["cuda-tests", "cuda-compile", "cuda-compile-bf16"]
 INSTALL_STEPS = ["install-ffcv", "import-ffcv"]
 STEP_LINE = re.compile(r"^(?P<name>\S+) +(?P<status>ok|failed \(exit \d+\)|stopped: budget|skipped: budget) +"
                        r"\d+ s$", re.M)
@@ -43,8 +46,10 @@ case "$*" in
   "-m pytest"*) sleep "${FAKE_PYTEST_S:-0}" ;;
 esac
 """
-CPU_PROBE = {"ffcv": "ok", "cuda": "no", "device": "CPU: test", "slug": "cpu-test", "fast_batch": "512",
+CPU_PROBE = {"ffcv": "ok", "cuda": "no", "device": "CPU: test", "slug": "cpu-test", "gpu_modes": "", "fast_batch": "512",
              "datasets": "", "mnist_files": "the four idx files in DIR/", "wheels": ""}
+GPU_PROBE = {"cuda": "yes", "device": "NVIDIA H100 80GB HBM3", "slug": "nvidia-h100-80gb-hbm3",
+             "gpu_modes": "compute mode exclusive_process, MIG mode disabled (a whole GPU)"}
 NO_FFCV = "missing (ModuleNotFoundError: No module named 'ffcv')"
 
 
@@ -102,10 +107,17 @@ def test_rehearsal_runs_every_step_with_only_the_gpu_machines_packages(rehearsal
     assert ("ffcv imports: nothing to install" in done.stdout) is not bool(DEVICE_WHEELS)
     assert "s, no step failed; everything is in " in done.stdout and "out of budget" not in done.stdout
     # The CUDA tests were collected there (their modules import with only the GPU machine's packages and the
-    # project uninstalled), and skip on a CPU.
+    # project uninstalled), and skip on a CPU: the quick ones in one pytest process, each CUDA-graph test in one of
+    # its own.
     log = (out / "gpu-check.log").read_text()
-    collected = re.search(r"=+ (\d+) skipped, (\d+) deselected in ", log)
-    assert collected and int(collected[1]) >= 10, log[-3000:]
+    sections = {name: log.split(f"\n=== {name} (at most ", 1)[1].split("\n=== ", 1)[0] for name in PYTEST_STEPS}
+    collected = re.search(r"=+ (\d+) skipped, (\d+) deselected in ", sections["cuda-tests"])
+    assert collected and int(collected[1]) >= 10, sections["cuda-tests"][-3000:]
+    assert "-v -s -p no:cacheprovider -m cuda and not spawns" in sections["cuda-tests"]
+    for name, precision in (("cuda-compile", "fp16"), ("cuda-compile-bf16", "bf16")):
+        assert re.search(rf"test_harness_under_cuda_graphs_compiles_two_graphs_and_learns\[{precision}\] SKIPPED",
+                         sections[name]), sections[name]
+        assert re.search(r"=+ 1 skipped, \d+ deselected in ", sections[name])
 
 
 @pytest.mark.slow
@@ -135,7 +147,7 @@ def test_rehearsal_summary_has_the_key_numbers(rehearsal):
     assert "CPU rehearsal" in summary and "torch " in summary and "ffcv 1.0.2" in summary
     assert re.search(r"\| sweep-compiled +\| ok +\|", summary)
     assert re.search(r"\| resnet18 +\| 2 +\| bf16 +\|( [\d,.]+ +\|){3}", summary)  # the overhead ratio
-    assert "1 point(s) measured (0 out of memory), 2 skipped by the sweep's budget" in summary
+    assert "1 point(s) measured (0 out of memory), 1 skipped by the sweep's budget" in summary
     assert re.search(r"\| resnet18 +\| +[\d,.]+ \| bf16 +\| off +\| +2 \|", summary)  # best img/s per model
     assert re.search(r"\| mnist +\| train +\| +[\d,.]+ \|", summary)  # the input pipeline
     assert re.search(r"\| synthetic +\| mnist +\| resnet18 +\| +[\d.]+ \|", summary)  # the suite's headline
@@ -191,7 +203,7 @@ def test_a_relative_data_dir_in_the_environment_is_where_the_command_was_typed(t
 
 def test_ffcv_is_installed_from_the_wheels_into_a_private_folder(tmp_path):
     wheels = "assertpy-1.1-py3-none-any.whl ffcv-1.0.2-cp38-abi3-linux_x86_64.whl"  # what the probe found missing
-    done = run_check("--cpu", "--budget-s", "1", "--wheels", str(tmp_path / "wheels"),
+    done = run_check("--cpu", "--wheels", str(tmp_path / "wheels"),
                      "--results-dir", str(tmp_path / "results"), env=fake_python(tmp_path, ffcv=NO_FFCV, wheels=wheels))
     assert done.returncode == 0, done.stdout + done.stderr
     assert {"install-ffcv": "ok", "import-ffcv": "ok"}.items() <= step_lines(done.stdout).items()
@@ -227,11 +239,14 @@ def test_only_wheels_of_what_is_missing_are_installed(tmp_path):
     assert wheels_to_install(tmp_path / "absent") == []
 
 
-@pytest.mark.parametrize("budget, ran", [(1, []), (120, ["cuda-tests", "suite", "sweep-compiled", "report"])])
+@pytest.mark.parametrize("budget, ran", [
+    (1, []),
+    # The rehearsal's minimums sum to 435 s: 120 s give each step about a quarter of its minimum, which leaves the
+    # overhead (3 s) and the throughput (7 s) under the 10 s worth starting. The bf16 CUDA-graph test, after the
+    # compiled sweep, gets what the others left: here most of it, as the stand-in's steps end at once.
+    (120, ["cuda-tests", "cuda-compile", "suite", "sweep-eager", "sweep-compiled", "cuda-compile-bf16", "report"]),
+])
 def test_budget_skips_the_later_steps_and_names_them(tmp_path, budget, ran):
-    # 120 s leave the measuring steps 60 s (the report keeps 30, the summary 20, a stopped step's grace 10): the
-    # tests' share is 12 s and the suite's 21 s, the next steps' under the 10 s worth starting; the compiled sweep,
-    # last, gets what they left.
     env = {**fake_python(tmp_path), "FAKE_PYTEST_S": "2"}
     done = run_check("--cpu", "--budget-s", str(budget), "--out", str(tmp_path / "out"),
                      "--results-dir", str(tmp_path / "results"), env=env)
@@ -241,10 +256,62 @@ def test_budget_skips_the_later_steps_and_names_them(tmp_path, budget, ran):
                                        "summary": "ok"}
     assert f"out of budget ({budget} s): skipped or stopped {' '.join(cut)}\n" in done.stdout
     calls = (tmp_path / "calls").read_text()
-    assert calls.count("bench.speed") == calls.count("--compile reduce-overhead default") == len(ran) // 4
-    assert calls.count("bench/run.py") == len(ran) // 4
+    assert calls.count(" -m pytest ") == sum(step in ran for step in PYTEST_STEPS)
+    assert calls.count("bench.speed") == sum(step in ran for step in ("sweep-eager", "sweep-compiled"))
     (run_dir,) = (tmp_path / "results").iterdir()
     assert handed_back(tmp_path / "out") == {"gpu-check.log", "SUMMARY.md", f"{run_dir.name}.tar.gz"}
+
+
+def plan(stdout: str) -> dict[str, tuple[int, int | None]]:
+    """The printed plan: step -> (minimum, cap; None for what the others leave)."""
+    rows = re.findall(r"^  (\S+) +(\d+) s +(?:(\d+) s|what the others leave)", stdout, flags=re.M)
+    return {name: (int(minimum), int(cap) if cap else None) for name, minimum, cap in rows}
+
+
+def test_the_plan_at_the_default_budget_gives_every_step_at_least_its_minimum(tmp_path):
+    # The lent GPU machine: ffcv installed from its wheels, MNIST, two overhead models. --plan prints and stops.
+    env = fake_python(tmp_path, **GPU_PROBE, ffcv=NO_FFCV, wheels="ffcv-1.0.2-cp38-abi3-linux_x86_64.whl",
+                      datasets="mnist")
+    done = run_check("--plan", "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("gpu-check.sh: plan for a budget of 540 s (each step's minimum is an estimate until a GPU run "
+                        "confirms it):")
+    steps = plan(done.stdout)
+    assert list(steps) == ["install-ffcv", "import-ffcv", "cuda-tests", "cuda-compile", "suite",
+                           "overhead-resnet18_improved", "overhead-inception_v1", "throughput", "sweep-eager",
+                           "sweep-compiled", "cuda-compile-bf16", "report", "summary"]
+    assert all(cap >= minimum for minimum, cap in steps.values() if cap is not None), steps
+    grace = int(re.search(r"and (\d+) s for a stopped step's grace", done.stdout)[1])
+    assert 540 - 60 <= sum(cap for _, cap in steps.values() if cap) + grace <= 540  # room to spare, within budget
+    assert "below its minimum" not in done.stdout
+    assert (tmp_path / "calls").read_text().count(" :: ") == 1 and not (tmp_path / "results").exists()  # the probe only
+    # A budget smaller than the minimums says which steps it shortens.
+    small = plan(run_check("--plan", "--budget-s", "300", env=env).stdout)
+    assert all(cap < minimum for minimum, cap in small.values() if cap is not None)
+
+
+def test_every_cuda_test_that_starts_processes_is_marked_spawns():
+    # The check runs tests marked spawns in pytest processes of their own (no CUDA context held in the parent, as an
+    # EXCLUSIVE_PROCESS GPU requires): a CUDA test that starts a process without the mark would run in the quick
+    # tests' process, which holds one.
+    starts = {"run_bench", "run_module", "run_check", "subprocess", "Popen"}
+    found = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_marks = {node.attr for statement in tree.body if isinstance(statement, ast.Assign)
+                        and any(getattr(target, "id", "") == "pytestmark" for target in statement.targets)
+                        for node in ast.walk(statement.value) if isinstance(node, ast.Attribute)}
+        for function in tree.body:
+            if not isinstance(function, ast.FunctionDef) or not function.name.startswith("test_"):
+                continue
+            marks = module_marks | {node.attr for decorator in function.decorator_list
+                                    for node in ast.walk(decorator) if isinstance(node, ast.Attribute)}
+            names = {node.id for node in ast.walk(function) if isinstance(node, ast.Name)}
+            if "cuda" in marks and names & starts:
+                found.append(function.name)
+                assert "spawns" in marks, f"{path.name}::{function.name} starts processes: mark it spawns"
+    assert found == ["test_harness_under_cuda_graphs_compiles_two_graphs_and_learns"]
 
 
 def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
@@ -256,36 +323,42 @@ def test_gpu_command_lines_are_valid_for_the_real_parsers(tmp_path):
     from bench.speed import build_parser as speed_parser
     from models import model_names
 
-    env = fake_python(tmp_path, cuda="yes", device="NVIDIA H100 80GB HBM3", slug="nvidia-h100-80gb-hbm3",
-                      datasets="mnist cifar10")
+    env = fake_python(tmp_path, **GPU_PROBE, datasets="mnist cifar10")
     done = run_check("--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "results"), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert step_lines(done.stdout) == dict.fromkeys(
-        ["cuda-tests", "overhead-resnet18_improved", "overhead-inception_v1", "sweep-eager", "throughput", "suite",
-         "sweep-compiled", "report", "summary"], "ok")
+        ["cuda-tests", "cuda-compile", "suite", "overhead-resnet18_improved", "overhead-inception_v1", "throughput",
+         "sweep-eager", "sweep-compiled", "cuda-compile-bf16", "report", "summary"], "ok")
+    assert f"gpu-check.sh: {GPU_PROBE['gpu_modes']}\n" in done.stdout  # the probe's compute mode and MIG, said
     (run_dir,) = (tmp_path / "results").iterdir()
     assert run_dir.name.startswith("nvidia-h100-80gb-hbm3-")
-    calls = [line.split(" :: ", 1)[1].split(" ") for line in (tmp_path / "calls").read_text().splitlines()]
+    lines = [line.split(" :: ", 1)[1] for line in (tmp_path / "calls").read_text().splitlines()]
+    # The CUDA tests: the quick ones, then each CUDA-graph test in a pytest process of its own, fp16 first; -v.
+    quick, fp16, bf16 = (line.removeprefix("-m pytest -v -s -p no:cacheprovider ") for line in lines if "-m pytest" in line)
+    assert quick.startswith("-m cuda and not spawns --timeout 90 tests/")
+    assert {"tests/test_cuda.py", "tests/test_augment.py", "tests/test_models.py", "tests/test_machine.py"} <= set(
+        quick.split(" "))
+    assert "tests/test_scale.py" not in quick  # a module without CUDA tests is not even imported
+    assert (fp16, bf16) == ("-m cuda and spawns -k fp16 tests/test_cuda.py", "-m cuda and spawns -k bf16 tests/test_cuda.py")
     by_module = {}
-    for call in calls:
+    for call in (line.split(" ") for line in lines if "-m pytest" not in line):
         by_module.setdefault(call[1], []).append(call[2:])
-    (pytest_args,) = by_module["pytest"]
-    assert pytest_args[:6] == ["-m", "cuda", "-p", "no:cacheprovider", "--timeout", "90"]
-    assert {"tests/test_cuda.py", "tests/test_augment.py", "tests/test_models.py"} <= set(pytest_args[6:])
-    assert "tests/test_scale.py" not in pytest_args  # a module without CUDA tests is not even imported
     for args, model in zip(by_module["bench.overhead"], ["resnet18_improved", "inception_v1"], strict=True):
-        assert args == ["--model", model, "--batch-size", "512", "--precision", "bf16", "--channels-last"]
+        assert args == ["--model", model, "--batch-size", "512", "--precision", "bf16", "--channels-last", "--steps",
+                        "20", "--rounds", "3"]
         assert model in model_names()
     eager, compiled = (speed_parser().parse_args(args) for args in by_module["bench.speed"])
+    assert eager.models == ["resnet18", "inception_v1", "resnet18_improved", "inception_v1_improved", "vgg16",
+                            "vgg16_improved"]
+    assert (eager.precisions, eager.batch_sizes, eager.compile) == (["bf16", "fp16"], [256, 1024], ["off"])
+    # One compiled point: resnet18_improved, bf16, the fast preset's batch, CUDA graphs.
+    assert (compiled.models, compiled.precisions, compiled.batch_sizes, compiled.compile) == (
+        ["resnet18_improved"], ["bf16"], [512], ["reduce-overhead"])
     for sweep in (eager, compiled):
-        assert sweep.models == ["resnet18", "inception_v1", "resnet18_improved", "inception_v1_improved", "vgg16",
-                                "vgg16_improved"]
-        assert (sweep.modes, sweep.precisions, sweep.channels_last, sweep.batch_sizes, sweep.results_dir) == (
-            ["train"], ["bf16", "fp16"], "on", [256, 1024], run_dir)
-    # 360 s of the default 420 are for measuring: the eager sweep's share is 12 % (43 s), four fifths of which
-    # it may start points in; the compiled sweep gets what the others left (all of their shares here).
-    assert (eager.compile, eager.time_budget_s) == (["off"], 34)
-    assert compiled.compile == ["reduce-overhead", "default"] and 270 <= compiled.time_budget_s <= 288
+        assert (sweep.modes, sweep.channels_last, sweep.results_dir) == (["train"], "on", run_dir)
+    # Caps at the default 540 s (ffcv here: no install steps): 530 s over minimums of 450 s, so the eager sweep's 40 s
+    # become 47 s and the compiled sweep's 60 s 70 s; bench.speed starts points in four fifths of them.
+    assert (eager.time_budget_s, compiled.time_budget_s) == (37, 56)
     assert by_module["data.throughput"] == [["--datasets", "mnist", "cifar10", "--data-dir", str(tmp_path)]]
     (launch,) = by_module["accelerate.commands.launch"]
     launcher = launch_command_parser().parse_args(launch)
@@ -305,15 +378,15 @@ def test_speed_time_budget_rejects_a_negative_number(capsys):
     assert capsys.readouterr().err == "bench/speed.py: error: argument --time-budget-s: expected a number >= 0, got '-1'\n"
 
 
-def test_a_hung_step_costs_its_share_and_the_rest_still_runs(tmp_path):
-    # 220 s leave 160 s for measuring: the hung suite is stopped after its 35 % (56 s), and every later step still
-    # gets its own share.
-    env = {**fake_python(tmp_path), "FAKE_HANG": "bench/run.py"}
-    done = run_check("--cpu", "--budget-s", "220", "--results-dir", str(tmp_path / "r"), env=env)
+def test_a_hung_step_costs_its_cap_and_the_rest_still_runs(tmp_path):
+    # At 300 s the rehearsal's steps get two thirds of their minimums (290 s over 435 s): the hung overhead is stopped
+    # after its 10 s, and every later step still gets its own cap.
+    env = {**fake_python(tmp_path), "FAKE_HANG": "-m bench.overhead"}
+    done = run_check("--cpu", "--budget-s", "300", "--results-dir", str(tmp_path / "r"), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert step_lines(done.stdout) == {**dict.fromkeys(STEPS, "ok"), "suite": "stopped: budget"}, done.stdout
-    seconds = int(re.search(r"^suite +stopped: budget +(\d+) s$", done.stdout, flags=re.M)[1])
-    assert 56 <= seconds <= 58
+    assert step_lines(done.stdout) == {**dict.fromkeys(STEPS, "ok"), "overhead-resnet18": "stopped: budget"}, done.stdout
+    seconds = int(re.search(r"^overhead-resnet18 +stopped: budget +(\d+) s$", done.stdout, flags=re.M)[1])
+    assert 10 <= seconds <= 12
 
 
 def test_out_holds_a_whole_archive_after_every_step_even_when_the_check_is_killed(tmp_path):

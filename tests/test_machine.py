@@ -1,5 +1,6 @@
 """Energy, cost and the machine's state (bench/measuring/energy.py, bench/measuring/cost.py, bench/measuring/machine.py, bench/measuring/watch.py): the CPU
-paths on this machine, RAPL's counter arithmetic on a powercap tree, and NVML on a GPU (marked cuda)."""
+paths on this machine, RAPL's counter arithmetic on a powercap tree, and NVML on a GPU (marked cuda; its error paths
+are tests/test_nvml.py's)."""
 from __future__ import annotations
 
 import os
@@ -92,24 +93,38 @@ def test_cpu_state_is_recorded_and_cannot_flag_a_gpu():
     for snapshot in (watch.start_state, watch.end_state):
         assert snapshot["cpu"]["freq_current_mhz"] is None or snapshot["cpu"]["freq_current_mhz"] > 0
         assert snapshot["cpu"]["load_avg_1min"] >= 0
-    assert device_flags([watch.states()]) == {"device_throttled": None, "device_shared": None}
+    assert device_flags([watch.states()]) == {"device_throttled": None, "device_shared": None, "power_limited": None}
 
 
 @pytest.mark.cuda
-def test_nvml_energy_clocks_and_processes_on_a_gpu():
+def test_nvml_energy_counter_on_a_gpu():
     device = torch.device("cuda", torch.cuda.current_device())
     counter = EnergyCounter.open(device, local_main=True)
-    assert counter.available, counter.reason
+    if not counter.available:  # pre-Volta, a MIG slice, a sandbox: a reason, not a failure
+        pytest.skip(f"no NVML energy counter here: {counter.reason}")
     x = torch.randn(8192, 8192, device=device)
     for _ in range(50):
         x = x @ x.T / 8192
     torch.cuda.synchronize()
     assert counter.read() > 0 and counter.key.startswith("GPU-")
+
+
+@pytest.mark.cuda
+def test_nvml_state_clocks_and_processes_on_a_gpu():
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.ones(1, device=device)  # this process holds a context: NVML lists it
     gpu = machine_state(device)["gpu"]
-    assert gpu["driver_version"] and gpu["cuda_driver_version"] and gpu["power_limit_w"] > 0
+    print(gpu)  # what this GPU answered, for the check's log
+    assert gpu["driver_version"] and gpu["cuda_driver_version"] and gpu["compute_mode"]
+    if not gpu["mig"]:
+        assert gpu["power_limit_w"] > 0 and gpu["power_limit_default_w"] > 0 and gpu["power_limited"] is not None
     watch = Watch(device, {os.getpid()})
     watch.start()
     snapshot = watch.start_state["gpu"]
-    assert snapshot["sm_clock_mhz"] > 0 and snapshot["temperature_c"] > 0
-    assert isinstance(snapshot["throttle_reasons"], list) and isinstance(snapshot["other_processes"], list)
-    assert all(process["pid"] != os.getpid() for process in snapshot["other_processes"])
+    print(snapshot)
+    assert snapshot["temperature_c"] > 0 and isinstance(snapshot["throttle_reasons"], list)
+    assert gpu["mig"] or snapshot["sm_clock_mhz"] > 0
+    # In a container NVML lists host PIDs: then who else is there is unknown (None, with the note), never guessed.
+    others = snapshot["other_processes"]
+    assert others is None and "none of this run's" in snapshot["note"] or isinstance(others, list)
+    assert all(process["pid"] != os.getpid() for process in others or [])

@@ -10,7 +10,8 @@ measurement.
 
 Each process reads the counter of its own device (a GPU), or, on a CPU, the host's local main process reads the
 packages for the whole host; the run sums the processes' readings once per counter (keyed by GPU UUID or host), so
-a device is never counted once per rank. On a GPU machine only the GPUs count (not the host CPU or DRAM).
+a device is never counted once per rank. On a GPU machine only the GPUs count (not the host CPU or DRAM). A MIG slice
+has no counter of its own (the GPU's counts every slice): its energy stays empty, with that reason.
 """
 from __future__ import annotations
 
@@ -21,18 +22,13 @@ from pathlib import Path
 
 import torch
 
+from bench.measuring.nvml import NvmlDevice, for_device
+
+ENERGY_COUNTER = "nvmlDeviceGetTotalEnergyConsumption"
+STOPPED = "NVML energy counter stopped answering during the run (nothing is estimated)"
 POWERCAP = "/sys/class/powercap"
 NO_RAPL = ("no RAPL counter readable: /sys/class/powercap/intel-rapl:* is absent or unreadable here (virtual "
            "machines rarely expose it, and it is often root-only); nothing is estimated")
-
-
-def nvml_handle(device: torch.device):
-    """(pynvml, the NVML handle of this CUDA device) matched by UUID, so CUDA_VISIBLE_DEVICES cannot mismatch them."""
-    import pynvml  # the `energy` extra: only GPU machines need it
-
-    pynvml.nvmlInit()
-    uuid = str(torch.cuda.get_device_properties(device).uuid)
-    return pynvml, pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
 
 
 def rapl_packages(root: str = POWERCAP) -> list[Path]:
@@ -68,16 +64,7 @@ class EnergyCounter:
     @classmethod
     def open(cls, device: torch.device, local_main: bool, powercap: str = POWERCAP) -> EnergyCounter:
         if device.type == "cuda":
-            try:
-                pynvml, handle = nvml_handle(device)
-                pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-            except ImportError:
-                return cls(reason="nvidia-ml-py is not installed (pip install 'deepnets-bench[energy]')")
-            except Exception as error:  # noqa: BLE001 -- NVMLError_NotSupported (pre-Volta), no driver, ...
-                return cls(reason=f"NVML energy counter unreadable: {error}")
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            return cls(key=str(uuid), source="NVML total energy counter, per GPU",
-                       _read=lambda: [pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)], _ranges=[0])._started(1e-3)
+            return cls.nvml(for_device(device))
         zones = rapl_packages(powercap)
         if not zones:
             return cls(reason=NO_RAPL)
@@ -92,9 +79,26 @@ class EnergyCounter:
         return cls(key=f"rapl@{platform.node()}", source=f"RAPL package counters ({len(zones)} package(s))",
                    _read=lambda: [int((zone / "energy_uj").read_text()) for zone in zones], _ranges=ranges)._started(1e-6)
 
+    @classmethod
+    def nvml(cls, device: NvmlDevice) -> EnergyCounter:
+        """The GPU's own counter (millijoules since the driver loaded); under MIG none: it is the whole GPU's."""
+        if device.reason is not None:
+            return cls(reason=device.reason)
+        reading = device.reading()
+        if reading.quantity(ENERGY_COUNTER, "energy counter") is None:
+            return cls(reason=f"NVML energy counter unreadable: {reading.note()['note']}")
+
+        def read() -> list[int] | None:
+            value = device.reading().quantity(ENERGY_COUNTER, "energy counter")
+            return None if value is None else [value]
+
+        return cls(key=device.uuid, source="NVML total energy counter, per GPU", _read=read, _ranges=[0])._started(1e-3)
+
     def _started(self, joules_per_unit: float) -> EnergyCounter:
         self._unit = joules_per_unit
         self._last = self._read()
+        if self._last is None:
+            self.reason = STOPPED
         return self
 
     @property
@@ -102,12 +106,16 @@ class EnergyCounter:
         return self.reason is None
 
     def read(self) -> float | None:
-        """Joules since the counter was opened (None where there is none; 0 for a process that reads nothing)."""
+        """Joules since the counter was opened (None where there is none, or once a reading failed; 0 for a process
+        that reads nothing)."""
         if self.reason is not None:
             return None
         if self._read is None:
             return 0.0
         now = self._read()
+        if now is None:  # the run's energy is unknown, not partial
+            self.reason = STOPPED
+            return None
         for last, value, limit in zip(self._last, now, self._ranges):
             self._total += (value - last if value >= last or not limit else value + limit - last) * self._unit
         self._last = now
@@ -140,8 +148,9 @@ class EnergyLog:
         self._opened = self.counter.read()
 
     def window_close(self) -> None:
-        if self._opened is not None:
-            self.window_j += self.counter.read() - self._opened
+        now = self.counter.read()
+        if self._opened is not None and now is not None:
+            self.window_j += now - self._opened
         self._opened = None
 
     def mark(self) -> None:

@@ -1,5 +1,5 @@
-"""The machine's fixed state, for every record's environment: driver and CUDA versions and power limits of the GPUs
-(NVML), or the CPU's frequency governor, frequency range and memory (psutil, sysfs).
+"""The machine's fixed state, for every record's environment: driver and CUDA versions, power limits (enforced beside
+default), compute mode and MIG of the GPUs (NVML), or the CPU's frequency governor, frequency range and memory.
 
 torchbench records these with every result because they explain differences between runs that the code does not:
 a GPU capped at a lower power limit, an older driver, a CPU left on the `powersave` governor. What changes during a
@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from bench.measuring.nvml import NvmlDevice, Reading, for_device
+
 CPUFREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq")
 
 
@@ -22,38 +24,45 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def nvml():
-    """pynvml, initialised, or None where it is not installed or finds no driver."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml
-    except Exception:  # noqa: BLE001 -- ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
-        return None
+COMPUTE_MODES = {"NVML_COMPUTEMODE_DEFAULT": "default", "NVML_COMPUTEMODE_EXCLUSIVE_THREAD": "exclusive_thread",
+                 "NVML_COMPUTEMODE_PROHIBITED": "prohibited", "NVML_COMPUTEMODE_EXCLUSIVE_PROCESS": "exclusive_process"}
 
 
-def gpu_machine(device: torch.device) -> dict:
-    """Driver, CUDA driver version and this GPU's power limit and memory, from NVML; a `note` when unreadable."""
-    pynvml = nvml()
-    if pynvml is None:
-        return {"note": "NVML unavailable (install nvidia-ml-py: the `energy` extra)"}
-    from bench.measuring.energy import nvml_handle
+def power_limits(reading: Reading) -> dict:
+    """The enforced power limit beside the card's default, and whether an administrator capped it below the default
+    (a real slowdown, unlike running at the limit, which is normal under load)."""
+    enforced = reading.quantity("nvmlDeviceGetEnforcedPowerLimit", "power limit")
+    default = reading.quantity("nvmlDeviceGetPowerManagementDefaultLimit", "power limit")
+    return {"power_limit_w": None if enforced is None else enforced / 1000,
+            "power_limit_default_w": None if default is None else default / 1000,
+            "power_limited": None if enforced is None or default is None else enforced < default}
 
-    _, handle = nvml_handle(device)
-    cuda = pynvml.nvmlSystemGetCudaDriverVersion()
-    state = {"driver_version": pynvml.nvmlSystemGetDriverVersion(),
-             "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}",
-             "gpu_name": pynvml.nvmlDeviceGetName(handle), "gpu_uuid": pynvml.nvmlDeviceGetUUID(handle)}
-    for name, read in (("power_limit_w", lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000),
-                       ("max_sm_clock_mhz", lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)),
-                       ("max_memory_clock_mhz", lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)),
-                       ("memory_total_bytes", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).total)):
-        try:
-            state[name] = read()
-        except pynvml.NVMLError:  # a query this GPU does not support stays out
-            state[name] = None
-    return state
+
+def modes(reading: Reading) -> dict:
+    """Compute mode (EXCLUSIVE_PROCESS admits one CUDA context at a time) and MIG, of the physical GPU."""
+    mode = reading.condition("nvmlDeviceGetComputeMode")
+    names = {reading.constant(constant): name for constant, name in COMPUTE_MODES.items()}
+    mig_mode = reading.condition("nvmlDeviceGetMigMode")  # [current, pending]
+    return {"compute_mode": names.get(mode, mode), "mig": reading.device.mig,
+            "mig_mode": None if mig_mode is None else ("enabled" if mig_mode[0] else "disabled")}
+
+
+def gpu_state(device: NvmlDevice) -> dict:
+    """Driver and CUDA driver versions, the GPU's name, power limits, clocks, memory and modes, each empty where NVML
+    does not answer (the note says which call)."""
+    if device.reason is not None:
+        return {"note": device.reason}
+    reading = device.reading()
+    cuda = reading.system("nvmlSystemGetCudaDriverVersion")
+    memory = reading.own("nvmlDeviceGetMemoryInfo")
+    return {"driver_version": reading.system("nvmlSystemGetDriverVersion"),
+            "cuda_driver_version": None if cuda is None else f"{cuda // 1000}.{cuda % 1000 // 10}",
+            "gpu_name": reading.own("nvmlDeviceGetName"), "gpu_uuid": device.uuid, **power_limits(reading),
+            "max_sm_clock_mhz": reading.quantity("nvmlDeviceGetMaxClockInfo", "clocks",
+                                                 args=(reading.constant("NVML_CLOCK_SM"),)),
+            "max_memory_clock_mhz": reading.quantity("nvmlDeviceGetMaxClockInfo", "clocks",
+                                                     args=(reading.constant("NVML_CLOCK_MEM"),)),
+            "memory_total_bytes": None if memory is None else memory.total, **modes(reading)} | reading.note()
 
 
 def cpu_machine() -> dict:
@@ -71,5 +80,5 @@ def machine_state(device: torch.device) -> dict:
     """The record's `env.machine`: the device's fixed state, and the host CPU's in every case."""
     state = {"cpu": cpu_machine()}
     if device.type == "cuda":
-        state["gpu"] = gpu_machine(device)
+        state["gpu"] = gpu_state(for_device(device))
     return state

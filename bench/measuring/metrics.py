@@ -118,7 +118,8 @@ METRICS: tuple[Metric, ...] = (
            "trustworthy peak, see `peak TFLOP/s`).", scale=100, fmt=".2f"),
     Metric("peak_mem_allocated_bytes", "peak alloc MiB", "Peak allocated device memory per process (max over "
            "processes and seeds) from the opening of the timed window (after warm-up: compilation and cuDNN "
-           "autotuning excluded) to the end of the run, evaluation included; on a CPU the process's peak RSS.",
+           "autotuning excluded) to the end of the run, evaluation included (its last batch padded to the training "
+           "batch, so no new shape is autotuned there); on a CPU the process's peak RSS.",
            scale=1 / MIB, fmt=",.0f", aggregate="max"),
     Metric("peak_mem_reserved_bytes", "peak reserved MiB", "Peak memory reserved by the caching allocator, "
            "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
@@ -161,11 +162,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("cost_to_target_usd", "cost to target USD", "Price x devices x wall hours until validation accuracy first "
            "reached the target (`to target wall s`).", fmt=",.4f"),
     # -- the device's state (bench/measuring/watch.py)
-    Metric("device_throttled", "throttled", "Whether a GPU of the run was throttling (power cap, thermal or hardware "
-           "slowdown, per NVML) when its timed window opened or when training ended; over seeds, in how many runs; "
-           "blank on a CPU or without NVML.", fmt="", aggregate="count"),
+    Metric("device_throttled", "throttled", "Whether a GPU of the run was slowed down when its timed window opened "
+           "or when training ended: NVML's clock-event reasons hardware slowdown, thermal slowdown (hardware or "
+           "software) or power brake. Running at the software power cap, normal under load, does not count (every "
+           "active reason is in the record's `device_state`); over seeds, in how many runs; blank on a CPU or "
+           "without NVML.", fmt="", aggregate="count"),
+    Metric("power_limited", "power capped", "Whether a GPU of the run had an enforced power limit below its default "
+           "(an administrator's cap: a real slowdown) at those instants; both limits are in the record's "
+           "`env.machine.gpu`; over seeds, in how many runs; blank on a CPU, without NVML or on a MIG slice.", fmt="",
+           aggregate="count"),
     Metric("device_shared", "shared GPU", "Whether another process used a GPU of the run at those instants (a shared "
-           "GPU corrupts timings); over seeds, in how many runs; blank on a CPU or without NVML.", fmt="",
+           "GPU corrupts timings); over seeds, in how many runs; blank on a CPU, without NVML, or where NVML lists none "
+           "of the run's own processes (in a container it gives host PIDs: the snapshot's note says so).", fmt="",
            aggregate="count"),
     # -- settings resolved at run time
     Metric("peak_lr", "peak lr", "The learning rate at the top of the schedule.", fmt=".4g", aggregate="first"),

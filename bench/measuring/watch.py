@@ -1,11 +1,12 @@
-"""The device's state at the start and at the end of a run's timed window: clocks, temperature, power, throttle
-reasons and other processes on the GPU (NVML); the CPU's current frequency and governor (psutil, sysfs).
+"""The device's state at the start and at the end of a run's timed window: clocks, temperature, power and its limits,
+clock-event reasons and other processes on the GPU (NVML); the CPU's current frequency and governor (psutil, sysfs).
 
-A result taken while the GPU throttled (power cap, thermal slowdown) or while another process shared it is not the
-hardware's number: torchbench records clocks and throttling with every result to explain run-to-run variance, and a
-shared GPU corrupts timings outright. So each run snapshots its device when the timed window opens and when training
-ends, flags throttling and sharing in its metrics (`device_throttled`, `device_shared`), prints a warning line when
-its GPU is shared, and the report marks such results.
+A result taken while the GPU slowed down (thermal or hardware slowdown, an administrator's power cap) or while another
+process shared it is not the hardware's number: torchbench records clocks and throttling with every result to explain
+run-to-run variance, and a shared GPU corrupts timings outright. So each run snapshots its device when the timed
+window opens and when training ends, flags slowdown, power capping and sharing in its metrics (`device_throttled`,
+`power_limited`, `device_shared`: each only where NVML can tell), prints a warning line when its GPU is known to be
+shared, and the report marks such results.
 """
 from __future__ import annotations
 
@@ -14,53 +15,70 @@ import os
 import psutil
 import torch
 
-from bench.measuring.machine import CPUFREQ, nvml, read_text
+from bench.measuring.machine import CPUFREQ, power_limits, read_text
+from bench.measuring.nvml import NvmlDevice, Reading, for_device
 
-# NVML clock-event reasons that mean the GPU ran below the clocks it could (idle, application clocks set by the
-# administrator and display clocks are not throttling). Names as nvidia-smi prints them.
-THROTTLE_REASONS = {
-    "nvmlClocksEventReasonSwPowerCap": "sw_power_cap",
-    "nvmlClocksEventReasonHwSlowdown": "hw_slowdown",
-    "nvmlClocksEventReasonHwThermalSlowdown": "hw_thermal_slowdown",
-    "nvmlClocksEventReasonSwThermalSlowdown": "sw_thermal_slowdown",
-    "nvmlClocksEventReasonHwPowerBrakeSlowdown": "hw_power_brake_slowdown",
-}
+# NVML's clock-event reasons (nvmlClocksEventReason*, formerly nvmlClocksThrottleReason*): (name, label, slowdown).
+# Every active reason is recorded; only a slowdown makes a run `device_throttled`: hardware slowdown, thermal
+# slowdown (hardware or software) and the power brake. Running at the software power cap is what an H100 or H200
+# does under load, and idle, application or display clocks and sync boost are settings, not slowdowns.
+CLOCK_EVENT_REASONS = (
+    ("GpuIdle", "gpu_idle", False), ("ApplicationsClocksSetting", "applications_clocks_setting", False),
+    ("SwPowerCap", "sw_power_cap", False), ("HwSlowdown", "hw_slowdown", True), ("SyncBoost", "sync_boost", False),
+    ("SwThermalSlowdown", "sw_thermal_slowdown", True), ("HwThermalSlowdown", "hw_thermal_slowdown", True),
+    ("HwPowerBrakeSlowdown", "hw_power_brake_slowdown", True), ("DisplayClockSetting", "display_clock_setting", False),
+    ("BoardLimit", "board_limit", False), ("Reliability", "reliability", False),
+)
+SLOWDOWNS = {label for _, label, slowdown in CLOCK_EVENT_REASONS if slowdown}
 
 
-def gpu_snapshot(device: torch.device, own_pids: set[int]) -> dict:
-    """Clocks, temperature, power, active throttle reasons and the other processes on this GPU."""
-    pynvml = nvml()
-    if pynvml is None:
-        return {"note": "NVML unavailable (install nvidia-ml-py: the `energy` extra)"}
-    from bench.measuring.energy import nvml_handle
+def clock_event_reasons(reading: Reading, mask: int) -> list[str]:
+    """The labels of the reasons set in NVML's bit mask; a bit this table does not know is kept as its hex value."""
+    labels = []
+    for name, label, _ in CLOCK_EVENT_REASONS:
+        bit = reading.constant(f"nvmlClocksEventReason{name}") or reading.constant(f"nvmlClocksThrottleReason{name}")
+        if bit and mask & bit:
+            labels.append(label)
+            mask &= ~bit
+    return labels + [f"0x{1 << position:x}" for position in range(mask.bit_length()) if mask >> position & 1]
 
-    _, handle = nvml_handle(device)
-    snap: dict = {}
-    reads = {
-        "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
-        "memory_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
-        "temperature_c": lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
-        "power_w": lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000,
-    }
-    for name, read in reads.items():
-        try:
-            snap[name] = read()
-        except pynvml.NVMLError:
-            snap[name] = None
-    try:
-        mask = pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
-        snap["throttle_reasons"] = [label for name, label in THROTTLE_REASONS.items() if mask & getattr(pynvml, name)]
-    except pynvml.NVMLError:
-        snap["throttle_reasons"] = None
-    others = []
-    for query in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
-        try:
-            others += [{"pid": process.pid, "used_memory_bytes": process.usedGpuMemory}
-                       for process in query(handle) if process.pid not in own_pids]
-        except pynvml.NVMLError:
-            pass
-    snap["other_processes"] = list({process["pid"]: process for process in others}.values())
-    return snap
+
+def other_processes(reading: Reading, own_pids: set[int]) -> list[dict] | None:
+    """The processes on this GPU other than the run's own; None where that cannot be told: no answer, or a list
+    without any of our processes (in a container NVML gives host PIDs, which cannot be told from ours)."""
+    listed, answered = [], False
+    for name in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+        processes = reading.own(name)
+        if processes is not None:
+            answered, listed = True, listed + list(processes)
+    if not answered:
+        return None
+    if not {process.pid for process in listed} & own_pids:
+        reading.notes.append(f"other processes unknown: NVML lists {len(listed)} process(es), none of this run's "
+                             "(in a container NVML gives host PIDs: others cannot be told from ours)")
+        return None
+    return list({process.pid: {"pid": process.pid, "used_memory_bytes": process.usedGpuMemory}
+                 for process in listed if process.pid not in own_pids}.values())
+
+
+def gpu_snapshot(device: NvmlDevice, own_pids: set[int]) -> dict:
+    """Clocks, temperature, power and its limits, every active clock-event reason and the other processes on this
+    GPU, each empty where NVML does not answer (the note says which call)."""
+    if device.reason is not None:
+        return {"note": device.reason}
+    reading = device.reading()
+
+    def clock(kind: str) -> int | None:
+        return reading.quantity("nvmlDeviceGetClockInfo", "clocks", args=(reading.constant(kind),))
+
+    power = reading.quantity("nvmlDeviceGetPowerUsage", "power")
+    mask = reading.condition("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
+    return {"sm_clock_mhz": clock("NVML_CLOCK_SM"), "memory_clock_mhz": clock("NVML_CLOCK_MEM"),
+            "temperature_c": reading.condition("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature",
+                                               args=(reading.constant("NVML_TEMPERATURE_GPU"),)),
+            "power_w": None if power is None else power / 1000, **power_limits(reading),
+            "throttle_reasons": None if mask is None else clock_event_reasons(reading, mask),
+            "other_processes": other_processes(reading, own_pids)} | reading.note()
 
 
 def cpu_snapshot() -> dict:
@@ -81,7 +99,7 @@ class Watch:
     def snapshot(self) -> dict:
         state = {"cpu": cpu_snapshot()}
         if self.device.type == "cuda":
-            state["gpu"] = gpu_snapshot(self.device, self.own_pids)
+            state["gpu"] = gpu_snapshot(for_device(self.device), self.own_pids)
         return state
 
     def start(self) -> None:
@@ -98,23 +116,32 @@ class Watch:
         return {"start": self.start_state, "end": self.end_state}
 
 
+def gpu_field(state: dict | None, name: str):
+    return ((state or {}).get("gpu") or {}).get(name)
+
+
 def throttled(state: dict | None) -> bool | None:
-    """Whether a snapshot shows a throttling GPU; None where that cannot be told (a CPU, no NVML)."""
-    reasons = ((state or {}).get("gpu") or {}).get("throttle_reasons")
-    return None if reasons is None else bool(reasons)
+    """Whether a snapshot shows a GPU slowed down (SLOWDOWNS); None where that cannot be told (a CPU, no NVML)."""
+    reasons = gpu_field(state, "throttle_reasons")
+    return None if reasons is None else bool(SLOWDOWNS & set(reasons))
 
 
 def shared(state: dict | None) -> bool | None:
     """Whether a snapshot shows other processes on the GPU; None where that cannot be told."""
-    others = ((state or {}).get("gpu") or {}).get("other_processes")
+    others = gpu_field(state, "other_processes")
     return None if others is None else bool(others)
 
 
+def power_limited(state: dict | None) -> bool | None:
+    """Whether a snapshot shows an enforced power limit below the card's default; None where that cannot be told."""
+    return gpu_field(state, "power_limited")
+
+
 def device_flags(states: list[dict]) -> dict:
-    """The run's `device_throttled` and `device_shared` metrics over every process's start and end snapshots: True
-    if any shows it, None where no snapshot can tell."""
+    """The run's `device_throttled`, `device_shared` and `power_limited` metrics over every process's start and end
+    snapshots: True if any shows it, None where no snapshot can tell."""
     flags = {}
-    for name, test in (("device_throttled", throttled), ("device_shared", shared)):
+    for name, test in (("device_throttled", throttled), ("device_shared", shared), ("power_limited", power_limited)):
         seen = [test(state.get(end)) for state in states for end in ("start", "end")]
         known = [value for value in seen if value is not None]
         flags[name] = any(known) if known else None

@@ -1,6 +1,7 @@
 """The report's view of the whole trade-off beyond training speed: per configuration, what its trained model costs
 to serve (inference latency and throughput), what it cost to start (first step, compilation), the energy and money
-it took, and on which device state it was measured; and the warning for results taken on a throttled or shared GPU.
+it took, and on which device state it was measured; and the warning for results taken on a throttled, power-capped or
+shared GPU.
 
 The columns are measurements declared in bench/measuring/metrics.py (labels, formats, meanings, seed aggregation from there),
 grouped like the speed table (bench/reporting/tables.py SPEED_KEYS), so hardware never mixes.
@@ -16,8 +17,9 @@ TRADEOFF_METRICS = ["infer_p50_ms", "infer_p95_ms", "infer_p99_ms", "infer_image
                     "compiled_infer_p50_ms", "compiled_infer_p99_ms", "compiled_infer_images_per_s",
                     "time_to_first_step_s", "compile_s", "energy_kwh", "energy_j_per_image", "energy_to_target_kwh",
                     "energy_source", "price_per_hour_usd", "cost_usd", "cost_to_target_usd", "device_throttled",
-                    "device_shared"]
-FLAGS = {"device_throttled": "throttling GPU", "device_shared": "GPU shared with other processes"}
+                    "power_limited", "device_shared"]
+FLAGS = {"device_throttled": "throttling GPU", "power_limited": "GPU power-capped below its default limit",
+         "device_shared": "GPU shared with other processes"}
 
 
 def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +34,8 @@ def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def device_warning(rows: pd.DataFrame) -> str | None:
-    """A warning for the models among `rows` (finished runs) measured on a throttled or shared GPU, or None."""
+    """A warning for the models among `rows` (finished runs) measured on a throttled, power-capped or shared GPU, or
+    None."""
     parts = []
     for key, what in FLAGS.items():
         if key in rows:

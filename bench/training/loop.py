@@ -52,9 +52,10 @@ class Training:
         return self.preemption is not None and self.preemption.agreed is not None
 
     @property
-    def eval_pad_to(self) -> int | None:
-        """A compiled model keeps one static batch shape: evaluation pads its last, partial batch to it."""
-        return self.loaders["train"].batch_size if self.compile_mode else None
+    def eval_pad_to(self) -> int:
+        """Evaluation pads its last, partial batch to the training batch, compiled or eager: a compiled model keeps one
+        static shape, and cuDNN's autotuning of a new shape would land in the peak-memory window."""
+        return self.loaders["train"].batch_size
 
 
 class RunDiverged(RuntimeError):
@@ -240,10 +241,11 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
 
     Every rank writes its per-sample results into tensors indexed by the sample's stored index; the
     distributed loader's padding repeats samples, which then just rewrite the same slot. So can ours:
-    with `pad_to`, a partial last batch is filled up with copies of its last sample, so that a compiled
-    model sees one shape and never recompiles (or records a new CUDA graph) for it. A max-reduce merges
-    the ranks. With `cuda_graphs` every batch is marked as a CUDA-graph step, as training marks its own.
-    Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
+    with `pad_to`, a partial last batch is filled up with copies of its last sample, so that the model sees
+    only the training batch's shape: a compiled model never recompiles (or records a new CUDA graph) for it,
+    and cuDNN never autotunes a new shape inside the peak-memory window. The images/s count real images
+    only. A max-reduce merges the ranks. With `cuda_graphs` every batch is marked as a CUDA-graph step, as
+    training marks its own. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
     """
     model.eval()
     device = accelerator.device
