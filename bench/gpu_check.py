@@ -26,7 +26,6 @@ from accelerate import Accelerator
 from bench.measuring.environment import environment, package_version, use_cpu
 from bench.measuring.device import device_name
 from bench.measuring.machine import gpu_state
-from bench.measuring.metrics import BY_KEY
 from bench.measuring.nvml import NvmlDevice, for_device
 from bench.reporting.plots import slug
 from bench.reporting.render import markdown_table
@@ -167,19 +166,17 @@ def sweep_lines(run_dir: Path, steps: list[Step]) -> list[str]:
                   for found in SWEEP_SKIP_LINE.finditer(step_log(run_dir, step.name)))
     if not records:
         return [f"_(no sweep points measured; {skipped} skipped by the sweep's budget)_"]
-    table, mfu = sweep_table(records), BY_KEY["mfu"].label
+    table = sweep_table(records)
     ok = table[(table["status"] == "ok") & (table["mode"] == "train")]
     rows = []
     for model, group in ok.groupby("model", sort=False):
-        best = group.loc[group["img/s"].idxmax()]
+        best = group.loc[group["images_per_s"].idxmax()]
         eager, compiled = group[group["compile"] == "off"], group[group["compile"] != "off"]
-        rows.append({"model": model, "img/s": best["img/s"], "precision": best["precision"],
-                     "compile": best["compile"], "batch": best["batch"], mfu: best[mfu],
-                     "best eager img/s": eager["img/s"].max(), "best compiled img/s": compiled["img/s"].max()})
-    best = pd.DataFrame(rows, columns=["model", "img/s", "precision", "compile", "batch", mfu,
-                                       "best eager img/s", "best compiled img/s"])
-    for column in ("best eager img/s", "best compiled img/s"):  # formatted here: render.NUMBER_FORMATS does not know them
-        best[column] = [f"{value:,.0f}" if pd.notna(value) else "" for value in best[column]]
+        rows.append({**best[["model", "images_per_s", "precision", "compile", "batch_size", "mfu"]],
+                     "best_eager_images_per_s": eager["images_per_s"].max(),
+                     "best_compiled_images_per_s": compiled["images_per_s"].max()})
+    best = pd.DataFrame(rows, columns=["model", "images_per_s", "precision", "compile", "batch_size", "mfu",
+                                       "best_eager_images_per_s", "best_compiled_images_per_s"])
     oom = int((table["status"] == "oom").sum())
     return [f"{len(table)} point(s) measured ({oom} out of memory), {skipped} skipped by the sweep's budget. "
             "Best training img/s per model, and where it was reached (synthetic device-resident batches, "
@@ -209,13 +206,9 @@ def suite_lines(run_dir: Path, steps: list[Step]) -> list[str]:
         return [*ran, "_(no run records)_"]
     runs = run_rows(records)
     keys = ["data_source", "dataset", "model"]
-    label = {key: BY_KEY[key].label for key in ("test_acc", "train_time_s", "time_to_target_s", "train_images_per_s",
-                                                 "mfu", "peak_mem_allocated_bytes")}
-    accuracy = accuracy_table(runs).reindex(columns=[*keys, label["test_acc"], "study %", "diff pp",
-                                                     label["train_time_s"]])
-    speed = speed_table(runs).reindex(columns=[*keys, label["time_to_target_s"], "reached",
-                                               label["train_images_per_s"], label["mfu"],
-                                               label["peak_mem_allocated_bytes"]])
+    accuracy = accuracy_table(runs).reindex(columns=[*keys, "test_acc", "study_acc", "diff_pp", "train_time_s"])
+    speed = speed_table(runs).reindex(columns=[*keys, "time_to_target_s", "reached", "train_images_per_s", "mfu",
+                                               "peak_mem_allocated_bytes"])
     headline = accuracy.merge(speed, on=keys, how="outer")
     finished = int((runs["status"] == "finished").sum())
     lines = [*ran, f"{finished} of {len(runs)} run(s) finished.", "", markdown_table(headline)]

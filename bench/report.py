@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Sequence
@@ -25,11 +25,13 @@ import pandas as pd
 
 from bench.reporting.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comparison_table, comparison_view, load_merged,
                                      regressions)
+from bench.reporting.columns import glossary, label
+from bench.reporting.headline import (HEADLINE_GROUP, group_title, headline_caption, headline_runs, headline_table,
+                                      headline_view, weakest_classes)
 from bench.reporting.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
-from bench.reporting.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
-from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
-                                    group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
-                                    speed_table, sweep_table, weakest_classes)
+from bench.reporting.render import EXTENSIONS, markdown_table, render, write_table
+from bench.reporting.tables import (CONFIG_KEYS, accuracy_table, failures_table, gains_table, run_rows, speed_table,
+                                    sweep_table)
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.records import runs_dir
 from bench.results.schema import RunRecord, SweepRecord
@@ -73,27 +75,19 @@ class Filters:
         return self.preset is None and self._common(record, record.measured_at)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Report:
     """What `write_report` wrote and the tables behind it."""
 
     report_path: Path
+    tables: dict[str, pd.DataFrame]  # headline, weakest_classes, accuracy, gains, speed, speed_sweep, tradeoffs,
+    # failures, and comparison with --baseline; columns named as in the code (bench/reporting/columns.py)
     csv_paths: dict[str, Path]  # table name -> its CSV (the data)
     table_paths: list[Path]  # the tables rendered in the chosen format (none extra for csv)
     plot_paths: list[Path]
-    headline: pd.DataFrame
-    weakest: pd.DataFrame
-    accuracy: pd.DataFrame
-    gains: pd.DataFrame
-    speed: pd.DataFrame
-    tradeoffs: pd.DataFrame  # inference, cold start, energy, cost (bench/reporting/tradeoffs.py)
-    failures: pd.DataFrame
-    sweep: pd.DataFrame
-    comparison: pd.DataFrame | None  # with --baseline
     regressions: list[str]  # flagged configurations, one phrase each
-    dropped: int  # duplicate records left out of the merge
     summary_markdown: str  # what the command prints (in the chosen format, markdown by default)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]]
 
 
 # ----- writing -------------------------------------------------------------------------------------------------
@@ -175,13 +169,13 @@ def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, 
             headline_view(rows)), "flags": device_warning(behind[keys])} for keys, rows in sections(tables["headline"])],
         comparison={"baseline": folders_text(baseline.folders), "table": markdown_table(shown["comparison"]),
                     "verdict": regression_line(flagged)} if baseline is not None else None,
-        config_keys=", ".join(CONFIG_KEYS), noise_floor=f"{NOISE_FLOOR_PCT:g}", noise_sigmas=f"{NOISE_SIGMAS:g}",
+        config_keys=", ".join(label(key) for key in CONFIG_KEYS), noise_floor=f"{NOISE_FLOOR_PCT:g}", noise_sigmas=f"{NOISE_SIGMAS:g}",
         weakest=[{"title": group_title(keys), "table": markdown_table(rows.drop(columns=HEADLINE_GROUP)),
                   "confusion": image(confusion[keys]) if keys in confusion else None}
                  for keys, rows in sections(tables["weakest_classes"])],
         plots=[image(path) for kind in ("pareto", "curves", "throughput") for path in plots[kind]],
         tables={name: markdown_table(table) for name, table in tables.items()}, has_sweeps=not tables["speed_sweep"].empty,
-        glossary={name: "\n".join(column_glossary(table.columns)) for name, table in shown.items()},
+        glossary={name: "\n".join(glossary(table.columns)) for name, table in shown.items()},
         csv={name: csv_link(name) for name in csv_paths}, skipped=skipped_lines(merged.skipped, out)).rstrip("\n") + "\n"
 
 
@@ -254,12 +248,10 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
                            flagged)
     report_path = atomic_write(out / "REPORT.md", lambda tmp: tmp.write_text(text))
     return Report(
-        report_path=report_path, csv_paths=csv_paths, table_paths=table_paths,
+        report_path=report_path, tables=tables, csv_paths=csv_paths, table_paths=table_paths,
         plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"]],
-        headline=tables["headline"], weakest=tables["weakest_classes"], accuracy=accuracy, gains=tables["gains"],
-        speed=tables["speed"], tradeoffs=tables["tradeoffs"], failures=tables["failures"], sweep=tables["speed_sweep"],
-        comparison=tables.get("comparison"), regressions=flagged, dropped=merged.dropped,
-        summary_markdown=summary_text(report_path, tables, merged, flagged, fmt), skipped=merged.skipped,
+        regressions=flagged, summary_markdown=summary_text(report_path, tables, merged, flagged, fmt),
+        skipped=merged.skipped,
     )
 
 

@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_main(accelerator, f"{point.key}: {record.status} ({record.error})")
     accelerator.end_training()
     if accelerator.is_main_process and rows:
-        print(markdown_table(sweep_table(rows).drop(columns=["device", "world size", "dataset", "input"])))
+        print(markdown_table(sweep_table(rows).drop(columns=["device", "world_size", "dataset", "data"])))
     return 1 if any(row.status == "error" for row in rows) else 0
 
 

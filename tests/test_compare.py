@@ -95,21 +95,21 @@ def test_baseline_differences_have_the_expected_signs_and_noise(smoke_suite, tmp
 
     table = comparison_table(run_rows(records_in(current)), run_rows(records_in(baseline))).set_index(
         ["model", "dataset"])
-    assert len(table) == 12 and (table["device"] == table["baseline device"]).all()
+    assert len(table) == 12 and (table["device"] == table["baseline_device"]).all()
     hit = table.loc[("resnet18", "mnist")]
-    assert hit["acc diff pp"] == pytest.approx(2.0) and hit["img/s change %"] == pytest.approx(-20.0)
-    assert hit["peak mem change %"] == pytest.approx(10.0) and hit["noise %"] == NOISE_FLOOR_PCT
+    assert hit["acc_diff_pp"] == pytest.approx(2.0) and hit["images_per_s_change_pct"] == pytest.approx(-20.0)
+    assert hit["peak_mem_change_pct"] == pytest.approx(10.0) and hit["noise_pct"] == NOISE_FLOOR_PCT
     assert hit["regression"]
-    assert table.loc[("inception_v1", "mnist"), "img/s change %"] == pytest.approx(-3.0)
-    assert table.loc[("vgg16", "mnist"), "img/s change %"] == pytest.approx(30.0)
+    assert table.loc[("inception_v1", "mnist"), "images_per_s_change_pct"] == pytest.approx(-3.0)
+    assert table.loc[("vgg16", "mnist"), "images_per_s_change_pct"] == pytest.approx(30.0)
     spread = table.loc[("resnet18", "cifar10")]
     cv = [statistics.stdev(rates) / statistics.mean(rates) for rates in ([80.0, 120.0], [100.0, 140.0])]
-    assert spread["noise %"] == pytest.approx(NOISE_SIGMAS * 100 * (cv[0] ** 2 + cv[1] ** 2) ** 0.5)
-    assert spread["img/s change %"] == pytest.approx(-20.0) and not spread["regression"]
+    assert spread["noise_pct"] == pytest.approx(NOISE_SIGMAS * 100 * (cv[0] ** 2 + cv[1] ** 2) ** 0.5)
+    assert spread["images_per_s_change_pct"] == pytest.approx(-20.0) and not spread["regression"]
     assert list(table.index[table["regression"].astype(bool)]) == [("resnet18", "mnist")]
     untouched = table.drop(index=[("resnet18", "mnist"), ("inception_v1", "mnist"), ("vgg16", "mnist"),
                                   ("resnet18", "cifar10")])
-    assert (untouched[["acc diff pp", "img/s change %", "peak mem change %"]] == 0).all().all()
+    assert (untouched[["acc_diff_pp", "images_per_s_change_pct", "peak_mem_change_pct"]] == 0).all().all()
     (phrase,) = regressions(table.reset_index())
     assert phrase.startswith("resnet18 on mnist (recipe fast, 1 epoch, batch 16 x 1 process") and "-20.0 %" in phrase
 
@@ -125,11 +125,11 @@ def test_a_device_is_compared_with_itself_when_both_sides_have_it(smoke_suite, t
     rows = run_rows(records_in(folder))
     table = comparison_table(rows, rows)  # a folder against itself: nothing changed, nothing flagged
     pairs = table[(table["model"] == "resnet18") & (table["dataset"] == "mnist")]
-    assert sorted(pairs["device"]) == sorted(pairs["baseline device"]) == sorted([original.device, H100, a100])
+    assert sorted(pairs["device"]) == sorted(pairs["baseline_device"]) == sorted([original.device, H100, a100])
     assert not table["regression"].astype(bool).any()
     # With no device in common, the new machine is set against the old one.
     only_a100 = comparison_table(run_rows([fast]), run_rows([slow]))
-    assert list(only_a100["baseline device"]) == [a100] and only_a100["img/s change %"].iloc[0] == pytest.approx(150.0)
+    assert list(only_a100["baseline_device"]) == [a100] and only_a100["images_per_s_change_pct"].iloc[0] == pytest.approx(150.0)
 
 
 def test_merge_baseline_and_fail_on_regression_from_the_command_line(smoke_suite, tmp_path: Path,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.measuring.metrics import (BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, formats, glossary, history_row, markdown_glossary,
-                                     run_metrics)
+from bench.measuring.metrics import BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, history_row, markdown_glossary, run_metrics
+from bench.reporting.columns import column, glossary, label
 
 
 def runs(times: list[float | None], accuracies: list[float] | None = None) -> pd.DataFrame:
@@ -22,40 +22,40 @@ def runs(times: list[float | None], accuracies: list[float] | None = None) -> pd
 
 def test_five_runs_drop_the_fastest_and_the_slowest():
     out = aggregate(runs([10.0, 12.0, 14.0, 16.0, 100.0]), ["time_to_target_s"])
-    assert out["to target s"] == pytest.approx(14.0) and out["reached"] == "5/5"
-    assert out["to target s std"] == pytest.approx(statistics.stdev([12.0, 14.0, 16.0]))
+    assert out["time_to_target_s"] == pytest.approx(14.0) and out["reached"] == "5/5"
+    assert out["time_to_target_s_std"] == pytest.approx(statistics.stdev([12.0, 14.0, 16.0]))
 
 
 def test_one_miss_in_five_is_the_slowest_and_is_dropped_but_counted():
     out = aggregate(runs([10.0, 12.0, 14.0, 16.0, None]), ["time_to_target_s"])
-    assert out["to target s"] == pytest.approx(14.0) and out["reached"] == "4/5"
+    assert out["time_to_target_s"] == pytest.approx(14.0) and out["reached"] == "4/5"
 
 
 def test_two_misses_in_five_leave_no_time_only_the_count():
     out = aggregate(runs([10.0, 12.0, 14.0, None, None]), ["time_to_target_s"])
-    assert math.isnan(out["to target s"]) and out["reached"] == "3/5"
+    assert math.isnan(out["time_to_target_s"]) and out["reached"] == "3/5"
 
 
 def test_fewer_than_five_runs_average_those_that_reached_it():
     out = aggregate(runs([10.0, 12.0, None]), ["time_to_target_s"])
-    assert out["to target s"] == pytest.approx(11.0) and out["reached"] == "2/3"
-    assert out["to target s std"] == pytest.approx(statistics.stdev([10.0, 12.0]))
+    assert out["time_to_target_s"] == pytest.approx(11.0) and out["reached"] == "2/3"
+    assert out["time_to_target_s_std"] == pytest.approx(statistics.stdev([10.0, 12.0]))
     none = aggregate(runs([None, None]), ["time_to_target_s"])
-    assert math.isnan(none["to target s"]) and none["reached"] == "0/2"
+    assert math.isnan(none["time_to_target_s"]) and none["reached"] == "0/2"
 
 
 def test_reaching_the_target_is_counted_over_seeds_and_absent_without_a_target():
     seeds = runs([10.0, None, 12.0]).assign(reached_target=[True, False, True])
-    assert aggregate(seeds, ["reached_target"])["reached target"] == "2/3"
+    assert aggregate(seeds, ["reached_target"])["reached_target"] == "2/3"
     no_target = runs([None, None]).assign(reached_target=[None, None])
-    assert aggregate(no_target, ["reached_target"])["reached target"] is None
+    assert aggregate(no_target, ["reached_target"])["reached_target"] is None
 
 
 def test_accuracy_is_mean_and_sample_std_in_percent_and_memory_the_worst_seed_in_mib():
     out = aggregate(runs([1.0, 2.0, 3.0], accuracies=[0.90, 0.92, 0.97]), ["test_acc", "peak_mem_allocated_bytes"])
-    assert out["test acc %"] == pytest.approx(93.0)
-    assert out["test acc % std"] == pytest.approx(statistics.stdev([90.0, 92.0, 97.0]))
-    assert out["peak alloc MiB"] == 3 * 1024
+    assert out["test_acc"] == pytest.approx(93.0)
+    assert out["test_acc_std"] == pytest.approx(statistics.stdev([90.0, 92.0, 97.0]))
+    assert out["peak_mem_allocated_bytes"] == 3 * 1024
 
 
 def test_records_hold_exactly_the_declared_fields():
@@ -65,11 +65,14 @@ def test_records_hold_exactly_the_declared_fields():
     assert list(row) == list(RUN_KEYS)  # declaration order, whatever order the computation used
 
 
-def test_report_formats_and_explanations_come_from_the_declarations():
-    assert formats()["to target s std"] == BY_KEY["time_to_target_s"].fmt
-    lines = glossary(["model", "test acc %", "data stall %"])
+def test_report_labels_formats_and_explanations_come_from_the_declarations():
+    assert column("time_to_target_s_std").fmt == BY_KEY["time_to_target_s"].fmt
+    assert [label(name) for name in ("test_acc", "test_acc_std", "world_size", "baseline_device", "speed_up")] == [
+        "test acc %", "test acc % std", "world size", "baseline device", "speed-up x"]
+    lines = glossary(["model", "test_acc", "data_stall", "n"])
     assert lines == [f"- `test acc %`: {BY_KEY['test_acc'].explanation}",
-                     f"- `data stall %`: {BY_KEY['data_stall'].explanation}"]
+                     f"- `data stall %`: {BY_KEY['data_stall'].explanation}",
+                     f"- `n`: {column('n').meaning}"]
 
 
 def test_the_measurements_page_shows_the_declared_measurements():

@@ -20,8 +20,10 @@ from bench.report import Filters, NoRecordsError, build_parser, main as report_m
 from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
                                    pareto_figure, pareto_front, slug)
 from bench.reporting.render import render
-from bench.reporting.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
-                                    headline_caption, headline_runs, headline_table, headline_view, run_rows)
+from bench.reporting.columns import label
+from bench.reporting.headline import (HEADLINE_COLUMNS, HEADLINE_GROUP, headline_caption, headline_runs, headline_table,
+                                      headline_view)
+from bench.reporting.tables import ACCURACY_KEYS, SPEED_KEYS, accuracy_table, gains_table, run_rows
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.schema import RunRecord
 from data.datasets import CIFAR10_CLASSES
@@ -30,6 +32,7 @@ from models import model_names
 
 DATASETS = ("mnist", "cifar10")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HEADLINE_LABELS = [label(name) for name in HEADLINE_COLUMNS]  # as users read them
 SMOKE_CONFIGURATION = "Configuration: recipe fast, 1 epoch, batch 16 x 1 process, precision fp32, 64+21 synthetic images."
 
 
@@ -61,38 +64,40 @@ def test_runner_prints_summary_and_writes_report(smoke_suite) -> None:
 
 
 def test_tables_have_expected_rows_and_columns(report) -> None:
-    accuracy = report.accuracy
+    accuracy = report.tables["accuracy"]
     study_models = list(model_names())
     assert list(accuracy["model"]) == study_models * len(DATASETS)  # data source, dataset, then model order
     assert list(accuracy["dataset"]) == [dataset for dataset in DATASETS for _ in study_models]
-    assert set(ACCURACY_KEYS + ["n", "test acc %", "test acc % std", "study %", "diff pp"]) <= set(accuracy.columns)
-    assert (accuracy["n"] == 1).all() and accuracy["test acc % std"].isna().all()  # one seed: no spread
+    assert set(ACCURACY_KEYS + ["n", "test_acc", "test_acc_std", "study_acc", "diff_pp"]) <= set(accuracy.columns)
+    assert (accuracy["n"] == 1).all() and accuracy["test_acc_std"].isna().all()  # one seed: no spread
     assert set(accuracy["recipe"]) == {"fast"} and set(accuracy["preset"]) == {"smoke"}
     # Synthetic data is labelled as such and never set against the study's numbers.
     assert set(accuracy["data_source"]) == {"synthetic"}
-    assert accuracy[["study %", "diff pp", "study train s"]].isna().all().all()
+    assert accuracy[["study_acc", "diff_pp", "study_train_s"]].isna().all().all()
     text = report.report_path.read_text()
     assert "Synthetic data" in text
     assert "- `train img/s`: Training images per second in the timed window" in text  # the metric's own words
 
-    speed = report.speed
+    speed = report.tables["speed"]
     assert set(SPEED_KEYS) <= set(speed.columns) and speed["device"].str.startswith("CPU").all()
-    assert (speed["train img/s"] > 0).all() and (speed["eval img/s"] > 0).all()
-    assert (speed["peak alloc MiB"] > 100).all() and (speed["params M"] > 5).all()  # MiB, not bytes
-    assert (speed["world size"] == 1).all() and (speed["batch"] == 16).all()
+    assert (speed["train_images_per_s"] > 0).all() and (speed["eval_images_per_s"] > 0).all()
+    assert (speed["peak_mem_allocated_bytes"] > 100).all() and (speed["params_m"] > 5).all()  # MiB, not bytes
+    assert (speed["world_size"] == 1).all() and (speed["batch_size"] == 16).all()
 
-    gains = report.gains  # one recipe (fast) for both twins: each improved model's gain is all architecture
+    gains = report.tables["gains"]  # one recipe (fast) for both twins: each improved model's gain is all architecture
     improved = [model for model in study_models if model.endswith("_improved")]
     assert sorted(gains["model"]) == sorted(improved * len(DATASETS))
-    assert (gains["recipe part pp"] == 0).all() and (gains["arch part pp"] == gains["gain pp"]).all()
-    assert report.failures.empty and report.sweep.empty and report.skipped == [] and report.comparison is None
-    frames = {"headline": report.headline, "weakest_classes": report.weakest, "accuracy": accuracy, "gains": gains,
-              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures, "tradeoffs": report.tradeoffs}
-    assert set(report.csv_paths) == set(frames)
+    assert (gains["recipe_part_pp"] == 0).all() and (gains["arch_part_pp"] == gains["gain_pp"]).all()
+    assert report.tables["failures"].empty and report.tables["speed_sweep"].empty and report.skipped == []
+    assert "comparison" not in report.tables
+    frames = report.tables
+    assert set(report.csv_paths) == set(frames) == {"headline", "weakest_classes", "accuracy", "gains", "speed",
+                                                    "speed_sweep", "failures", "tradeoffs"}
     for name, path in report.csv_paths.items():
         assert path.parent == report.report_path.parent / "tables"
-        written = pd.read_csv(path)
-        assert list(written.columns) == list(frames[name].columns) and len(written) == len(frames[name])
+        written = pd.read_csv(path)  # headed with the labels users read
+        assert list(written.columns) == [label(column) for column in frames[name].columns]
+        assert len(written) == len(frames[name])
     # md is the default format: each shown table is a markdown file too, the headline one per group.
     assert {path.suffix for path in report.table_paths} == {".md"}
     device = slug(speed["device"].iloc[0])
@@ -101,7 +106,7 @@ def test_tables_have_expected_rows_and_columns(report) -> None:
 
 
 def test_headline_from_the_smoke_suite(report) -> None:
-    headline = report.headline
+    headline = report.tables["headline"]
     groups = list(headline.groupby(HEADLINE_GROUP, sort=False))
     assert [keys[1] for keys, _ in groups] == list(DATASETS)  # mnist, then cifar10: the registry's order
     for (source, _, device, preset), rows in groups:
@@ -109,17 +114,17 @@ def test_headline_from_the_smoke_suite(report) -> None:
         assert list(rows["model"]) == list(model_names()) and (rows["n"] == 1).all() and (rows["configs"] == 1).all()
         assert headline_caption(rows) == SMOKE_CONFIGURATION
         view = headline_view(rows)
-        assert list(view.columns) == HEADLINE_SHOWN and len(view.columns) <= 12
-        assert view[["study %", "diff pp", "study train s", "speed-up x"]].isna().all().all()  # synthetic: blank
-        assert view["to target s"].isna().all()  # no target on synthetic data
-        assert (view["test acc %"] == rows["test acc %"].to_numpy()).all() and (view["peak mem GiB"] > 0.1).all()
-        assert (view["infer p50 ms"] > 0).all()  # the trained model's batch-1 latency
+        assert list(view.columns) == HEADLINE_COLUMNS and len(view.columns) <= 12
+        assert view[["study_acc", "diff_pp", "study_train_s", "speed_up"]].isna().all().all()  # synthetic: blank
+        assert view["time_to_target_s"].isna().all()  # no target on synthetic data
+        assert (view["test_acc"] == rows["test_acc"].to_numpy()).all() and (view["peak_mem_gib"] > 0.1).all()
+        assert (view["infer_p50_ms"] > 0).all()  # the trained model's batch-1 latency
     text = report.report_path.read_text()
     sections = [text.index(title) for title in ("## Headline", "### mnist, synthetic data", SMOKE_CONFIGURATION,
                                                 "## Where the models go wrong", "## Details", "### Test accuracy (%)")]
     assert sections == sorted(sections)  # the headline first, the per-configuration tables in Details
     first_table = text[text.index("\n|") + 1:].splitlines()[0]
-    assert [cell.strip() for cell in first_table.strip("|").split("|")] == HEADLINE_SHOWN
+    assert [cell.strip() for cell in first_table.strip("|").split("|")] == HEADLINE_LABELS
     summary = report.summary_markdown
     assert summary.startswith("### mnist, synthetic data, CPU") and summary.count(SMOKE_CONFIGURATION) == 2
     assert "### Test accuracy (%)" not in summary and summary.endswith(f"Full report: {report.report_path}")
@@ -133,10 +138,11 @@ def test_headline_takes_each_models_most_recent_configuration(smoke_suite) -> No
     added = [
         # resnet18: a bf16 configuration, run later with two seeds; one reached its target.
         *(variant(resnet, f"bf16-{seed}", seed=seed, precision="bf16", started_at=later,
+                  config={"target_accuracy": 0.6},
                   metrics={"test_acc": acc, "target_accuracy": 0.6, "time_to_target_s": time})
           for seed, acc, time in ((0, 0.5, 12.0), (1, 0.7, None))),
         # vgg16: three epochs, three seeds, none reached the target.
-        *(variant(vgg, f"3ep-{seed}", seed=seed, started_at=later, config={"epochs": 3},
+        *(variant(vgg, f"3ep-{seed}", seed=seed, started_at=later, config={"epochs": 3, "target_accuracy": 0.9},
                   metrics={"target_accuracy": 0.9, "time_to_target_s": None}) for seed in range(3)),
         # inception_v1: the fp16 run is the later one although its local time reads earlier.
         variant(inception, "bf16", precision="bf16", started_at="2099-01-01T02:00:00+0500"),
@@ -148,11 +154,11 @@ def test_headline_takes_each_models_most_recent_configuration(smoke_suite) -> No
     mnist = table[table["dataset"] == "mnist"].set_index("model", drop=False)
     assert list(mnist["model"]) == [*model_names(), "alpha_net", "zeta_net"]
     assert mnist.loc["resnet18", ["precision", "n", "configs"]].tolist() == ["bf16", 2, 2]
-    assert mnist.loc["resnet18", "test acc %"] == pytest.approx(60.0)
+    assert mnist.loc["resnet18", "test_acc"] == pytest.approx(60.0)
     assert mnist.loc["vgg16", ["epochs", "n", "configs"]].tolist() == [3, 3, 2]
     assert mnist.loc["inception_v1", ["precision", "configs"]].tolist() == ["fp16", 3]
-    assert mnist.loc["inception_v1", "test acc %"] == pytest.approx(25.0)
-    to_target = headline_view(mnist).set_index("model")["to target s"]
+    assert mnist.loc["inception_v1", "test_acc"] == pytest.approx(25.0)
+    to_target = headline_view(mnist).set_index("model")["time_to_target_s"]
     assert to_target["resnet18"] == "12.0 (1/2)" and to_target["vgg16"] == "not reached (0/3)"
     assert to_target.drop(["resnet18", "vgg16"]).isna().all()
     caption = headline_caption(mnist)
@@ -174,17 +180,18 @@ def test_real_data_rows_carry_the_study_numbers(smoke_suite) -> None:
     (resnet,) = [r for r in records_in(smoke_suite.results) if (r.model, r.dataset) == ("resnet18", "mnist")]
     # The study's 98.99 % first reached at the third validation: 900 training seconds, half the study's 1804.
     real = variant(resnet, "real", data_source="real", history=study_history([0.97, 0.985, 0.9899, 0.991]),
+                   config={"target_accuracy": 0.9899},
                    metrics={"test_acc": 0.9900, "train_time_s": 1200.0, "target_accuracy": 0.9899,
                             "time_to_target_s": 900.0})
     table = headline_table(headline_runs(run_rows([real])))
     (row,) = table.to_dict("records")
-    assert (row["study %"], row["study train s"]) == (98.99, 1804)  # docs/STUDY.md
-    assert row["diff pp"] == pytest.approx(0.01) and row["to study s"] == 900.0
-    assert row["speed-up x"] == pytest.approx(1804 / 900)  # to the study's accuracy, not over the whole run
+    assert (row["study_acc"], row["study_train_s"]) == (98.99, 1804)  # docs/STUDY.md
+    assert row["diff_pp"] == pytest.approx(0.01) and row["to_study_s"] == 900.0
+    assert row["speed_up"] == pytest.approx(1804 / 900)  # to the study's accuracy, not over the whole run
     view = headline_view(table)
-    assert view["to target s"].tolist() == ["900.0"] and view["speed-up x"].tolist() == ["2.00"]
+    assert view["time_to_target_s"].tolist() == ["900.0"] and view["speed_up"].tolist() == ["2.00"]
     assert "target" not in headline_caption(table)  # the study's accuracy is the default target: not named
-    other = variant(real, "target", metrics={"target_accuracy": 0.95})
+    other = variant(real, "target", config={"target_accuracy": 0.95}, metrics={"target_accuracy": 0.95})
     assert "target 95.00%" in headline_caption(headline_table(headline_runs(run_rows([other]))))
 
 
@@ -196,17 +203,17 @@ def test_no_speed_up_for_a_run_that_missed_the_studys_accuracy(smoke_suite) -> N
                     metrics={"test_acc": 0.61, "train_time_s": 160.0, "target_accuracy": 0.60,
                              "time_to_target_s": 160.0})
     (row,) = headline_table(headline_runs(run_rows([short]))).to_dict("records")
-    assert row["study train s"] > 160 and np.isnan(row["speed-up x"]) and row["study reached"] == "0/1"
+    assert row["study_train_s"] > 160 and np.isnan(row["speed_up"]) and row["study_reached"] == "0/1"
     view = headline_view(pd.DataFrame([row]))
-    assert view["speed-up x"].tolist() == ["not reached (0/1)"] and view["to target s"].tolist() == ["160.0"]
+    assert view["speed_up"].tolist() == ["not reached (0/1)"] and view["time_to_target_s"].tolist() == ["160.0"]
     assert "| not reached (0/1) |" in render(view, "md")
 
 
 def test_the_trade_off_table_and_a_warning_for_a_shared_or_throttled_gpu(report, smoke_suite) -> None:
-    tradeoffs = report.tradeoffs  # one row per configuration: 6 models x 2 datasets, all eager on a CPU
-    assert len(tradeoffs) == 12 and (tradeoffs["infer p50 ms"] > 0).all() and (tradeoffs["infer img/s"] > 0).all()
-    assert (tradeoffs["cost USD"] > 0).all() and (tradeoffs["USD/device-h"] == 2.5).all()
-    assert (tradeoffs["first step s"] > 0).all() and "compiled infer p50 ms" not in tradeoffs  # nothing compiled
+    tradeoffs = report.tables["tradeoffs"]  # one row per configuration: 6 models x 2 datasets, all eager on a CPU
+    assert len(tradeoffs) == 12 and (tradeoffs["infer_p50_ms"] > 0).all() and (tradeoffs["infer_images_per_s"] > 0).all()
+    assert (tradeoffs["cost_usd"] > 0).all() and (tradeoffs["price_per_hour_usd"] == 2.5).all()
+    assert (tradeoffs["time_to_first_step_s"] > 0).all() and "compiled_infer_p50_ms" not in tradeoffs  # nothing compiled
     assert "### Inference, cold start, energy and cost" in report.report_path.read_text()
     assert device_warning(run_rows(records_in(smoke_suite.results))) is None  # a CPU flags nothing
     records = records_in(smoke_suite.results)
@@ -216,8 +223,8 @@ def test_the_trade_off_table_and_a_warning_for_a_shared_or_throttled_gpu(report,
     assert warning.startswith("**Warning:** measured on a throttling GPU during resnet18; on a GPU shared with "
                               "other processes during vgg16")
     table = tradeoff_table(run_rows(flagged)).set_index(["model", "dataset"])
-    assert table.loc[("vgg16", "mnist"), "shared GPU"] == "1/1" and table.loc[("resnet18", "cifar10"), "throttled"] == "1/1"
-    assert (table["shared GPU"] == "0/1").sum() == 10  # in how many runs, per configuration
+    assert table.loc[("vgg16", "mnist"), "device_shared"] == "1/1" and table.loc[("resnet18", "cifar10"), "device_throttled"] == "1/1"
+    assert (table["device_shared"] == "0/1").sum() == 10  # in how many runs, per configuration
 
 
 def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:
@@ -229,14 +236,14 @@ def test_seeds_aggregate_to_mean_and_std(smoke_suite) -> None:
     accuracy = accuracy_table(run_rows([record, *seeds])).set_index(["model", "dataset"])
     row = accuracy.loc[("resnet18", "mnist")]
     assert row["n"] == 3
-    assert row["test acc %"] == pytest.approx(statistics.mean(values) * 100)
-    assert row["test acc % std"] == pytest.approx(statistics.stdev(values) * 100)
+    assert row["test_acc"] == pytest.approx(statistics.mean(values) * 100)
+    assert row["test_acc_std"] == pytest.approx(statistics.stdev(values) * 100)
 
 
 def test_plots_are_written_and_linked(report) -> None:
     results = report.report_path.parent
     names = {path.name for path in (results / "plots").glob("*.png")}
-    device = slug(report.headline["device"].iloc[0])
+    device = slug(report.tables["headline"]["device"].iloc[0])
     for dataset in DATASETS:
         assert {f"accuracy_vs_time_{dataset}_synthetic.png", f"accuracy_vs_memory_{dataset}_synthetic.png",
                 f"accuracy_vs_latency_{dataset}_synthetic.png", f"val_accuracy_{dataset}_synthetic.png", f"confusion_{dataset}_synthetic_{device}_smoke.png"} <= names
@@ -283,7 +290,7 @@ def test_empty_folder_is_one_clear_line_and_exit_1(tmp_path: Path, capsys: pytes
 
 def test_filters_select_records(smoke_suite, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     results = smoke_suite.copy_results(tmp_path / "results")
-    mnist = write_report(results, Filters(device="cpu", dataset="mnist", preset="smoke")).accuracy
+    mnist = write_report(results, Filters(device="cpu", dataset="mnist", preset="smoke")).tables["accuracy"]
     assert len(mnist) == 6 and set(mnist["dataset"]) == {"mnist"}
     with pytest.raises(NoRecordsError, match="match the filters"):
         write_report(results, Filters(dataset="fashion_mnist"))
@@ -295,11 +302,11 @@ def test_filters_select_records(smoke_suite, tmp_path: Path, capsys: pytest.Capt
 
 def test_gain_splits_into_recipe_and_architecture(report) -> None:
     """Gains from the smoke run's accuracy row, relabelled as the study's models and recipes (plus offsets)."""
-    row = report.accuracy.iloc[[0]]
-    vanilla = float(row["test acc %"].iloc[0])
+    row = report.tables["accuracy"].iloc[[0]]
+    vanilla = float(row["test_acc"].iloc[0])
 
     def table(*rows: tuple[str, str, float]) -> pd.DataFrame:
-        return pd.concat([row.assign(model=model, recipe=recipe, **{"test acc %": vanilla + offset})
+        return pd.concat([row.assign(model=model, recipe=recipe, **{"test_acc": vanilla + offset})
                           for model, recipe, offset in rows], ignore_index=True)
 
     # Ablation: the vanilla architecture also trained with the improved recipe.
@@ -308,14 +315,14 @@ def test_gain_splits_into_recipe_and_architecture(report) -> None:
     assert len(gains) == 1
     ablation = gains.iloc[0]
     assert (ablation["model"], ablation["vanilla"]) == ("resnet18_improved", "resnet18")
-    assert (ablation["vanilla recipe"], ablation["recipe"]) == ("paper-vanilla", "paper-improved")
-    assert ablation[["gain pp", "recipe part pp", "arch part pp"]].tolist() == pytest.approx([5.0, 2.0, 3.0])
+    assert (ablation["vanilla_recipe"], ablation["recipe"]) == ("paper-vanilla", "paper-improved")
+    assert ablation[["gain_pp", "recipe_part_pp", "arch_part_pp"]].tolist() == pytest.approx([5.0, 2.0, 3.0])
     # The study's pairing without an ablation: a total gain that cannot be split.
     paired = gains_table(table(("resnet18", "paper-vanilla", 0.0), ("resnet18_improved", "paper-improved", 4.0))).iloc[0]
-    assert paired["gain pp"] == pytest.approx(4.0) and pd.isna(paired["recipe part pp"]) and pd.isna(paired["arch part pp"])
+    assert paired["gain_pp"] == pytest.approx(4.0) and pd.isna(paired["recipe_part_pp"]) and pd.isna(paired["arch_part_pp"])
     # One recipe for both: the whole gain is architecture.
     same = gains_table(table(("resnet18", "fast", 0.0), ("resnet18_improved", "fast", 1.5))).iloc[0]
-    assert same[["gain pp", "recipe part pp", "arch part pp"]].tolist() == pytest.approx([1.5, 0.0, 1.5])
+    assert same[["gain_pp", "recipe_part_pp", "arch_part_pp"]].tolist() == pytest.approx([1.5, 0.0, 1.5])
     # No vanilla twin, no row.
     assert gains_table(table(("vgg16_improved", "fast", 1.0))).empty
 
@@ -361,18 +368,19 @@ def html_cells(text: str) -> TableCells:
 
 
 def test_every_format_parses(report) -> None:
-    rows = report.headline[report.headline["dataset"] == "mnist"]
+    headline = report.tables["headline"]
+    rows = headline[headline["dataset"] == "mnist"]
     view = headline_view(rows)
     data = pd.read_csv(io.StringIO(render(view, "csv")))
-    assert list(data.columns) == HEADLINE_SHOWN and list(data["model"]) == list(model_names())
-    assert data["test acc %"].to_numpy() == pytest.approx(rows["test acc %"].to_numpy())  # full precision
+    assert list(data.columns) == HEADLINE_LABELS and list(data["model"]) == list(model_names())
+    assert data["test acc %"].to_numpy() == pytest.approx(rows["test_acc"].to_numpy())  # full precision
     latex = render(view, "latex")
     assert "\\begin{tabular}" in latex and "test acc \\%" in latex and "inception\\_v1\\_improved" in latex
     assert "nan" not in latex.lower()  # missing values stay blank
     cells = html_cells(render(view, "html"))
-    assert cells.tables == 1 and cells.rows[0] == HEADLINE_SHOWN and len(cells.rows) == 1 + len(rows)
+    assert cells.tables == 1 and cells.rows[0] == HEADLINE_LABELS and len(cells.rows) == 1 + len(rows)
     assert [row[0] for row in cells.rows[1:]] == list(model_names())
-    assert cells.rows[1][2] == format(rows["test acc %"].iloc[0], ".2f") and cells.rows[1][3] == ""  # blank study %
+    assert cells.rows[1][2] == format(rows["test_acc"].iloc[0], ".2f") and cells.rows[1][3] == ""  # blank study %
     markdown = render(view, "md").splitlines()
     assert len(markdown) == 2 + len(rows) and markdown[0].startswith("| model")
 
@@ -384,7 +392,7 @@ def test_format_option_shapes_the_summary_and_the_table_files(smoke_suite, tmp_p
                         "--dataset", "cifar10"]) == 0
     printed = capsys.readouterr().out
     cells = html_cells(printed)
-    assert cells.tables == 1 and cells.rows[0] == HEADLINE_SHOWN and SMOKE_CONFIGURATION in printed
+    assert cells.tables == 1 and cells.rows[0] == HEADLINE_LABELS and SMOKE_CONFIGURATION in printed
     files = {path.suffix for path in (out / "tables").iterdir()}
     assert files == {".csv", ".html"}  # CSV always, as data
     for path in (out / "tables").glob("*.html"):
@@ -421,7 +429,7 @@ def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
     axes = figure.axes[0]
     low, high = axes.get_ylim()
     assert high - low >= MIN_ACCURACY_SPAN_PP and low < 99.50 and high > 99.51
-    heights = axes.transData.transform(points[[TIME, "test acc %"]].to_numpy())[:, 1]
+    heights = axes.transData.transform(points[[TIME, "test_acc"]].to_numpy())[:, 1]
     assert abs(heights[0] - heights[1]) > 5  # pixels: visibly apart
     ticks = [label.get_text() for label in axes.get_yticklabels() if label.get_text()]
     assert len(set(ticks)) == len(ticks) >= 3 and all(len(tick.split(".")[1]) >= 2 for tick in ticks)
@@ -430,7 +438,7 @@ def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
 
 def test_weakest_classes_and_confusion_matrices(report, smoke_suite) -> None:
     records = {(r.model, r.dataset): r for r in records_in(smoke_suite.results)}
-    weakest = report.weakest
+    weakest = report.tables["weakest_classes"]
     assert list(weakest["model"]) == list(model_names()) * len(DATASETS)
     for row in weakest.itertuples(index=False):
         record = records[(row.model, row.dataset)]

@@ -226,7 +226,8 @@ def mlperf_time(times: pd.Series) -> tuple[float, float, int, int]:
 
 
 def aggregate(group: pd.DataFrame, keys: Iterable[str]) -> dict[str, Any]:
-    """Report columns for one configuration's runs (one row per seed): label -> shown value."""
+    """One configuration's runs (one row per seed) aggregated: metric key -> shown value (`KEY_std` its spread,
+    `reached` how many runs got to the target)."""
     out: dict[str, Any] = {}
     for key in keys:
         metric = BY_KEY[key]
@@ -234,39 +235,26 @@ def aggregate(group: pd.DataFrame, keys: Iterable[str]) -> dict[str, Any]:
         numeric = pd.to_numeric(values, errors="coerce")
         if metric.aggregate == "time":
             time, spread, reached, runs = mlperf_time(numeric)
-            out[metric.label] = shown(metric, time)
+            out[key] = shown(metric, time)
             if metric.spread:
-                out[f"{metric.label} std"] = shown(metric, spread)
+                out[f"{key}_std"] = shown(metric, spread)
             has_target = "target_accuracy" in group and group["target_accuracy"].notna().any()
             out["reached"] = f"{reached}/{runs}" if has_target else None
         elif metric.aggregate == "first":
             present = values.dropna()
-            out[metric.label] = shown(metric, present.iloc[0]) if len(present) else None
+            out[key] = shown(metric, present.iloc[0]) if len(present) else None
         elif metric.aggregate == "count":
             present = values.dropna()
-            out[metric.label] = f"{int(present.astype(bool).sum())}/{len(present)}" if len(present) else None
+            out[key] = f"{int(present.astype(bool).sum())}/{len(present)}" if len(present) else None
         elif metric.aggregate == "max":
-            out[metric.label] = shown(metric, numeric.max())
+            out[key] = shown(metric, numeric.max())
         elif metric.aggregate == "sum":
-            out[metric.label] = shown(metric, numeric.sum())
+            out[key] = shown(metric, numeric.sum())
         else:
-            out[metric.label] = shown(metric, numeric.mean())
+            out[key] = shown(metric, numeric.mean())
             if metric.spread:
-                out[f"{metric.label} std"] = shown(metric, numeric.std())
+                out[f"{key}_std"] = shown(metric, numeric.std())
     return out
-
-
-def formats() -> dict[str, str]:
-    """Markdown number format per report column (spread columns share their metric's)."""
-    table = {metric.label: metric.fmt or "g" for metric in METRICS}
-    table.update({f"{metric.label} std": metric.fmt for metric in METRICS if metric.spread})
-    return table
-
-
-def glossary(columns: Iterable[str]) -> list[str]:
-    """Markdown bullet lines explaining the metric columns among `columns`."""
-    by_label = {metric.label: metric for metric in METRICS}
-    return [f"- `{column}`: {by_label[column].explanation}" for column in columns if column in by_label]
 
 
 AGGREGATION_WORDS = {"mean": "mean", "max": "worst (max)", "first": "the same for all", "sum": "the sum", "time": "MLPerf's rule",

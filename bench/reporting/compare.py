@@ -27,8 +27,9 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.measuring.metrics import BY_KEY
-from bench.reporting.tables import CONFIG_KEYS, config_label, grouped, sorted_rows
+from bench.reporting.columns import BASELINE
+from bench.reporting.headline import config_label
+from bench.reporting.tables import CONFIG_KEYS, grouped, sorted_rows
 from bench.results.records import Record, load_records, load_sweeps
 from bench.results.schema import RunRecord, SweepRecord
 
@@ -37,7 +38,7 @@ NOISE_SIGMAS = 2.0  # two combined standard deviations: ~95 % of noise-only diff
 SWEEP_IDENTITY = ("model", "dataset", "mode", "precision", "channels_last", "compile", "batch_size", "data",
                   "world_size", "search")
 COMPARED = ["test_acc", "train_images_per_s", "peak_mem_allocated_bytes", "time_to_target_s"]
-SIDE = [*CONFIG_KEYS, "device", "n", *(BY_KEY[key].label for key in COMPARED), "img/s cv"]
+SIDE = [*CONFIG_KEYS, "device", "n", *COMPARED, "images_per_s_cv"]
 
 
 @dataclass
@@ -99,7 +100,7 @@ def sides(runs: pd.DataFrame) -> pd.DataFrame:
     if finished.empty:
         return pd.DataFrame(columns=SIDE)
     table = grouped(finished, [*CONFIG_KEYS, "device"], COMPARED,
-                    facts=lambda group: {"img/s cv": throughput_cv(group["history"])})
+                    facts=lambda group: {"images_per_s_cv": throughput_cv(group["history"])})
     return table.reindex(columns=SIDE)
 
 
@@ -111,27 +112,28 @@ def comparison_table(current: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFr
     """Every configuration on both sides (on the same device when it has one in common, else per device pair): accuracy difference, changes in throughput, memory and
     time to target, the noise allowed, and whether throughput fell beyond it."""
     ours = sides(current)
-    theirs = sides(baseline).rename(columns=lambda column: column if column in CONFIG_KEYS else f"baseline {column}")
+    theirs = sides(baseline).rename(columns=lambda column: column if column in CONFIG_KEYS else f"{BASELINE}{column}")
     both = ours.merge(theirs, on=CONFIG_KEYS)
-    same = both["device"] == both["baseline device"]
+    same = both["device"] == both["baseline_device"]
     has_same = same.groupby([both[key] for key in CONFIG_KEYS], dropna=False).transform("any").astype(bool)
     both = both[same | ~has_same].copy()
-    acc, rate, memory, target = (BY_KEY[key].label for key in COMPARED)
-    both["acc diff pp"] = both[acc] - both[f"baseline {acc}"]
-    both["img/s change %"] = change_pct(both[rate], both[f"baseline {rate}"])
-    both["peak mem change %"] = change_pct(both[memory], both[f"baseline {memory}"])
-    both["to target change %"] = change_pct(both[target], both[f"baseline {target}"])
-    combined = np.hypot(both["img/s cv"].astype(float).fillna(0), both["baseline img/s cv"].astype(float).fillna(0))
-    both["noise %"] = np.maximum(NOISE_FLOOR_PCT, NOISE_SIGMAS * 100 * combined)
-    both["regression"] = both["img/s change %"] < -both["noise %"]
-    columns = [*CONFIG_KEYS, "device", "baseline device", "n", "baseline n", acc, f"baseline {acc}", "acc diff pp",
-               rate, f"baseline {rate}", "img/s change %", "noise %", "regression", memory, f"baseline {memory}",
-               "peak mem change %", target, f"baseline {target}", "to target change %"]
-    return sorted_rows(both.reindex(columns=columns), [*CONFIG_KEYS, "device", "baseline device"])
+    acc, rate, memory, target = COMPARED
+    both["acc_diff_pp"] = both[acc] - both[f"baseline_{acc}"]
+    both["images_per_s_change_pct"] = change_pct(both[rate], both[f"baseline_{rate}"])
+    both["peak_mem_change_pct"] = change_pct(both[memory], both[f"baseline_{memory}"])
+    both["to_target_change_pct"] = change_pct(both[target], both[f"baseline_{target}"])
+    combined = np.hypot(both["images_per_s_cv"].astype(float).fillna(0),
+                        both["baseline_images_per_s_cv"].astype(float).fillna(0))
+    both["noise_pct"] = np.maximum(NOISE_FLOOR_PCT, NOISE_SIGMAS * 100 * combined)
+    both["regression"] = both["images_per_s_change_pct"] < -both["noise_pct"]
+    columns = [*CONFIG_KEYS, "device", "baseline_device", "n", "baseline_n", acc, f"baseline_{acc}", "acc_diff_pp",
+               rate, f"baseline_{rate}", "images_per_s_change_pct", "noise_pct", "regression", memory,
+               f"baseline_{memory}", "peak_mem_change_pct", target, f"baseline_{target}", "to_target_change_pct"]
+    return sorted_rows(both.reindex(columns=columns), [*CONFIG_KEYS, "device", "baseline_device"])
 
 
-COMPARISON_SHOWN = ["model", "dataset", "configuration", "device", "baseline device", "acc diff pp", "img/s change %",
-                    "noise %", "peak mem change %", "to target change %", "regression"]
+COMPARISON_SHOWN = ["model", "dataset", "configuration", "device", "baseline_device", "acc_diff_pp",
+                    "images_per_s_change_pct", "noise_pct", "peak_mem_change_pct", "to_target_change_pct", "regression"]
 
 
 def comparison_view(comparison: pd.DataFrame) -> pd.DataFrame:
@@ -144,5 +146,6 @@ def comparison_view(comparison: pd.DataFrame) -> pd.DataFrame:
 def regressions(comparison: pd.DataFrame) -> list[str]:
     """One phrase per flagged configuration: what, where, and by how much."""
     flagged = comparison[comparison["regression"].astype(bool)]
-    return [f"{row['model']} on {row['dataset']} ({config_label(row)}; {row['device']} vs {row['baseline device']}): "
-            f"{row['img/s change %']:+.1f} % img/s, noise {row['noise %']:.1f} %" for _, row in flagged.iterrows()]
+    return [f"{row['model']} on {row['dataset']} ({config_label(row)}; {row['device']} vs {row['baseline_device']}): "
+            f"{row['images_per_s_change_pct']:+.1f} % img/s, noise {row['noise_pct']:.1f} %"
+            for _, row in flagged.iterrows()]

@@ -21,8 +21,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import ConnectionPatch
 from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
-from bench.measuring.metrics import BY_KEY
-from bench.reporting.tables import CONFIG_KEYS, HEADLINE_GROUP, PRECISION_NAMES, grouped, sorted_rows, with_gib
+from bench.reporting.columns import label
+from bench.reporting.headline import HEADLINE_GROUP, PRECISION_NAMES, with_gib
+from bench.reporting.tables import CONFIG_KEYS, finished_runs, grouped, sorted_rows
 from common.files import atomic_write
 from models import model_names
 
@@ -33,12 +34,10 @@ LABEL_SPACING = 1.6  # label column pitch, in multiples of the label font size (
 POINT_LABEL = "point-label"  # gid of the Pareto plots' point labels
 MIN_ACCURACY_SPAN_PP = 0.2  # the accuracy axis spans at least this: 0.01 pp is then 5 % of its height
 MAX_NAMED_CLASSES = 20  # confusion matrices name their classes up to this many
-ACCURACY, TIME, MEMORY = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label, "peak mem GiB"
-LATENCY = BY_KEY["infer_p50_ms"].label
+ACCURACY, TIME, MEMORY, LATENCY = "test_acc", "train_time_s", "peak_mem_gib", "infer_p50_ms"
 # Settings a point label names when they vary within a plot (model, precision and batch are always named).
-POINT_DETAILS = ["dataset", "data_source", "recipe", "epochs", "global batch", "world size", "machines",
-                 "channels_last", "compile",
-                 "lr", "stop_at_target", "eval_every", "synthetic size", "preset"]
+POINT_DETAILS = ["dataset", "data_source", "recipe", "epochs", "global_batch_size", "world_size", "num_machines",
+                 "channels_last", "compile_mode", "lr", "stop_at_target", "eval_every", "synthetic_size", "preset"]
 
 
 def model_color(model: str) -> str:
@@ -58,10 +57,10 @@ def group_slug(keys: tuple) -> str:
 
 
 def varying_label(frame: pd.DataFrame, always: list[str], optional: list[str]) -> pd.Series:
-    """Per-row labels: the values of the `always` columns, then "column value" for each `optional` column whose
+    """Per-row labels: the values of the `always` columns, then "label value" for each `optional` column whose
     value varies within `frame`."""
     parts = [frame[column].astype(str) for column in always]
-    parts += [f"{column} " + frame[column].astype(str) for column in optional
+    parts += [f"{label(column)} " + frame[column].astype(str) for column in optional
               if frame[column].astype(str).nunique() > 1]
     return functools.reduce(lambda left, right: left + ", " + right, parts)
 
@@ -154,15 +153,15 @@ def pareto_figure(points: pd.DataFrame, x: str, x_label: str, title: str, log_x:
     axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=TICK_SIZE,
                 frameon=False)
     labels = varying_label(points.assign(precision=points["precision"].replace(PRECISION_NAMES),
-                                         batch="b" + points["batch"].astype(str)),
-                           ["model", "precision", "batch"], [*POINT_DETAILS, "device"])
+                                         batch_size="b" + points["batch_size"].astype(str)),
+                           ["model", "precision", "batch_size"], [*POINT_DETAILS, "device"])
     label_column(figure, axes, points, x, labels, front)
     return figure
 
 
 def configuration_points(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished runs as one point per configuration and device: accuracy, training time and memory over seeds."""
-    finished = runs[(runs["status"] == "finished") & runs["test_acc"].notna()]
+    finished = finished_runs(runs)[lambda frame: frame["test_acc"].notna()]
     if finished.empty:
         return pd.DataFrame(columns=[*CONFIG_KEYS, "device", ACCURACY, TIME, MEMORY, LATENCY])
     measured = ["test_acc", "train_time_s", "peak_mem_allocated_bytes", "infer_p50_ms"]
@@ -190,8 +189,9 @@ def plot_pareto(runs: pd.DataFrame, plots_dir: Path) -> list[Path]:
 def confusion_figure(keys: tuple, group: pd.DataFrame) -> Figure | None:
     """One headline table's test confusion matrices (summed over each model's seeds), a panel per model in its
     row order; each row of a matrix shows where a true class went, as a share of it. None without matrices."""
-    matrices = {model: (np.sum([matrix for matrix in runs["confusion"] if matrix], axis=0), runs)
-                for model, runs in sorted_rows(group, ["model"]).groupby("model", sort=False) if any(runs["confusion"])}
+    matrices = {model: (np.sum([matrix for matrix in runs["test_confusion"] if matrix], axis=0), runs)
+                for model, runs in sorted_rows(group, ["model"]).groupby("model", sort=False)
+                if any(runs["test_confusion"])}
     if not matrices:
         return None
     columns = min(3, len(matrices))
@@ -229,10 +229,10 @@ def plot_confusion(chosen: pd.DataFrame, plots_dir: Path) -> dict[tuple, Path]:
 
 def plot_curves(runs: pd.DataFrame, plots_dir: Path) -> list[Path]:
     """Validation accuracy per epoch, one line per run, one figure per dataset (and data source)."""
-    finished = runs[runs["status"] == "finished"]
     paths = []
-    for (source, dataset), group in finished.groupby(["data_source", "dataset"], dropna=False):
-        labels = varying_label(group, ["model"], ["recipe", "preset", "epochs", "global batch", "precision", "device"])
+    for (source, dataset), group in finished_runs(runs).groupby(["data_source", "dataset"], dropna=False):
+        labels = varying_label(group, ["model"], ["recipe", "preset", "epochs", "global_batch_size", "precision",
+                                                  "device"])
         colors = {label: f"C{index % 10}" for index, label in enumerate(dict.fromkeys(labels))}
         figure = Figure(figsize=(7.5, 5))
         axes = figure.subplots()
@@ -258,14 +258,15 @@ def plot_throughput(sweep: pd.DataFrame, plots_dir: Path) -> list[Path]:
     for device, group in done.groupby("device", dropna=False):
         modes = [mode for mode in ("train", "infer") if mode in set(group["mode"])]
         group = group.assign(label=varying_label(
-            group, ["model"], ["dataset", "input", "precision", "channels_last", "compile", "world size"]))
+            group, ["model"], ["dataset", "data", "precision", "channels_last", "compile", "world_size"]))
         figure = Figure(figsize=(6.5 * len(modes), 4.8))
         for axes, mode in zip(figure.subplots(1, len(modes), squeeze=False)[0], modes):
             for label, line in group[group["mode"] == mode].groupby("label", sort=False):
-                line = line.sort_values("batch")
-                axes.plot(line["batch"], line["img/s"], marker="o", label=label)
+                line = line.sort_values("batch_size")
+                axes.plot(line["batch_size"], line["images_per_s"], marker="o", label=label)
             axes.set_xscale("log", base=2)
-            axes.set_xticks(sorted(set(group["batch"])), [str(batch) for batch in sorted(set(group["batch"]))])
+            batches = sorted(set(group["batch_size"]))
+            axes.set_xticks(batches, [str(batch) for batch in batches])
             axes.minorticks_off()
             axes.set_xlabel("batch size per process")
             axes.set_ylabel("images/s")

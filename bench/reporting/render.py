@@ -1,32 +1,25 @@
-"""The report's tables as text: markdown (tabulate's pipe tables), CSV, LaTeX and HTML (pandas), and what their
-columns mean.
+"""The report's tables as text: markdown (tabulate's pipe tables), CSV, LaTeX and HTML (pandas).
 
-Every column's number format and meaning is its measurement's (bench/measuring/metrics.py) or its derived column's
-(tables.DERIVED), looked up here alone; missing values stay blank in every format. CSV is the data: full precision, no
-formatting, one file per table whatever the chosen format.
+Tables arrive with their columns named as in the code; here they are headed with their labels and formatted with
+their number formats (bench/reporting/columns.py), missing values blank in every format. CSV is the data: full
+precision, no formatting, one file per table whatever the chosen format.
 """
 from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import pandas as pd
 
-from bench.measuring import metrics
-from bench.reporting.tables import DERIVED
+from bench.reporting.columns import column, labelled
 from common.files import atomic_write
 
-NUMBER_FORMATS = {**metrics.formats(), **{column: fmt for column, (fmt, _) in DERIVED.items()}}
-
-
-def column_glossary(columns: Sequence[str]) -> list[str]:
-    """Markdown bullet lines saying what the measured and derived columns among `columns` mean."""
-    derived = [f"- `{column}`: {DERIVED[column][1]}" for column in columns if column in DERIVED]
-    return [*metrics.glossary(columns), *derived]
-
-
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}  # --format -> file extension
+
+
+def number_format(name: str) -> str:
+    return column(name).fmt or "g"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -35,13 +28,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
         return "_(none)_"
     cells = frame.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
     cells = cells.astype(object).where(frame.notna(), None)
-    return cells.to_markdown(index=False, floatfmt=[NUMBER_FORMATS.get(column) or "g" for column in frame.columns],
-                             missingval="")
+    return labelled(cells).to_markdown(index=False, floatfmt=[number_format(name) for name in frame.columns],
+                                       missingval="")
 
 
-def cell_formatter(column: str) -> Callable[[object], str]:
+def cell_formatter(name: str) -> Callable[[object], str]:
     """pandas' per-column formatter: the column's number format for numbers, text as it is, blank when missing."""
-    fmt = NUMBER_FORMATS.get(column) or "g"
+    fmt = number_format(name)
 
     def cell(value: object) -> str:
         if value is None or (not isinstance(value, str) and pd.isna(value)):
@@ -54,15 +47,16 @@ def cell_formatter(column: str) -> Callable[[object], str]:
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
-    """`frame` as a table in `fmt` (one of EXTENSIONS)."""
+    """`frame` as a table in `fmt` (one of EXTENSIONS), headed with its labels."""
     if fmt == "md":
         return markdown_table(frame)
     if fmt == "csv":
-        return frame.to_csv(index=False)
-    formatters = {column: cell_formatter(column) for column in frame.columns}
+        return labelled(frame).to_csv(index=False)
+    formatters = [cell_formatter(name) for name in frame.columns]
+    shown = labelled(frame)
     if fmt == "latex":
-        return frame.to_latex(index=False, formatters=formatters, escape=True, na_rep="")
-    return frame.to_html(index=False, formatters=formatters, na_rep="", border=0)
+        return shown.to_latex(index=False, formatters=formatters, escape=True, na_rep="")
+    return shown.to_html(index=False, formatters=formatters, na_rep="", border=0)
 
 
 def write_table(path: Path, frame: pd.DataFrame, fmt: str) -> Path:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.measuring.metrics import BY_KEY
-from bench.reporting.tables import SPEED_KEYS, grouped, sorted_rows
+from bench.reporting.tables import SPEED_KEYS, finished_runs, grouped, sorted_rows
 
 TRADEOFF_METRICS = ["infer_p50_ms", "infer_p95_ms", "infer_p99_ms", "infer_images_per_s", "infer_batch",
                     "compiled_infer_p50_ms", "compiled_infer_p99_ms", "compiled_infer_images_per_s",
@@ -25,12 +24,12 @@ FLAGS = {"device_throttled": "throttling GPU", "power_limited": "GPU power-cappe
 def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Inference, cold start, energy, cost and device flags of finished runs, per configuration and device. The
     compiled-inference columns are left out when no run compiled; empty energy columns stay, beside the reason."""
-    finished = runs[runs["status"] == "finished"]
+    finished = finished_runs(runs)
     if finished.empty:
         return pd.DataFrame(columns=[*SPEED_KEYS, "n"])
     table = sorted_rows(grouped(finished, SPEED_KEYS, TRADEOFF_METRICS), SPEED_KEYS)
-    compiled = [BY_KEY[key].label for key in TRADEOFF_METRICS if key.startswith("compiled_")]
-    return table.drop(columns=[column for column in compiled if table[column].isna().all()])
+    compiled = [key for key in TRADEOFF_METRICS if key.startswith("compiled_")]
+    return table.drop(columns=[key for key in compiled if table[key].isna().all()])
 
 
 def device_warning(rows: pd.DataFrame) -> str | None:
