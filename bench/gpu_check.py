@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 
-from bench.measuring.environment import environment, package_version, use_cpu
 from bench.measuring.device import device_name
+from bench.measuring.environment import environment, package_version, use_cpu
 from bench.measuring.machine import gpu_state
 from bench.measuring.nvml import NvmlDevice, for_device
 from bench.reporting.plots import slug
@@ -34,8 +34,8 @@ from bench.results.records import load_records, load_sweeps
 from bench.suite.config import recipe_batch
 from bench.suite.recipes import PRESETS, RECIPES
 from common.cli import OneLineParser, existing_folder, positive_int
-from data.datasets import get_spec
 from common.files import atomic_write
+from data.datasets import get_spec
 from models import study_datasets
 
 PROG = "python -m bench.gpu_check"

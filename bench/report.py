@@ -23,9 +23,9 @@ from typing import Sequence
 import jinja2
 import pandas as pd
 
+from bench.reporting.columns import glossary, label
 from bench.reporting.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comparison_table, comparison_view, load_merged,
                                      regressions)
-from bench.reporting.columns import glossary, label
 from bench.reporting.headline import (HEADLINE_GROUP, group_title, headline_caption, headline_runs, headline_table,
                                       headline_view, weakest_classes)
 from bench.reporting.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
@@ -38,8 +38,8 @@ from bench.results.schema import RunRecord, SweepRecord
 from bench.suite.options import results_folder
 from bench.suite.recipes import PRESETS
 from common.cli import OneLineParser, add_plugin_option, existing_folder, load_plugins
-from data.datasets import dataset_names
 from common.files import DiskFull, atomic_write
+from data.datasets import dataset_names
 
 PROG = "python -m bench.report"
 

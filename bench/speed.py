@@ -26,9 +26,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
+from bench.measuring.device import AUTOCAST_DTYPES, peak_tflops, precision_error, uses_cuda_graphs
 from bench.measuring.environment import environment, use_cpu
 from bench.measuring.maxbatch import describe, memory_budget, search
-from bench.measuring.device import AUTOCAST_DTYPES, peak_tflops, precision_error, uses_cuda_graphs
 from bench.measuring.measure import is_oom, peak_memory_bytes, reset_peak_memory, synchronize
 from bench.reporting.render import markdown_table
 from bench.reporting.tables import sweep_table
@@ -38,11 +38,12 @@ from bench.suite.options import results_folder
 from bench.suite.recipes import COMPILE_MODES, PRECISIONS
 from bench.training.profiling import StepProfiler
 from bench.training.runtime import print_main, build_model_and_optimizer, configure_backends, release
-from data.augment import DevicePreprocess
 from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
+from common.files import DiskFull
+from data.augment import DevicePreprocess
 from data.datasets import DatasetSpec, dataset_names, get_spec
 from data.encode import IMAGE_SIZE
-from common.files import DiskFull
+from data.loaders import default_num_workers
 from models import model_names
 from models.facts import model_facts
 
@@ -244,7 +245,8 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--warmup", type=positive_int, default=5, help="untimed steps first (compile happens here)")
     parser.add_argument("--steps", type=positive_int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=positive_int, default=3, help="timed windows; the median is reported")
-    parser.add_argument("--num-workers", type=positive_int, default=None, help="FFCV loader threads")
+    parser.add_argument("--num-workers", type=positive_int, default=None,
+                        help="FFCV loader threads per process (default: CPU cores / processes on this machine)")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="cap the memory the sweep may use (per process), to preview a smaller device")
     parser.add_argument("--results-dir", type=results_folder, default=Path("results"))
@@ -271,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(accelerator)
     if args.memory_limit_gb and not (args.find_max_batch and device.type == "cpu"):  # there: the search's budget
         limit_memory(args.memory_limit_gb, device)
-    num_workers = args.num_workers or max(1, (torch.get_num_threads()) // accelerator.num_processes)
+    num_workers = args.num_workers or default_num_workers()
     if args.find_max_batch:  # one point per setting, at the batch the search finds
         points = [max_batch_point(SpeedPoint(model, args.dataset, "train", precision, channels_last, compiled, 1,
                                              "synthetic"), accelerator, args)

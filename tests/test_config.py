@@ -10,8 +10,8 @@ import torch
 from bench.measuring.device import GPU_PEAKS, datasheet_peak, math_mode, peak_tflops, uses_cuda_graphs
 from bench.measuring.measure import WindowTimer, peak_memory_bytes, reset_peak_memory, time_to_target
 from bench.suite.config import parse_suite
-from bench.suite.recipes import RECIPES
 from bench.suite.plan import batch_warnings, suite_line
+from bench.suite.recipes import RECIPES
 from bench.suite.shards import run_cost
 from bench.training.loop import make_schedule
 from models import study_result

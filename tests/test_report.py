@@ -17,12 +17,12 @@ import pytest
 from matplotlib.patches import ConnectionPatch
 
 from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
-from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
-                                   pareto_figure, pareto_front, slug)
-from bench.reporting.render import render
 from bench.reporting.columns import label
 from bench.reporting.headline import (HEADLINE_COLUMNS, HEADLINE_GROUP, headline_caption, headline_runs, headline_table,
                                       headline_view)
+from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
+                                   pareto_figure, pareto_front, slug)
+from bench.reporting.render import render
 from bench.reporting.tables import ACCURACY_KEYS, SPEED_KEYS, accuracy_table, gains_table, run_rows
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.schema import RunRecord

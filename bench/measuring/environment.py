@@ -9,8 +9,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
-from bench.measuring.machine import machine_state
 from bench.measuring.device import cpu_has_native_bf16, device_name, math_mode
+from bench.measuring.machine import machine_state
 from bench.results.provenance import git_commit, source_digest
 
 

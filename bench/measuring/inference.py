@@ -28,8 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.measuring.measure import is_oom, synchronize
 from bench.measuring.device import AUTOCAST_DTYPES, uses_cuda_graphs
+from bench.measuring.measure import is_oom, synchronize
 from common.cli import positive_float, positive_int
 
 # Untimed calls first: eager needs one (allocator, cuDNN's choice); a compiled model compiles on the first and
