@@ -1,14 +1,7 @@
 """The Python half of scripts/gpu-check.sh: what this machine offers (`probe`) and the one-page SUMMARY.md (`summary`).
 
-`python -m bench.gpu_check probe [--data-dir DIR] [--wheels DIR]` prints KEY=VALUE lines for the script to
-read: whether ffcv imports, whether CUDA is there, the device's name and a file-name slug of it, its compute mode and
-MIG (from NVML, without a CUDA context), the `fast` preset's batch, which of the study's datasets DIR holds (with
-where MNIST's files are looked for), and which of the wheels to install should ffcv be missing.
-
-`python -m bench.gpu_check summary --run-dir DIR --budget-s S [--cpu]` reads what the script left in its
-run folder (steps.tsv, logs/, the run and sweep records) and writes DIR/SUMMARY.md: the device and versions,
-each step's status and seconds, and the key numbers. Everything else stays in the folder (REPORT.md, CSVs,
-plots, records, gpu-check.log); the summary is the page to read first when only a few files come back.
+`probe` prints KEY=VALUE lines for the script (ffcv, CUDA, the device and its compute/MIG modes, the datasets
+--data-dir holds, the wheels to install); `summary` reads the run folder the script left and writes SUMMARY.md.
 """
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Overhead benchmark: what does the harness's loop cost over a bare PyTorch loop?
+"""What the harness's loop costs over a bare PyTorch loop: the same model, batch and device-resident data through both.
 
-`python -m bench.overhead --model resnet18_improved --batch-size 1024 --precision bf16 --channels-last`
-runs the same model, batch and precision through (a) the harness's `train_steps` (Accelerate's
-wrapped model and backward, device-side normalisation, LR schedule, metric accumulation, timers,
-progress bar) and (b) a bare loop (autocast forward, backward, SGD step) on device-resident tensors,
-alternating the two several times, and prints both throughputs and their ratio (target >= 0.97).
-Both read the same device-resident batch, so the input pipeline is out of the picture; compare
-`bench.speed --data synthetic` with `--data ffcv` for that.
+`python -m bench.overhead --model resnet18_improved --batch-size 1024 --precision bf16 --channels-last` alternates the
+harness's `train_steps` and a bare loop and prints both throughputs and their ratio (target >= 0.97).
 """
 from __future__ import annotations
 

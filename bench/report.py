@@ -1,14 +1,7 @@
-"""The suite's reports: `python -m bench.report` (and `write_report`, which bench/run.py calls last).
+"""The suite's report: `python -m bench.report` (and `write_report`, which bench/run.py calls last).
 
-Reads every run record (and speed-sweep record, if any) under one or more results folders (merged, the
-same run on the same device kind counted once: bench/reporting/compare.py) and writes REPORT.md, the tables (CSV
-always, as data, and in the chosen --format) and PNG plots. REPORT.md opens with the headline: per
-dataset, data source, device and preset, one row per model, in the study's order. Then come the
-comparison with a baseline (--baseline), where each model goes wrong (weakest classes, confusion
-matrices), the Pareto plots, and the per-configuration Details: that layout and its prose are
-templates/report.md.j2, filled here with the rendered tables. Synthetic-data runs carry their label and
-blank study columns: they test the harness, not the study's claims. Accuracies are percentages. Every
-file is written under a temp name and renamed into place.
+Reads the run and sweep records under one or more results folders (merged), and writes REPORT.md (its layout and prose:
+templates/report.md.j2), the tables (CSV always, as data, and in --format) and the PNG plots.
 """
 from __future__ import annotations
 
@@ -81,7 +74,7 @@ class Report:
 
     report_path: Path
     tables: dict[str, pd.DataFrame]  # headline, weakest_classes, accuracy, gains, speed, speed_sweep, tradeoffs,
-    # failures, and comparison with --baseline; columns named as in the code (bench/reporting/columns.py)
+    # failures, and comparison with --baseline; columns named as in the code
     csv_paths: dict[str, Path]  # table name -> its CSV (the data)
     table_paths: list[Path]  # the tables rendered in the chosen format (none extra for csv)
     plot_paths: list[Path]

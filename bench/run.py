@@ -1,13 +1,7 @@
 """The benchmark suite: `accelerate launch bench/run.py [options]` (or `python -m bench.run`).
 
-Parses the command line into runs, trains and measures each one, writes one record per run, and ends with the
-comparison tables. A run that diverges or runs out of memory is recorded as such and the suite goes on; the exit
-status is non-zero when any run did not finish. SIGUSR1 or SIGTERM stops the suite at the next step with the run's
-state saved there: exit status 75, and under SLURM (SIGUSR1) the job requeued to go on with --resume.
-
-One run, file by file: this file's `train_suite` -> bench/training/train.py (`train_run`: build, restore, epochs,
-test, summarise) -> bench/training/loop.py (`train_steps`, `evaluate`) and bench/training/probes.py (energy, device
-state, cold start, inference) -> back in `train_suite`, bench/results/records.py writes the record.
+One run, file by file: this file's `train_suite` -> bench/training/train.py (`train_run`) -> bench/training/loop.py
+(steps, evaluation) and bench/training/probes.py (measurements beside training) -> bench/results/records.py (the record).
 """
 from __future__ import annotations
 
@@ -150,13 +144,8 @@ def dry_run(suite: SuiteConfig, state: PartialState) -> int:
 
 
 def resume_mismatch(results_dir: Path, runs: Sequence[RunConfig]) -> str | None:
-    """Why --resume cannot go on because the processes see different results folders, or None.
-
-    Each process reads the folder to decide whether a run is skipped or continued from its checkpoint,
-    and they must all decide alike: one training a run that another skips would wait forever in the first
-    collective. On several machines that holds only for one folder they all share: the main process
-    alone writes records, progress.json and the weights, and every process its own random state.
-    """
+    """Why --resume cannot go on, or None: every process must find the same records and checkpoints (one that trains a
+    run another skips would wait forever in its first collective), so the machines must share one results folder."""
     seen = []  # per run: its record's status and the checkpoint its progress.json names, as this process sees them
     for cfg in runs:
         record = records.existing_record(results_dir, cfg.run_id)

@@ -1,13 +1,7 @@
 """Throughput and memory sweeps without full training, in the manner of timm's benchmark.py.
 
-`python -m bench.speed` (or `accelerate launch bench/speed.py`) measures, for each model x precision x
-channels_last x torch.compile x batch size, training and inference images/s (warm-up excluded, device
-synchronised, median of several timed windows), step time, peak memory and MFU. Inputs are either
-device-resident synthetic batches (`--data synthetic`) or the real FFCV loader (`--data ffcv`), so the
-difference between the two is the input pipeline's cost. A batch size that runs out of memory is
-recorded as `oom`, a point that fails otherwise (a compiler error, say) as `error` with its message, and
-the sweep goes on; the exit status is 1 when any point failed. One JSON record per point under `<results>/speed/`.
-`--find-max-batch` searches the largest batch that trains instead of sweeping --batch-sizes (bench/measuring/maxbatch.py).
+Per model x precision x memory format x compile mode x batch: images/s (median of timed windows after warm-up), step
+time, peak memory and MFU, on device-resident batches or the real FFCV loader; out of memory and errors are results.
 """
 from __future__ import annotations
 
@@ -93,11 +87,8 @@ def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distribute
 
 def bare_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str,
                     device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The plainest training step PyTorch allows: autocast forward, (fp16: scaled) backward, optimizer step.
-
-    `optimizer` must be the raw torch optimizer, not Accelerate's wrapper: GradScaler only skips its
-    per-step host sync for an optimizer that declares fused loss-scaling support itself.
-    """
+    """The plainest training step PyTorch allows: autocast forward, (fp16: scaled) backward, optimizer step; `optimizer`
+    is the raw one, since GradScaler skips its per-step host sync only for an optimizer with fused loss scaling."""
     criterion = torch.nn.CrossEntropyLoss()
     dtype = AUTOCAST_DTYPES.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -186,7 +177,7 @@ def limit_memory(gigabytes: float, device: torch.device) -> None:
 
 
 def max_batch_point(base: SpeedPoint, accelerator: Accelerator, args) -> tuple[SpeedPoint, dict]:
-    """Search the largest batch that trains for `base`'s setting (bench/measuring/maxbatch.py), say so in one line, and return
+    """Search the largest batch that trains for `base`'s setting, say so in one line, and return
     the point at that batch (batch 1 when none fits: it is then recorded as out of memory) with the search's record
     fields."""
     device, spec = accelerator.device, get_spec(base.dataset)

@@ -1,22 +1,7 @@
-"""`python -m bench.submit --shards N [options] [runner options]`: one suite as N cluster jobs.
+"""`python -m bench.submit --shards N [options] [runner options]`: one suite as N cluster jobs, through submitit.
 
-Job i of N runs the runner with the options given here plus `--shard i/N` (bench/suite/shards.py splits the
-suite by expected training FLOPs), through Accelerate's launcher with one process per GPU of its node,
-from this folder and with this environment. The N jobs share --results-dir: every record is named by its
-run, and every file is written whole, so they never overwrite or damage one another's, and their records
-together are the whole suite. `python -m bench.report --results-dir DIR` then writes one report over all
-of them (`--wait` waits for the jobs and does it).
-
-Each job runs the runner with --resume and is checkpointable: submitit's warning before the time limit (SIGUSR2,
-90 s ahead) reaches the runner, which saves its state at the next step (bench/suite/preemption.py); the job then waits
-for it to exit and submitit requeues the job, which goes on from that step.
-
-Jobs go through submitit: a SLURM job array where SLURM is installed, else local processes on this
-machine (the same jobs, to try a submission before a cluster has it), one after another: run at once
-they would share this machine's devices (submitit gives every local job the same first GPUs) and time
-one another. submitit is the
-optional extra `slurm`. Options this command does not know are the runner's (`python -m bench.run
---help`); the runner's parser checks them here before anything is submitted.
+Job i runs the runner with `--shard i/N` and `--resume` into one shared results folder; a job warned before its time
+limit saves at the next step and is requeued (docs/design.md). Options this command does not know are the runner's.
 """
 from __future__ import annotations
 

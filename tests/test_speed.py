@@ -80,7 +80,6 @@ def test_find_max_batch_on_a_cpu_stops_before_the_hosts_memory_and_says_so(tmp_p
     assert record.batch_size == found["batch"] >= 1 and record.status == "ok"  # the batch found is the one timed
     predicted = [probe["batch"] for probe in found["probes"] if probe["status"] == "predicted"]
     assert predicted and found["batch"] < min(predicted)  # never tried: no OOM killer woken
-    assert f"max batch {found['batch']}: batch" in done.stdout and "exceeds the memory budget" in done.stdout
     report = run_module("bench.report", "--results-dir", str(tmp_path))
     assert report.returncode == 0, report.stderr
     assert "memory (predicted)" in (tmp_path / "REPORT.md").read_text()  # beside its peak memory
@@ -121,7 +120,6 @@ def test_a_failing_point_is_recorded_as_an_error_and_the_sweep_goes_on(tmp_path)
     records = {record.batch_size: record for record in sweeps_in(tmp_path)}
     assert records[3].status == "error" and records[3].error == "RuntimeError: triton: failed to compile kernel"
     assert records[2].status == "ok" and records[2].images_per_s > 0
-    assert "b3_synthetic: error (RuntimeError: triton: failed to compile kernel)" in done.stdout
     assert "Traceback" in done.stderr  # the whole story stays in the log
 
 
@@ -135,7 +133,8 @@ def test_sweep_through_the_ffcv_loader(tmp_path):
     assert record.data == "ffcv" and record.in_channels == 1 and record.images_per_s > 0
     (trace,) = (tmp_path / "profiles").glob("speed-*/trace.json")
     assert json.loads(trace.read_text())["traceEvents"]  # a Chrome/Perfetto trace
-    assert "Self CPU" in done.stdout  # the top-ops table in the log
+    (top_ops,) = (tmp_path / "profiles").glob("speed-*/top_ops.txt")  # the top operators, as a table
+    assert top_ops.read_text().count("\n") > 5
 
 
 def test_overhead_benchmark_prints_both_throughputs_and_their_ratio():

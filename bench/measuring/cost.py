@@ -1,11 +1,5 @@
-"""What a run cost, DAWNBench-style: the price per device-hour times the devices and the wall time, for the whole run
-and to the target.
-
-DAWNBench ranks time to 94 % *and* the cost of getting there, because the fastest machine is seldom the cheapest.
-`--price-per-hour USD` is the price of one device (one process) for an hour; `--price-table FILE` gives prices per
-device kind, a CSV with a header `device,usd_per_hour` whose first column is matched, case-insensitively, as a whole
-word of the device's name, the longest match first (`H100 PCIe` before `H100`), so one table serves a mixed fleet.
---price-per-hour wins over the table. Without a price the cost fields stay empty.
+"""What a run cost, DAWNBench-style (the fastest machine is seldom the cheapest): price per device-hour x devices x wall
+hours, for the whole run and to the target, from --price-per-hour or a --price-table matched to the device's name.
 """
 from __future__ import annotations
 
@@ -77,7 +71,7 @@ def pricing(args: argparse.Namespace) -> Pricing:
 
 
 def cost_metrics(price: float | None, devices: int, wall_time_s: float, to_target_wall_s: float | None) -> dict:
-    """The run's cost metrics (bench/measuring/metrics.py): price x devices x wall hours, for the run and to its target."""
+    """The run's cost metrics: price x devices x wall hours, for the run and to its target."""
     if price is None:
         return {"price_per_hour_usd": None, "cost_usd": None, "cost_to_target_usd": None}
     rate = price * devices / 3600

@@ -74,7 +74,7 @@ GPU_PEAKS: dict[str, DatasheetPeak] = {
 
 def math_mode(device: torch.device, precision: str) -> str:
     """What the convolutions and matmuls really run in: precision "no" is TF32 on CUDA when both cuDNN
-    and matmuls allow it (bench/training/runtime.py configure_backends turns both on), plain fp32 otherwise."""
+    and matmuls allow it (the runtime's configure_backends turns both on), plain fp32 otherwise."""
     if precision in ("bf16", "fp16"):
         return precision
     tf32 = torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() != "highest"
@@ -107,14 +107,8 @@ def datasheet_peak(device_name: str, mode: str) -> tuple[float, str] | None:
 
 @lru_cache(maxsize=None)
 def peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str]:
-    """(peak TFLOP/s of one device, where the number comes from): the datasheet for known GPUs, a measured
-    matmul rate for other GPUs, and none on a CPU.
-
-    A CPU has no peak we can trust: a measured matmul rate on a shared, frequency-scaling machine is no upper
-    bound (it gave an MFU of 106 %), and a theoretical one needs the turbo clock and the FLOPs per cycle of
-    the vector units, which a virtual machine does not reliably expose. So CPU runs record achieved TFLOP/s
-    and no MFU, rather than an impossible or invented figure.
-    """
+    """(peak TFLOP/s of one device, its source): a datasheet for known GPUs, a timed matmul for others, none on a CPU,
+    where a measured rate on a shared, frequency-scaling machine is no upper bound (it once gave an MFU of 106 %)."""
     mode = math_mode(device, precision)
     if device.type == "cuda":
         if known := datasheet_peak(torch.cuda.get_device_name(device), mode):

@@ -1,17 +1,5 @@
-"""Energy a run used, where the machine can tell: NVML's energy counter on NVIDIA GPUs, RAPL on CPUs.
-
-MLPerf's power track and optimum-benchmark compare hardware on energy, not time alone. A GPU since Volta keeps a
-counter of the millijoules it has used since the driver loaded (`nvmlDeviceGetTotalEnergyConsumption`, read through
-nvidia-ml-py, the `energy` extra); reading it at two instants gives the energy between them, exactly, with no
-sampling of power. On a CPU the kernel exposes Intel's and AMD's RAPL package counters under /sys/class/powercap,
-when the machine has them and lets us read them (often root only, never in most virtual machines). Where neither is
-readable the energy fields stay empty and `energy_source` says why: no estimate from a TDP is passed off as a
-measurement.
-
-Each process reads the counter of its own device (a GPU), or, on a CPU, the host's local main process reads the
-packages for the whole host; the run sums the processes' readings once per counter (keyed by GPU UUID or host), so
-a device is never counted once per rank. On a GPU machine only the GPUs count (not the host CPU or DRAM). A MIG slice
-has no counter of its own (the GPU's counts every slice): its energy stays empty, with that reason.
+"""Energy a run used, where the machine can tell: NVML's energy counter on NVIDIA GPUs, RAPL on CPUs; never an estimate,
+and every device counted once however many processes read it (docs/design.md).
 """
 from __future__ import annotations
 
@@ -47,10 +35,8 @@ def rapl_packages(root: str = POWERCAP) -> list[Path]:
 
 @dataclass
 class EnergyCounter:
-    """One process's cumulative energy counter in joules, or why there is none (`reason`).
-
-    `key` names the counter for the run's sum (a GPU's UUID, a host's RAPL packages); `read()` gives joules since
-    the counter was opened, across wrap-arounds of the RAPL counters."""
+    """One process's cumulative energy counter in joules, or why there is none (`reason`); `key` names the counter for
+    the run's sum, `read()` gives joules since it was opened, across RAPL's wrap-arounds."""
 
     key: str | None = None
     source: str | None = None
@@ -137,7 +123,7 @@ def summed(readings: list[tuple[str | None, list[float | None]]]) -> list[float 
 @dataclass
 class EnergyLog:
     """A run's energy, one process's share: the whole session, the timed windows (opened and closed by the window
-    timer, bench/measuring/measure.py) and a cumulative reading at every history row (for the energy to target)."""
+    timer) and a cumulative reading at every history row (for the energy to target)."""
 
     counter: EnergyCounter
     window_j: float = 0.0
@@ -164,7 +150,7 @@ class EnergyLog:
 
 def energy_metrics(sums: list[float | None], counter: EnergyCounter, timed_images: int, target_row: int | None,
                    resumed: bool) -> dict:
-    """The run's energy metrics (bench/measuring/metrics.py) from the summed readings: all empty, with the reason in
+    """The run's energy metrics from the summed readings: all empty, with the reason in
     `energy_source`, where no counter was readable or the run was resumed (earlier sessions were not metered)."""
     source = counter.source if counter.available else counter.reason
     if resumed:

@@ -22,22 +22,14 @@ def package_version(name: str) -> str | None:
 
 
 def use_cpu() -> bool:
-    """Whether Accelerate must be told to run on the CPU.
-
-    Without CUDA, processes started by torchrun-style launchers (`accelerate launch --multi_gpu`,
-    `torchrun`) must ask for the CPU explicitly, or Accelerate treats each one as a lone process;
-    `accelerate launch --cpu` says so through the environment.
-    """
+    """Whether Accelerate must be told to run on the CPU: without CUDA, torchrun-style launches must ask for it, or each
+    process runs alone."""
     return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
 def cpu_launch_error() -> str | None:
-    """Why this process is a lone survivor of a multi-process CPU launch, or None.
-
-    `accelerate launch --cpu --num_processes N` starts N processes only through MPI; without it, it
-    starts one process and exports MASTER_ADDR/MASTER_PORT as if there were N. Running on would
-    record a one-process result the user did not ask for.
-    """
+    """Why this process is the lone survivor of a multi-process `accelerate launch --cpu` (which needs MPI for more than
+    one), or None: running on would record a one-process result nobody asked for."""
     env = os.environ
     launched_by_mpi = any(key in env for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
     if parse_flag_from_env("ACCELERATE_USE_CPU") and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
@@ -74,7 +66,7 @@ def environment(accelerator: Accelerator) -> dict:
         "tf32": math_mode(accelerator.device, "no") == "tf32",
         "cpu_native_bf16": cpu_has_native_bf16(),
         "hostname": platform.node(),
-        "git_commit": git_commit(),  # also in a tree copied without .git: see bench/results/provenance.py
+        "git_commit": git_commit(),  # also in a tree copied without .git
         "source_digest": source_digest(),
         "machine": machine_state(accelerator.device),  # driver, CUDA, power limit; CPU governor and frequencies
     }

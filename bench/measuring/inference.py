@@ -1,21 +1,5 @@
-"""How fast a run's trained model serves: batch-1 latency percentiles and large-batch throughput, eager and compiled.
-
-Training throughput says little about deployment: a model that trains fastest at batch 512 may answer a single
-request slower than a smaller one, and DAWNBench ranks inference latency at batch 1 beside training time. So every
-finished run (unless --no-inference) times its own model after testing, in evaluation mode, in its precision and
-memory format, on device-resident inputs already normalised (the model alone, not the input pipeline):
-
-- latency at batch 1: each call timed on its own and synchronised (CUDA events on a GPU, the host clock around a
-  synchronised call elsewhere), one request at a time as a server answers them; p50, p95 and p99 over at least
-  `min_calls` calls and `min_seconds`;
-- throughput at `batch` (default 256): calls back to back, the device synchronised at both ends of a window of at
-  least THROUGHPUT_MIN_CALLS calls and `min_seconds`; an out-of-memory batch is a result (`oom`), not a crash.
-
-Each measurement follows the harness's timing rules (bench/measuring/measure.py): warm-up calls excluded (compilation, cuDNN
-autotuning, CUDA-graph recording happen there), and calls repeated until both a minimum duration and a minimum count
-are met, so a 1-ms model is not timed over ten calls and a slow one is not timed for minutes. A run that compiled is timed
-twice: eager (the model it compiled) and compiled with the run's mode (each shape is a graph of its own, compiled in
-the warm-up).
+"""How fast a run's trained model serves: batch-1 latency percentiles and large-batch throughput, eager and compiled,
+each timed after warm-up until a minimum duration and count are met (docs/design.md).
 """
 from __future__ import annotations
 
@@ -161,7 +145,7 @@ def measure_inference(model: torch.nn.Module, example: torch.Tensor, precision: 
 
 
 def inference_metrics(measured: dict | None) -> dict:
-    """The run metrics (bench/measuring/metrics.py) from `measure_inference`'s result; all None when not measured."""
+    """The run metrics from `measure_inference`'s result; all None when not measured."""
     fields = {}
     for prefix, key in (("infer", "eager"), ("compiled_infer", "compiled")):
         part = (measured or {}).get(key) or {}

@@ -1,9 +1,5 @@
-"""The machine's fixed state, for every record's environment: driver and CUDA versions, power limits (enforced beside
-default), compute mode and MIG of the GPUs (NVML), or the CPU's frequency governor, frequency range and memory.
-
-torchbench records these with every result because they explain differences between runs that the code does not:
-a GPU capped at a lower power limit, an older driver, a CPU left on the `powersave` governor. What changes during a
-run (clocks, temperature, throttling, other processes) is bench/measuring/watch.py's.
+"""The machine's fixed state for every record: the GPUs' driver, CUDA version, power limits, compute and MIG modes, or
+the CPU's governor, frequencies and memory; they explain differences between runs that the code does not.
 """
 from __future__ import annotations
 

@@ -1,18 +1,5 @@
-"""The largest batch that trains: `python -m bench.speed --find-max-batch --batch-cap N`.
-
-Which batch fits decides what a card can train (and at which learning rate), so the speed sweep can search it per
-model, precision, memory format and compile mode: training steps at batch 1, 2, 4, ... up to --batch-cap, then, once
-a batch runs out of memory, bisection between the last batch that fitted and the first that did not. The answer is
-the largest batch *measured* to fit (never a smaller one passed off as the one asked for); its point is then timed
-like any sweep point and recorded with `search: max-batch` and the search's probes, so the report shows it beside
-its peak memory.
-
-On a GPU running out of memory raises an exception, which the search catches. On a CPU the host's memory is the
-limit and the kernel's OOM killer ends the process without one, so the search never tries a batch whose peak memory,
-predicted from those measured (the memory per image between the last two probes), would exceed the memory the
-process may use: 80 % of what the host has free when the search starts, or --memory-limit-gb more than it uses then
-(on a CPU that option is this budget for the search, not an address-space cap); it stops there and says so
-(`limit: memory (predicted)`).
+"""The largest batch that trains (`bench.speed --find-max-batch`): doubling, then bisection on out-of-memory; on a CPU,
+which has no OOM error to catch, no batch whose predicted peak exceeds the memory budget is tried (docs/design.md).
 """
 from __future__ import annotations
 
@@ -52,10 +39,8 @@ def predicted_peak(batch: int, fitted: list[Probe]) -> float | None:
 
 
 def search(probe: Callable[[int], int | None], cap: int, budget_bytes: float | None = None) -> Search:
-    """Double from 1 to `cap`, then bisect between the last batch that fitted and the first that did not.
-
-    `probe(batch)` trains at `batch` and returns its peak memory in bytes, or None when it ran out of memory. With
-    `budget_bytes`, a batch whose predicted peak exceeds it is never tried (it counts as not fitting)."""
+    """Double from 1 to `cap`, then bisect between the last batch that fitted and the first that did not; `probe(batch)`
+    returns the peak bytes or None (out of memory), and a batch predicted beyond `budget_bytes` is never tried."""
     probes: list[Probe] = []
 
     def fits(batch: int) -> bool:

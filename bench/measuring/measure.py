@@ -1,10 +1,5 @@
-"""Measurement conventions (after timm's benchmark.py): time only synchronised windows after warm-up,
-count images per window, and keep per-step work free of host syncs.
-
-Definitions used in records and reports:
-- throughput: images / seconds inside the timed window, per process; the suite sums over processes.
-- data stall: share of the timed window the device sat waiting for `next(loader)` (see WindowTimer).
-- MFU: achieved training FLOP/s (model facts x images/s) over the devices' peak FLOP/s (GPUs only).
+"""Measurement conventions after timm's benchmark.py: time only device-synchronised windows after warm-up, count the
+images in them, measure the data stall where it costs, and keep per-step work free of host syncs.
 """
 from __future__ import annotations
 
@@ -45,11 +40,8 @@ def is_oom(error: BaseException) -> bool:
 
 
 def reset_peak_memory(device: torch.device, drop_cached: bool = False) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on CPU the kernel's RSS high-water mark.
-
-    With `drop_cached` (a run's first reset), CUDA's cached free blocks go back to the driver first: a finished
-    run's blocks stay cached after its objects die, and would count in the next run's peak reserved memory
-    (bench/training/runtime.py release() cannot free them: it runs while the run's objects are still alive)."""
+    """Start a new peak (CUDA's allocator statistics, or the CPU's RSS high-water mark); with `drop_cached`, a finished
+    run's cached blocks go back to the driver first, so they do not count in the next run's peak."""
     if device.type == "cuda":
         if drop_cached:
             torch.cuda.empty_cache()
@@ -80,13 +72,8 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, int]:
 
 @dataclass
 class WindowTimer:
-    """A timed window of steps: images counted, time stalled on data, device-synchronised ends.
-
-    The data stall is measured where it costs: on CUDA as device-timeline time between CUDA events
-    recorded before and after `next(loader)` (the GPU sitting idle for want of a batch). The host's own
-    wait would also count GPU back-pressure: ffcv's blocking copy waits for the default stream, so a
-    GPU-bound run's host blocks in `next()` although the GPU never starves. On a CPU, host time.
-    """
+    """A timed window of steps: images counted, device-synchronised ends, and the data stall measured where it costs: on
+    CUDA as GPU idle time between events around `next(loader)` (the host's wait would also count GPU back-pressure)."""
 
     device: torch.device
     images: int = 0

@@ -1,19 +1,7 @@
-"""Every measurement, declared once: its record field, report column, format, meaning and aggregation.
+"""Every measurement, declared once: its record field, report label, format, meaning and aggregation over seeds.
 
-A run record holds one `history` row per evaluation (per epoch, or per `--eval-every` steps) and one
-`metrics` dict per run. Both are built through `history_row` and `run_metrics`, which accept exactly
-the fields declared here, and the report takes its columns, number formats, explanations and
-seed aggregation from the same entries. Adding a metric = one `Metric(...)` here + its computation
-in bench/training/train.py (or bench/measuring/measure.py).
-
-Aggregation over the seeds of one configuration:
-- `mean`: the mean; with `spread` also the sample standard deviation (blank for one run).
-- `max` / `first`: memory peaks take the worst seed; facts that do not vary take the first.
-- `count`: a yes/no measurement as how many of how many runs (e.g. `reached target` 3/5).
-- `time`: time to target, MLPerf Training's way: with 5 or more runs, every run that missed the
-  target counts as infinitely slow, the fastest and slowest are dropped and the rest averaged (no
-  result when a miss survives the drop); with fewer, the mean and spread of the runs that reached it.
-  Either way `reached` says how many of how many runs got there, so misses are never averaged away.
+History rows and run metrics accept exactly the fields declared here; the report, its glossary and
+docs/measurements.md take everything else from the same entries (the aggregation rules: docs/design.md).
 """
 from __future__ import annotations
 
@@ -129,7 +117,7 @@ METRICS: tuple[Metric, ...] = (
            "outside the timed window (a resumed run: its last session's).", fmt=",.1f"),
     Metric("compile_s", "compile s", "Seconds torch.compile spent compiling during the run (training and "
            "evaluation graphs; dynamo's own timer), outside the timed window; blank for eager runs.", fmt=",.1f"),
-    # -- inference of the trained model (bench/measuring/inference.py)
+    # -- inference of the trained model
     *(Metric(f"{prefix}_{q}_ms", f"{label} {q} ms", f"{what}latency of one image (batch 1) in evaluation mode, in the "
              f"run's precision and memory format: the {q[1:]}th percentile of calls each timed on its own (device "
              "synchronised; warm-up excluded; at least --inference-min-seconds and --inference-min-calls)"
@@ -144,7 +132,7 @@ METRICS: tuple[Metric, ...] = (
            "unless the run compiled.", fmt=",.0f"),
     Metric("infer_batch", "infer batch", "Batch of the inference throughput measurement (--inference-batch).",
            fmt=",.0f", aggregate="first"),
-    # -- energy (bench/measuring/energy.py) and cost (bench/measuring/cost.py)
+    # -- energy and cost
     Metric("energy_kwh", "energy kWh", "Energy of the whole run (from its start to the end of testing) from the "
            "devices' own counters, every device of the run counted once: NVML's on NVIDIA GPUs, RAPL's package "
            "counters on a CPU; blank where none is readable (`energy source` says why), never estimated.", fmt=",.4f"),
@@ -161,7 +149,7 @@ METRICS: tuple[Metric, ...] = (
            "set-up and evaluation included (DAWNBench's way).", fmt=",.4f"),
     Metric("cost_to_target_usd", "cost to target USD", "Price x devices x wall hours until validation accuracy first "
            "reached the target (`to target wall s`).", fmt=",.4f"),
-    # -- the device's state (bench/measuring/watch.py)
+    # -- the device's state
     Metric("device_throttled", "throttled", "Whether a GPU of the run was slowed down when its timed window opened "
            "or when training ended: NVML's clock-event reasons hardware slowdown, thermal slowdown (hardware or "
            "software) or power brake. Running at the software power cap, normal under load, does not count (every "

@@ -1,10 +1,5 @@
-"""This process's one NVML session (nvidia-ml-py, the `energy` extra): pynvml imported and initialised once, a CUDA
-device's NVML handle found by its UUID, and every query guarded, so that a failing or missing NVML function (MIG,
-gVisor-style sandboxes, old drivers) leaves an empty field and a note naming the call, never a failed run.
-
-Under MIG a CUDA device is a slice of a physical GPU whose energy counter, power and clocks it shares: those
-quantities are left empty for a slice, with that reason, rather than attributed to it. Conditions of the whole GPU
-that slow every slice (temperature, clock-event reasons, compute mode, MIG mode) are read from the physical GPU.
+"""This process's one NVML session: pynvml initialised once, a CUDA device's handle found by UUID (MIG-aware), and every
+query guarded, so that a failing or missing NVML function leaves an empty field and a note, never a failed run.
 """
 from __future__ import annotations
 

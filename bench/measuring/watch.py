@@ -1,12 +1,5 @@
-"""The device's state at the start and at the end of a run's timed window: clocks, temperature, power and its limits,
-clock-event reasons and other processes on the GPU (NVML); the CPU's current frequency and governor (psutil, sysfs).
-
-A result taken while the GPU slowed down (thermal or hardware slowdown, an administrator's power cap) or while another
-process shared it is not the hardware's number: torchbench records clocks and throttling with every result to explain
-run-to-run variance, and a shared GPU corrupts timings outright. So each run snapshots its device when the timed
-window opens and when training ends, flags slowdown, power capping and sharing in its metrics (`device_throttled`,
-`power_limited`, `device_shared`: each only where NVML can tell), prints a warning line when its GPU is known to be
-shared, and the report marks such results.
+"""The device's state when a run's timed window opens and when training ends (clocks, temperature, power, clock-event
+reasons, other processes; the CPU's frequency and governor): a slowed-down or shared GPU's timings are flagged.
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ DERIVED: dict[str, Column] = {
                        "its GPU was not recorded)."),
     "peak_mem_gib": Column("peak mem GiB", ",.2f", "Peak allocated memory per process (max over processes and seeds) "
                            "in GiB; on a CPU the process's peak RSS."),
-    # The comparison with a baseline (bench/reporting/compare.py).
+    # The comparison with a baseline.
     "configuration": Column("configuration", "", "The configuration compared, in words (with model and dataset: "
                             "everything in a run's identity but its seed and machine)."),
     "acc_diff_pp": Column("acc diff pp", "+.2f", "Test accuracy minus the baseline's (each a mean over seeds), "

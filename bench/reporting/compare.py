@@ -1,21 +1,6 @@
-"""Results from several folders as one, and a configuration-by-configuration comparison with a baseline.
-
-Merging: suites sharded over machines, or re-run after a crash, leave the same run in more than one
-folder. A run is identified by its run_id (every setting that changes its result, bench/suite/config.py) and
-the device it ran on (run_id leaves the machine out): the same run on the same kind of device counts
-once, the finished record kept, else the most recent. Speed-sweep points merge the same way.
-
-Comparison: configurations (tables.CONFIG_KEYS: a run's identity without seed and machine) present on
-both sides are set against each other, each side aggregated over its seeds per device. A configuration
-measured on the same device kind on both sides is compared on that device only (an H100 against an
-H100, an A100 against an A100); one with no device in common is compared across devices (the new
-machine against the old), each pair named in the table. A throughput
-drop is flagged as a regression only beyond the noise: max(NOISE_FLOOR_PCT, NOISE_SIGMAS x the combined
-coefficient of variation of both sides' per-evaluation train img/s). The floor is there because
-separate processes on the same GPU typically differ by 1-3 % in throughput (clocks, placement, other
-tenants), which no single run's spread shows; the per-evaluation spread is each run's own noise, and
-two of its combined standard deviations cover about 95 % of the differences that noise alone makes
-between single evaluations (conservative for means over several evaluations or seeds).
+"""Results from several folders as one (the same run on the same device kind counted once), and a
+configuration-by-configuration comparison with a baseline that flags a throughput drop beyond the noise (the rule and
+why: docs/design.md).
 """
 from __future__ import annotations
 

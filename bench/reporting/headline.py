@@ -14,7 +14,7 @@ from bench.reporting.tables import CONFIG_KEYS, finished_runs, grouped, sorted_r
 HEADLINE_GROUP = ["data_source", "dataset", "device", "preset"]
 # The headline's columns, left to right: adding one is one line here. A metric declared in
 # bench/measuring/metrics.py is aggregated over seeds; any other name is derived in headline_table (its label, format
-# and meaning in bench/reporting/columns.py DERIVED).
+# and meaning in DERIVED).
 HEADLINE_COLUMNS = ["model", "n", "test_acc", "study_acc", "diff_pp", "train_time_s", "study_train_s", "speed_up",
                     "time_to_target_s", "train_images_per_s", "infer_p50_ms", "peak_mem_gib"]
 # Measurements the derived columns are computed from, aggregated whether shown or not.

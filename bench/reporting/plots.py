@@ -1,10 +1,5 @@
-"""Plots from the report's tables (matplotlib's Figure API with Agg: no pyplot, no display): the Pareto view
-(test accuracy vs training time, and vs peak memory), the headline runs' confusion matrices, validation
-curves, and throughput vs batch size.
-
-The Pareto plots are meant to be read from across a room: large type, one labelled point per
-configuration, labels in a column beside the axes (never on top of each other), and an accuracy axis
-that keeps a minimum span so that results 0.01 pp apart stay apart.
+"""Plots from the report's tables (matplotlib's Figure API with Agg): the Pareto views, confusion matrices, validation
+curves and throughput vs batch size, sized to be read from across a room, labels never on top of each other.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The report's tables as text: markdown (tabulate's pipe tables), CSV, LaTeX and HTML (pandas).
 
 Tables arrive with their columns named as in the code; here they are headed with their labels and formatted with
-their number formats (bench/reporting/columns.py), missing values blank in every format. CSV is the data: full
+their number formats, missing values blank in every format. CSV is the data: full
 precision, no formatting, one file per table whatever the chosen format.
 """
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""Run and sweep records -> pandas tables: one row per run, then per configuration the accuracy, vanilla-vs-improved
-gains, speed, failures and sweeps (the headline and weakest classes are bench/reporting/headline.py's).
-
-Rows are grouped by everything that changes a result (data source, preset, recipe, precision, device, ...) so that
-settings are never silently merged. Columns are named as record fields and metric keys; their labels, formats and
-meanings are bench/reporting/columns.py's. The study's columns come from the model registry, for real data only
-(synthetic runs test the harness, not the study's claims).
+"""Run and sweep records -> pandas tables, grouped by everything that changes a result so that settings never silently
+merge: one row per run, and per configuration the accuracy, gains, speed, failures and sweeps.
 """
 from __future__ import annotations
 
@@ -138,13 +133,8 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def gains_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Each improved model's gain over its vanilla twin, split into recipe and architecture parts.
-
-    The baseline is the twin under its paired (paper-vanilla) recipe when that was run, else under the
-    improved model's own recipe (then the whole gain is architecture). When the twin was also trained
-    with the improved model's recipe (an ablation), recipe part = twin(improved recipe) - twin(baseline)
-    and architecture part = improved - twin(improved recipe); the two add up to the gain.
-    """
+    """Each improved model's gain over its vanilla twin (under paper-vanilla when that ran, else under its own recipe),
+    split into recipe and architecture parts when the twin also ran with the improved recipe (an ablation)."""
     rows = []
     for keys, group in accuracy.groupby(GAIN_KEYS, dropna=False, sort=False):
         means = {(model, recipe): value for model, recipe, value in

@@ -1,10 +1,5 @@
-"""The report's view of the whole trade-off beyond training speed: per configuration, what its trained model costs
-to serve (inference latency and throughput), what it cost to start (first step, compilation), the energy and money
-it took, and on which device state it was measured; and the warning for results taken on a throttled, power-capped or
-shared GPU.
-
-The columns are measurements declared in bench/measuring/metrics.py (labels, formats, meanings, seed aggregation from there),
-grouped like the speed table (bench/reporting/tables.py SPEED_KEYS), so hardware never mixes.
+"""The trade-off beyond training speed, per configuration: inference, cold start, energy and cost, and a warning for
+results taken on a slowed-down, power-capped or shared GPU.
 """
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Which code a result came from, also where the tree was copied without `.git`.
-
-Every record names its commit: `git rev-parse HEAD`, with '+dirty' when tracked files have uncommitted
-changes. A tree copied to a GPU box or a container often arrives without `.git` (or without git), so two
-things stand in there:
-
-- `REVISION`, a file at the tree's root that `python -m bench.results.provenance stamp` writes in the checkout
-  before the copy: the commit and the source digest it had then. In the copy the record takes the commit
-  from it, marked '+modified' when the files no longer hash to the stamped digest.
-- the source digest, recorded with every result whatever the tree: a SHA-256 over the project's code files
-  (bench/, models/, data/ Python files, scripts/, pyproject.toml), each hashed as git hashes a blob, so
-  that `python -m bench.results.provenance find DIGEST` in any clone names the commit with exactly those files,
-  from git's own object ids, without checking anything out.
+"""Which code a result came from, also where the tree was copied without `.git`: the commit, a REVISION stamp, and a
+digest of the source that `python -m bench.results.provenance find DIGEST` maps back to its commit (docs/design.md).
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Run records, speed-sweep records and checkpoints on disk.
-
-One JSON file per run under `results/runs/` (per sweep point under `results/speed/`), written whole, so a killed
-suite never leaves a half-written record. Unfinished runs live in `results/checkpoints/<run_id>/` as Accelerate state
-folders plus `progress.json`, which names the last complete one.
+"""Run records, sweep records and checkpoints on disk: one JSON file per run (per sweep point), written whole, and for
+an unfinished run its state folders with a `progress.json` that names the last complete one.
 """
 from __future__ import annotations
 

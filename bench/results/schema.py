@@ -1,8 +1,5 @@
-"""The record types: one `RunRecord` per run, one `SweepRecord` per speed-sweep point, each with a JSON round trip.
-
-The rule for what comes next: a new optional field with a default needs no schema bump (older records read with the
-default, older readers ignore it); renaming or removing a field does, with an upgrade from the previous schema in
-`upgraded`. `python -m bench.results.schema` prints the fields' table that docs/records.md embeds.
+"""The record types, `RunRecord` and `SweepRecord`, with a JSON round trip. A new optional field needs no schema bump; a
+renamed or removed one does, with an upgrade of the previous schema in `upgraded` (docs/records.md).
 """
 from __future__ import annotations
 

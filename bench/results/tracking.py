@@ -1,10 +1,5 @@
-"""`--log-with`: runs show up in the experiment trackers users already watch, through Accelerate's integrations.
-
-Each run is one tracker run in the project "deepnets-bench", named by its run id: its resolved
-configuration is logged as hyper-parameters, every history row as it is taken (at its training step),
-and the final metrics at the end. Trackers that keep local files (TensorBoard, Aim, DVCLive) write them
-under `<results>/trackers/<run_id>/`. Tracker packages are optional extras; asking for one that is not
-installed is a one-line error that names the extra.
+"""`--log-with`: every run in the experiment trackers users already watch, through Accelerate's integrations: its
+configuration as hyper-parameters, each history row at its step, the final metrics at the end.
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class SuiteConfig:
     precision: str  # every run's: one Accelerator serves the suite
     notes: tuple[str, ...]  # choices the options left to the harness, said in the suite's first lines
     shard: tuple[int, int] | None  # (I, N): these runs are the I-th of N parts of the suite
-    log_with: tuple[str, ...]  # experiment trackers (bench/results/tracking.py)
+    log_with: tuple[str, ...]  # experiment trackers
     overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
     dry_run: bool = False  # print the resolved runs and train nothing
 

@@ -1,10 +1,5 @@
-"""What a suite is about to do, said before it does it: the line every suite opens with (runs, processes, global
-batch, peak learning rate, precision), a warning where a global batch is beyond what its recipe was checked at,
-and `--dry-run`'s table of the resolved runs.
-
-Without an Accelerate config `accelerate launch` starts a process per visible GPU, and --batch-size is per process:
-on an eight-GPU box the fast preset trains at a global batch of 4096 with lr 1.6 unless told otherwise. These lines
-make that visible before the first step.
+"""What a suite is about to do, said before it does it (runs, processes, global batch, peak lr, precision, and a warning
+beyond the batch a recipe was checked at): on an 8-GPU box the global batch is 8x what --batch-size says.
 """
 from __future__ import annotations
 

@@ -1,25 +1,5 @@
-"""Preemption and time limits that lose at most a step: a signal sets a flag, the next step boundary saves.
-
-A cluster warns a job before it takes the machines back: SLURM sends the signal of `--signal=USR1@90` 90 s before
-the time limit (the templates ask for it), SIGTERM when it preempts, requeues or reaches the limit, and SIGKILL
-`KillWait` seconds later. The default checkpoint cadence (5 minutes) would lose up to 5 minutes each time; instead
-every process only notes the signal (a handler may run between any two bytecodes, where no collective or file
-write is safe), and at the next step boundary the processes agree, save the whole state at that step
-(bench/training/train.py save_checkpoint: weights, optimizer, scheduler, RNGs, the step within the epoch) and stop. Nothing
-trained is lost: `--resume` continues at that step, in the same epoch order.
-
-- SIGUSR1 (the warning) also requeues the job: global rank 0 runs `scontrol requeue` for `SLURM_JOB_ID` (an array
-  task as `ARRAYJOB_TASK`), and the templates run with `--resume`. SIGTERM only saves: it is also what `scancel`
-  sends, and a cancelled job must stay cancelled; SLURM requeues a preempted job by itself. SIGUSR2 only saves
-  too: it is submitit's warning (`bench.submit`), and submitit requeues the job itself (bench/submit.py).
-- One process agrees alone (every step, for free). Several agree by an all-reduce of the flag every AGREE_EVERY
-  steps: one at every step would add a host-device synchronisation per step, which costs launch-bound small
-  models several percent; ten steps take well under a second of the 90-s warning, and the state is saved at the
-  step where they stop, so still nothing is lost.
-- Which processes get the signal: SLURM signals every process of a job step (srun), so the templates start the
-  launcher with srun and make the launcher itself ignore SIGUSR1 (its default action would kill it, and with it
-  the workers' pipes); the workers set their own handlers. A SIGTERM to `accelerate launch` reaches the workers
-  through the launcher (torchrun's agent forwards it and waits 30 s; the one-process launcher waits 5 s).
+"""Preemption that loses at most a step: a signal only sets a flag, and the processes agree at the next step boundary to
+save the state there and stop (why, and which signal does what: docs/design.md).
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Recipes and presets: how a network is trained, and a suite's defaults.
-
-A *recipe* is how a network is trained (optimizer, schedule, loss, augmentation); a *preset* is a bundle of defaults
-for a whole suite (data source, epochs, batch, precision). Both are frozen dataclasses, so that a record stores exactly
-what ran, and every preset value can be overridden from the command line.
+"""Recipes (how a network is trained) and presets (a suite's defaults), as frozen dataclasses so that a record stores
+exactly what ran.
 """
 from __future__ import annotations
 

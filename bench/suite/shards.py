@@ -1,10 +1,5 @@
-"""`--shard I/N`: the I-th of N disjoint parts of a suite, for a cluster's job array.
-
-Every job of the array parses the same options into the same ordered list of runs, so each can
-compute every part without talking to the others. Parts are balanced by expected cost, not by
-count: a run costs its training FLOPs (training GFLOPs per image x images per epoch x epochs), and
-runs are dealt, most expensive first, to the part with the least cost so far (the LPT rule, within
-4/3 of the best split). Ties go by run identity and the lower part, so the split is deterministic.
+"""`--shard I/N`: the I-th of N disjoint parts of a suite, balanced by expected training FLOPs (longest first to the
+lightest part) and deterministic, so that every job of an array computes the same split alone.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The per-step code of a run, as plain functions in the manner of torchvision's reference script:
-`train_steps` trains over a loader iterator and `evaluate` scores a split, each sample counted once.
-
-Per step the loop does no host sync: metrics accumulate on the device and are read every
-`LOG_EVERY` steps (progress bar, divergence check) and when a stretch of training ends.
+"""The per-step code of a run, as plain functions in the manner of torchvision's reference script: `train_steps` (no host
+sync per step) and `evaluate` (each sample counted once across processes).
 """
 from __future__ import annotations
 
@@ -142,11 +139,8 @@ def rates(per_process: torch.Tensor) -> list[float]:
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
-    """(scheduler, per_step, warm-up steps): the recipe's LR schedule, stepped by the loop, never by Accelerate.
-
-    Warm-up is a fraction of the run's steps capped at a number of epochs, so that a 1-epoch
-    time-to-accuracy run is not all warm-up and a 50-epoch run does not warm up for five.
-    """
+    """(scheduler, per_step, warm-up steps): the recipe's schedule, stepped by the loop; warm-up is a share of the run
+    capped at an epoch, so a 1-epoch run is not all warm-up and a 50-epoch run does not warm up for five."""
     recipe = cfg.recipe
     if recipe.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma), False, 0
@@ -236,17 +230,12 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator,
              num_classes: int | None = None, pad_to: int | None = None, cuda_graphs: bool = False) -> EvalResult:
-    """Loss and accuracy over a split (and with `num_classes`, its confusion matrix), each sample counted
-    exactly once across processes.
+    """Loss and accuracy over a split (and with `num_classes` its confusion matrix), each sample counted once across
+    processes by writing results at its stored index (the loader's padding rewrites the same slot), merged by a
+    max-reduce.
 
-    Every rank writes its per-sample results into tensors indexed by the sample's stored index; the
-    distributed loader's padding repeats samples, which then just rewrite the same slot. So can ours:
-    with `pad_to`, a partial last batch is filled up with copies of its last sample, so that the model sees
-    only the training batch's shape: a compiled model never recompiles (or records a new CUDA graph) for it,
-    and cuDNN never autotunes a new shape inside the peak-memory window. The images/s count real images
-    only. A max-reduce merges the ranks. With `cuda_graphs` every batch is marked as a CUDA-graph step, as
-    training marks its own. Loss here is plain cross-entropy (no label smoothing), comparable across recipes.
-    """
+    With `pad_to` a partial last batch is padded with copies of its last sample, so that the model sees only training's
+    batch shape (no recompilation, no cuDNN autotuning inside the peak-memory window); images/s count real images only."""
     model.eval()
     device = accelerator.device
     losses = torch.zeros(num_samples, device=device, dtype=torch.float32)

@@ -1,9 +1,5 @@
-"""A run's measurements beyond training itself: cold start (time to the first step, compile seconds), energy, the
-device's state when the timed window opens and when training ends, and, after testing, the trained model's inference.
-
-`with probes.track():` spans the run from its start to the end of testing, and `with probes.training():` its
-training; the loop says when the timed window first opens (`window_opened`) and when a step is done. Afterwards
-`probes.measured(...)` ends the energy reading, gathers every process's share and times inference: one typed result.
+"""A run's measurements beyond training itself (cold start, energy, the device's state, the trained model's inference),
+as context managers around its training and testing with one typed result (docs/design.md).
 """
 from __future__ import annotations
 
@@ -34,7 +30,7 @@ def compile_seconds() -> float:
 
 @dataclass(frozen=True)
 class Measured:
-    """What the probes measured, for the record: run metrics (each declared in bench/measuring/metrics.py), every
+    """What the probes measured, for the record: run metrics (each a declared metric), every
     process's device snapshots, and the inference measurement in full (None when not timed)."""
 
     metrics: dict[str, Any]

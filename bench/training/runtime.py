@@ -15,7 +15,7 @@ FUSED_SGD_DEVICES = ("cuda", "cpu")  # where torch has a fused SGD kernel
 def configure_backends(device: torch.device) -> None:
     """On CUDA: cuDNN autotuning (the input shape is fixed for a whole run, so the search pays for itself),
     and TF32 for both convolutions and matmuls, so that precision "no" means one thing (TF32 tensor cores)
-    and MFU divides by that peak (bench/measuring/device.py math_mode); the record's env says so."""
+    and MFU divides by that peak (device.math_mode); the record's env says so."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True
@@ -27,13 +27,8 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
                               weight_decay: float = 0.0, train: bool = True, compile_mode: str | None = None,
                               accelerator: Accelerator | None = None,
                               ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
-    """A fresh model on `device` (and SGD when training), prepared by `accelerator` when one is given
-    (left bare otherwise, for the overhead benchmark's reference loop), optionally torch.compiled.
-
-    SGD is fused on CUDA and on the CPU: one kernel for the whole update (on two CPU cores VGG16's step
-    takes 0.15 s instead of 0.9 s with the default for-each update), and on CUDA fp16 loss scaling
-    without a host sync per step (GradScaler checks `_step_supports_amp_scaling` on the raw optimizer).
-    """
+    """A fresh model on `device` (and SGD when training), prepared by `accelerator` when given, optionally compiled.
+    SGD is fused: one kernel for the update (VGG16 on two CPU cores: 0.15 s a step, not 0.9), no host sync for fp16."""
     model = build_model(name, in_channels, num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -44,7 +39,7 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer) if train else (accelerator.prepare(model), None)
     if compile_mode:
-        # Static shapes: training drops its last partial batch and evaluation pads its own (bench/training/loop.py),
+        # Static shapes: training drops its last partial batch and evaluation pads its own,
         # so one training graph and one evaluation graph serve the whole run.
         model = torch.compile(model, mode=compile_mode, dynamic=False)
     return model, optimizer

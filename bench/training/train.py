@@ -1,10 +1,5 @@
-"""One training run under Accelerate, from its configuration to its record.
-
-Read top to bottom: `train_run` is the whole run and calls, in order, `build_training` (data encoded once, loaders,
-model, optimizer, schedule, device-side preprocessing), `restore` (an unfinished run goes on from its last
-checkpoint), `run_epochs` (each epoch through `run_epoch`: train, `validate` at its end or every `--eval-every`
-steps, one history row each, a checkpoint when one is due; `--stop-at-target` ends it at the target), then tests
-once and `summarise`s the history into the run's metrics.
+"""One training run under Accelerate, from its configuration to its record, readable top to bottom: `train_run` calls
+`build_training`, `restore`, `run_epochs` (`run_epoch`, `validate`), tests once and `summarise`s.
 """
 from __future__ import annotations
 
@@ -65,11 +60,8 @@ class Progress:
 
 
 def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> RunRecord:
-    """Train and measure one configuration; returns its record (the caller writes it).
-
-    A diverged or out-of-memory run is a result (status `diverged` / `oom`, with its history so far);
-    any other exception propagates, Preempted among them (the state at that step is saved).
-    """
+    """Train and measure one configuration; returns its record (the caller writes it). Diverging or running out of
+    memory is a result; any other exception propagates, Preempted among them (the state at that step is saved)."""
     started = time.time()
     record = describe_run(cfg, context, accelerator, started)
     progress, metrics = Progress(), {}
@@ -344,7 +336,7 @@ def validate(cfg: RunConfig, accelerator: Accelerator, training: Training, progr
 def summarise(cfg: RunConfig, context: RunContext, accelerator: Accelerator, training: Training, progress: Progress,
               test: EvalResult, train_gflops: float, peak_allocated: int, peak_reserved: int, wall_time_s: float,
               compiled_graphs: int, measured: dict) -> dict:
-    """The run's metrics (each declared in bench/measuring/metrics.py) from its history and timed sums, with what its
+    """The run's metrics (each a declared metric) from its history and timed sums, with what its
     probes `measured` (cold start, energy, device state, inference) and its cost."""
     history = progress.history
     best = max(history, key=lambda row: row["val_acc"])
