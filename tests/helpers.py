@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 # few calls: a fraction of a second a run).
 TINY = ["--preset", "smoke", "--synthetic-size", "64", "21", "--batch-size", "16", "--warmup-steps", "1",
         "--inference-batch", "4", "--inference-min-seconds", "0.01", "--inference-min-calls", "5"]
+# The smoke suite's configuration (tests/conftest.py: TINY for one epoch), as a headline's caption names it.
+SMOKE_CONFIGURATION = "Configuration: recipe fast, 1 epoch, batch 16 x 1 process, precision fp32, 64+21 synthetic images."
 
 
 def run_bench(args: list[str], results: Path, cache: Path, launcher: list[str] | None = None,

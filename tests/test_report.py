@@ -3,37 +3,31 @@ formats, the Pareto plots and where the models go wrong; hand-made records where
 from __future__ import annotations
 
 import copy
-import io
-import itertools
 import re
 import statistics
 from dataclasses import replace
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.patches import ConnectionPatch
 
 from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
 from bench.reporting.columns import label
 from bench.reporting.headline import (HEADLINE_COLUMNS, HEADLINE_GROUP, headline_caption, headline_runs, headline_table,
                                       headline_view)
-from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
-                                   pareto_figure, pareto_front, slug)
+from bench.reporting.plots import confusion_figure, slug
 from bench.reporting.render import render
 from bench.reporting.tables import ACCURACY_KEYS, SPEED_KEYS, accuracy_table, gains_table, run_rows
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
 from bench.results.schema import RunRecord
 from data.datasets import CIFAR10_CLASSES
-from helpers import records_in, run_module
+from helpers import SMOKE_CONFIGURATION, records_in, run_module
 from models import model_names
 
 DATASETS = ("mnist", "cifar10")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADLINE_LABELS = [label(name) for name in HEADLINE_COLUMNS]  # as users read them
-SMOKE_CONFIGURATION = "Configuration: recipe fast, 1 epoch, batch 16 x 1 process, precision fp32, 64+21 synthetic images."
 
 
 @pytest.fixture(scope="module")
@@ -325,115 +319,6 @@ def test_gain_splits_into_recipe_and_architecture(report) -> None:
     assert same[["gain_pp", "recipe_part_pp", "arch_part_pp"]].tolist() == pytest.approx([1.5, 0.0, 1.5])
     # No vanilla twin, no row.
     assert gains_table(table(("vgg16_improved", "fast", 1.0))).empty
-
-
-def test_pareto_front_on_known_points() -> None:
-    points = [(1.0, 0.50), (2.0, 0.70), (2.0, 0.60), (3.0, 0.70), (0.5, 0.40), (4.0, 0.90), (4.0, 0.90), (5.0, 0.85)]
-    # (2, .6) and (3, .7) are beaten by (2, .7); (5, .85) by (4, .9); equal points do not beat each other.
-    assert pareto_front(points) == [True, True, False, False, True, True, True, False]
-    assert pareto_front([]) == [] and pareto_front([(1.0, 0.1)]) == [True]
-
-
-class TableCells(HTMLParser):
-    """The header and body cells of the HTML tables in a text, as lists of rows."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self.tables = 0
-        self.cell: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag == "table":
-            self.tables += 1
-        elif tag == "tr":
-            self.rows.append([])
-        elif tag in ("th", "td"):
-            self.cell = []
-
-    def handle_data(self, data: str) -> None:
-        if self.cell is not None:
-            self.cell.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("th", "td"):
-            self.rows[-1].append("".join(self.cell).strip())
-            self.cell = None
-
-
-def html_cells(text: str) -> TableCells:
-    parser = TableCells()
-    parser.feed(text)
-    return parser
-
-
-def test_every_format_parses(report) -> None:
-    headline = report.tables["headline"]
-    rows = headline[headline["dataset"] == "mnist"]
-    view = headline_view(rows)
-    data = pd.read_csv(io.StringIO(render(view, "csv")))
-    assert list(data.columns) == HEADLINE_LABELS and list(data["model"]) == list(model_names())
-    assert data["test acc %"].to_numpy() == pytest.approx(rows["test_acc"].to_numpy())  # full precision
-    latex = render(view, "latex")
-    assert "\\begin{tabular}" in latex and "test acc \\%" in latex and "inception\\_v1\\_improved" in latex
-    assert "nan" not in latex.lower()  # missing values stay blank
-    cells = html_cells(render(view, "html"))
-    assert cells.tables == 1 and cells.rows[0] == HEADLINE_LABELS and len(cells.rows) == 1 + len(rows)
-    assert [row[0] for row in cells.rows[1:]] == list(model_names())
-    assert cells.rows[1][2] == format(rows["test_acc"].iloc[0], ".2f") and cells.rows[1][3] == ""  # blank study %
-    markdown = render(view, "md").splitlines()
-    assert len(markdown) == 2 + len(rows) and markdown[0].startswith("| model")
-
-
-def test_format_option_shapes_the_summary_and_the_table_files(smoke_suite, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "html"
-    assert report_main(["--results-dir", str(smoke_suite.results), "--out", str(out), "--format", "html",
-                        "--dataset", "cifar10"]) == 0
-    printed = capsys.readouterr().out
-    cells = html_cells(printed)
-    assert cells.tables == 1 and cells.rows[0] == HEADLINE_LABELS and SMOKE_CONFIGURATION in printed
-    files = {path.suffix for path in (out / "tables").iterdir()}
-    assert files == {".csv", ".html"}  # CSV always, as data
-    for path in (out / "tables").glob("*.html"):
-        assert html_cells(path.read_text()).tables == 1
-    assert not (smoke_suite.results / "html").exists()
-
-
-def test_pareto_labels_of_the_whole_suite_do_not_overlap(smoke_suite) -> None:
-    """All twelve runs in one plot: the label column's rendered text boxes are pairwise disjoint, right of the axes
-    and inside the figure; each label names model, precision and batch and has a leader line to its point."""
-    points = configuration_points(run_rows(records_in(smoke_suite.results)))
-    for x, log_x in ((TIME, True), (MEMORY, False)):
-        figure = pareto_figure(points, x, "cost", "twelve runs", log_x=log_x)
-        figure.draw_without_rendering()
-        labels = [text for text in figure.texts if text.get_gid() == POINT_LABEL]
-        boxes = [text.get_window_extent() for text in labels]
-        assert len(labels) == len(points) == 12
-        assert not [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b) in
-                    itertools.combinations(zip(labels, boxes), 2) if box_a.overlaps(box_b)]
-        axes_box, figure_box = figure.axes[0].get_window_extent(), figure.bbox
-        assert all(box.x0 > axes_box.x1 and box.y0 >= figure_box.y0 and box.y1 <= figure_box.y1 for box in boxes)
-        assert sorted(text.get_text() for text in labels) == sorted(
-            f"{model}, fp32, b16, dataset {dataset}" for model, dataset in zip(points["model"], points["dataset"]))
-        assert len([artist for artist in figure.artists if isinstance(artist, ConnectionPatch)]) == 12
-
-
-def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
-    records = [r for r in records_in(smoke_suite.results) if r.dataset == "mnist"][:2]
-    for record, accuracy in zip(records, (0.9950, 0.9951)):
-        record.metrics["test_acc"] = accuracy
-    points = configuration_points(run_rows(records))
-    figure = pareto_figure(points, TIME, "training time, s", "two runs", log_x=True)
-    figure.draw_without_rendering()
-    axes = figure.axes[0]
-    low, high = axes.get_ylim()
-    assert high - low >= MIN_ACCURACY_SPAN_PP and low < 99.50 and high > 99.51
-    heights = axes.transData.transform(points[[TIME, "test_acc"]].to_numpy())[:, 1]
-    assert abs(heights[0] - heights[1]) > 5  # pixels: visibly apart
-    ticks = [label.get_text() for label in axes.get_yticklabels() if label.get_text()]
-    assert len(set(ticks)) == len(ticks) >= 3 and all(len(tick.split(".")[1]) >= 2 for tick in ticks)
-    assert axes.yaxis.get_offset_text().get_text() == ""  # no "+9.95e1" offset
 
 
 def test_weakest_classes_and_confusion_matrices(report, smoke_suite) -> None:
