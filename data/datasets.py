@@ -33,6 +33,7 @@ class DatasetSpec:
     source: SourceFormat
     augmentations: Mapping[str, AugmentConfig] = field(default_factory=dict, compare=False)  # recipe family -> config
     split_seed: int = 0  # fixed: the validation split is the same image set on every machine and run
+    val_per_class: bool = False  # hold out val_size / classes images of each class (else val_size at random)
 
     @property
     def num_classes(self) -> int:

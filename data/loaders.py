@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from data.encode import check_beton
+from data.writer import check_beton
 
 
 def _world_size(distributed: bool) -> int:

@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 # The smallest suite that still trains: 64 synthetic train+val images (54 train, 10 val), 21 test images
@@ -38,3 +41,15 @@ def plugin_env(tmp_path: Path, name: str, text: str) -> dict[str, str]:
 
 def records_in(results: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
+
+
+def read_raw(raw) -> SimpleNamespace:
+    """A raw dataset (data/sources.py) with both official splits read whole through their chunks, as an encoder
+    streams them: train_images, train_labels, test_images, test_labels, and its spec, origin and checksum."""
+    arrays = {}
+    for name, split in (("train", raw.train), ("test", raw.test)):
+        chunks = list(split.chunks(np.arange(len(split.labels))))
+        assert np.array_equal(np.concatenate([chunk.labels for chunk in chunks]), split.labels)
+        arrays[f"{name}_images"] = np.concatenate([chunk.pixels() for chunk in chunks])
+        arrays[f"{name}_labels"] = split.labels
+    return SimpleNamespace(**arrays, spec=raw.spec, origin=raw.origin, checksum=raw.checksum)

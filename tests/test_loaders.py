@@ -15,6 +15,7 @@ from data.encode import SPLITS, manifest_path, prepare_dataset, resize_images, s
 from data.errors import DataError
 from data.loaders import make_loader, set_loader_epoch
 from data.sources import load_raw, make_synthetic
+from helpers import read_raw
 
 CPU = torch.device("cpu")
 N_TRAIN, N_TEST = 121, 45  # synthetic: val = 121 // 6 = 20, train = 101, test = 45 (odd: the sampler pads)
@@ -29,8 +30,8 @@ def synthetic(tmp_path_factory) -> dict:
 
 
 def expected_splits(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    raw = make_synthetic(name, N_TRAIN, N_TEST)
-    train_idx, val_idx = split_train_val(N_TRAIN, N_TRAIN // 6, seed=0)
+    raw = read_raw(make_synthetic(name, N_TRAIN, N_TEST))
+    train_idx, val_idx = split_train_val(raw.train_labels, N_TRAIN // 6, seed=0)
     return {"train": (raw.train_images[train_idx], raw.train_labels[train_idx]),
             "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
             "test": (raw.test_images, raw.test_labels)}
@@ -155,7 +156,7 @@ def test_real_mnist_encoding(real_mnist, real_data_dir, tmp_path):
     train_val = np.add(manifests["train"]["class_counts"], manifests["val"]["class_counts"])
     assert train_val.tolist() == MNIST_TRAIN_COUNTS
 
-    raw = load_raw("mnist", real_data_dir, tmp_path, download=False)
+    raw = read_raw(load_raw("mnist", real_data_dir, tmp_path, download=False))
     loader = make_loader(encoded.paths["test"], batch_size=1000, train=False, device=CPU, num_workers=1)
     images, labels, indices = read_all(loader)
     assert labels[0] == 7 and np.array_equal(labels, raw.test_labels)
