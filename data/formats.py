@@ -316,10 +316,11 @@ class CifarFiles:
 
 
 class SourceFormat(Protocol):
-    """What a dataset entry needs from its format; IdxFiles and CifarFiles are the two we have."""
+    """What a dataset entry needs from its format: IdxFiles and CifarFiles here, TinyImageNetFiles
+    (data/tiny_imagenet.py) and Imagenet64Files (data/imagenet64.py)."""
 
     def find(self, directory: Path, spec: DatasetSpec) -> SourceFiles | None: ...
 
-    def download(self) -> Download: ...
+    def download(self) -> Download | None: ...  # None: the files cannot be downloaded
 
     def place_hint(self) -> str: ...

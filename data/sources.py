@@ -114,7 +114,9 @@ def locate_source(name: str, data_dir: Path | None, cache_dir: Path, download: b
             return found
     searched = " or ".join(str(d) for d in (local, raw_dir) if d is not None)
     reason = "downloading is disabled"
-    if download:
+    if download and spec.source.download() is None:
+        reason = "it cannot be downloaded"
+    elif download:
         try:
             _download(spec, raw_dir)
             if found := spec.source.find(raw_dir, spec):
