@@ -182,6 +182,13 @@ def beton_bytes(count: int, channels: int) -> int:
     return count * (IMAGE_SIZE * IMAGE_SIZE * channels + 64) + (4 << 20)
 
 
+def train_file_bytes(name: str, synthetic_train: int | None = None) -> int:
+    """About how large a dataset's train .beton is (synthetic: of that many train+val images), before it exists."""
+    spec = get_spec(name)
+    count = spec.train_size if synthetic_train is None else synthetic_train - synthetic_split_val(spec, synthetic_train)
+    return beton_bytes(count, spec.channels)
+
+
 def _check_free_space(cache_dir: Path, key: str, counts: dict[str, int], channels: int) -> None:
     """One line before a byte is written when the splits to encode cannot fit beside what is there."""
     needed, free = sum(beton_bytes(n, channels) for n in counts.values()), shutil.disk_usage(cache_dir).free

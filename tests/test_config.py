@@ -81,6 +81,27 @@ def test_run_id_names_what_changes_results_and_nothing_else():
         assert dataclasses.replace(run, **change).run_id != run.run_id, change
 
 
+def test_the_loader_order_is_part_of_the_identity_and_every_earlier_run_id_stays():
+    args = ["--models", "resnet18", "--datasets", "mnist", "tiny_imagenet", "--preset", "fast"]
+    (mnist, tiny) = parse_suite(args, gpu_available=False, num_processes=1).runs
+    assert mnist.loader_order == tiny.loader_order == "random"  # this machine holds both files in its page cache
+    (earlier,) = parse_suite(["--models", "resnet18", "--datasets", "mnist"], gpu_available=False, num_processes=1).runs
+    assert earlier.run_id == "smoke_mnist-synthetic_resnet18_fast_no_b32_s0_3a1fba9d86"  # its id before the order existed
+    squeezed = parse_suite([*args, "--loader-memory", "0.5"], gpu_available=False, num_processes=1)
+    (small, big) = squeezed.runs
+    assert small.run_id == mnist.run_id and (big.loader_order, small.loader_order) == ("quasi_random", "random")
+    assert big.run_id != tiny.run_id == dataclasses.replace(big, loader_order="random").run_id
+    notes = [note for note in squeezed.notes if note.startswith("loader:")]
+    assert notes == ["loader: mnist's train split (about 0.21 GB): it fits in the 0.5 GB the loader may use: page cache, "
+                     "random order",
+                     "loader: tiny_imagenet's train split (about 1.12 GB): it exceeds the 0.5 GB the loader may use: "
+                     "read a few pages at a time, in quasi-random order, without the page cache"]
+    (distributed,) = parse_suite(["--models", "resnet18", "--datasets", "tiny_imagenet", "--preset", "fast",
+                                  "--loader-memory", "0.5"],
+                                 gpu_available=True, num_processes=2).runs
+    assert distributed.loader_order == "random"  # ffcv's quasi-random order raises in distributed mode
+
+
 def test_time_to_target_counts_training_seconds_until_first_hit():
     history = [{"epoch": 1, "train_time_s": 10.0, "elapsed_s": 16.0, "val_acc": 0.5},
                {"epoch": 2, "train_time_s": 12.0, "elapsed_s": 30.0, "val_acc": 0.9},

@@ -23,7 +23,8 @@ from bench.suite.shards import shard_runs, shard_spec
 from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
                       positive_float, positive_int)
 from data.datasets import dataset_names
-from data.loaders import default_num_workers
+from data.encode import train_file_bytes
+from data.loaders import RANDOM, default_num_workers, training_order
 from models import model_entry, model_names, study_datasets, study_result
 
 PRECISIONS = ("no", "fp16", "bf16")
@@ -145,6 +146,7 @@ class RunConfig:
     lr: float | None = None  # explicit override of the recipe's peak learning rate
     stop_at_target: bool = False  # end the run once validation accuracy reaches the target
     eval_every: int | None = None  # validate every this many steps (None: at each epoch's end)
+    loader_order: str = RANDOM  # the training loader's (data/loaders.py training_order)
     # How a run is measured or where its files are, not what it computes: left out of its identity.
     warmup_steps: int = field(default=20, compare=False)
     num_workers: int = field(default=1, compare=False)
@@ -159,6 +161,8 @@ class RunConfig:
         identity = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
         if self.num_machines == 1:  # one machine: the identity (and run id) it had before machines were counted
             del identity["num_machines"]
+        if self.loader_order == RANDOM:  # likewise before the training order could be another
+            del identity["loader_order"]
         identity["recipe"] = dataclasses.asdict(self.recipe)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
@@ -284,6 +288,10 @@ def build_parser() -> OneLineParser:
                       help="use the learnable synthetic data instead of the real datasets (default: the preset's)")
     data.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
                       help="images in the synthetic train(+val) and test sets (default: the preset's)")
+    data.add_argument("--loader-memory", type=positive_float, metavar="GB", default=None,
+                      help="memory a training file may fill through the page cache (default: three quarters of this "
+                      "machine's); in one process a larger file is read in quasi-random order instead, which is "
+                      "part of the run's identity")
 
     output = parser.add_argument_group("output")
     output.add_argument("--results-dir", type=results_folder, default=Path("results"),
@@ -388,8 +396,12 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     num_workers = args.num_workers or default_num_workers()
     recipe_choice = args.recipe or preset.recipe
     synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
-    runs = []
+    runs, loader_notes = [], []
+    memory = args.loader_memory * 1e9 if args.loader_memory else None
     for dataset in dict.fromkeys(args.datasets):  # a name given twice is one run, not two writing one record
+        file_bytes = train_file_bytes(dataset, synthetic_train if synthetic else None)
+        order, why = training_order(file_bytes, num_processes, memory)
+        loader_notes.append(f"loader: {dataset}'s train split (about {file_bytes / 1e9:,.2f} GB): {why}")
         for model in dict.fromkeys(args.models):
             recipe = RECIPES[paired_recipe(model) if recipe_choice == PAIRED else recipe_choice]
             study = None if synthetic else study_result(model, dataset)
@@ -404,14 +416,14 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
                     target_accuracy=target, world_size=num_processes, num_machines=num_machines,
                     warmup_steps=warmup_steps, num_workers=num_workers, lr=args.lr,
-                    stop_at_target=args.stop_at_target, eval_every=args.eval_every,
+                    stop_at_target=args.stop_at_target, eval_every=args.eval_every, loader_order=order,
                     checkpoint_minutes=args.checkpoint_minutes, pricing=pricing(args),
                     inference=inference_options(args, preset.inference_batch),
                     data_dir=str(args.data_dir) if args.data_dir else None,
                 ))
     return SuiteConfig(
         runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), precision=precision,
-        notes=tuple(note for note in (auto_reason, precision_reason) if note),
+        notes=tuple(note for note in (auto_reason, precision_reason, *loader_notes) if note),
         shard=args.shard, log_with=tuple(args.log_with), results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         profile=args.profile, overrides=overrides(args), dry_run=args.dry_run,

@@ -152,7 +152,8 @@ def build_training(cfg: RunConfig, accelerator: Accelerator, cache_dir: Path | N
     spec = encoded.spec
     loaders = {
         split: shared_loader(encoded.paths[split], batch_size=cfg.batch_size, train=(split == "train"), device=device,
-                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=cfg.num_workers)
+                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=cfg.num_workers,
+                             order=cfg.loader_order)
         for split in ("train", "val", "test")
     }
     if len(loaders["train"]) == 0:
