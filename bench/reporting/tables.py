@@ -55,7 +55,7 @@ HEADLINE_COLUMNS = (
 HEADLINE_INPUTS = ("test_acc", "train_time_s", "time_to_target_s", "peak_mem_allocated_bytes")
 HEADLINE_METRICS = list(dict.fromkeys([*HEADLINE_INPUTS, *(name for name in HEADLINE_COLUMNS if name in BY_KEY)]))
 HEADLINE_SHOWN = [BY_KEY[name].label if name in BY_KEY else name for name in HEADLINE_COLUMNS]
-ACCURACY_METRICS = ["test_acc", "train_time_s"]
+ACCURACY_METRICS = ["test_acc", "test_top5_acc", "train_time_s"]
 SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
                  "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "requeues", "requeue_lost_s"]
 PREEMPTION_LABELS = [BY_KEY["requeues"].label, BY_KEY["requeue_lost_s"].label]  # shown when a run was requeued
@@ -190,8 +190,9 @@ def study_value(row: pd.Series, field: str) -> float:
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy per setting x model x dataset: mean and sample std over seeds, next to the study's."""
-    acc, seconds = BY_KEY["test_acc"].label, BY_KEY["train_time_s"].label
-    columns = [*ACCURACY_KEYS, "n", acc, f"{acc} std", "study %", "diff pp", seconds, "study train s"]
+    acc, top5, seconds = (BY_KEY[key].label for key in ACCURACY_METRICS)
+    columns = [*ACCURACY_KEYS, "n", acc, f"{acc} std", "study %", "diff pp", top5, f"{top5} std", seconds,
+               "study train s"]
     finished = runs[runs["status"] == "finished"]
     if finished.empty:
         return pd.DataFrame(columns=columns)

@@ -25,7 +25,7 @@ from bench.measuring.cost import cost_metrics
 from bench.measuring.environment import environment
 from bench.measuring.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
                                      time_to_target)
-from bench.measuring.metrics import history_row, run_metrics
+from bench.measuring.metrics import TOP5_MIN_CLASSES, history_row, run_metrics
 from bench.measuring.probes import RunProbes
 from bench.results import records, tracking
 from bench.suite.config import RunConfig
@@ -94,7 +94,7 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
         probes.training_done()
         test = evaluate(training.model, training.loaders["test"], training.eval_preprocess, training.counts["test"],
                         accelerator, num_classes=spec.num_classes, pad_to=training.eval_pad_to,
-                        cuda_graphs=training.cuda_graphs)
+                        cuda_graphs=training.cuda_graphs, top5=spec.num_classes >= TOP5_MIN_CLASSES)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
         wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
@@ -359,6 +359,7 @@ def summarise(cfg: RunConfig, accelerator: Accelerator, training: Training, prog
         train_loss=history[-1]["train_loss"], train_acc=history[-1]["train_acc"],
         val_loss=history[-1]["val_loss"], val_acc=history[-1]["val_acc"],
         best_val_acc=best["val_acc"], best_val_epoch=best["epoch"], test_loss=test.loss, test_acc=test.acc,
+        test_top5_acc=test.top5_acc,
         train_images_per_s=images_per_s,
         eval_images_per_s=(sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
         train_time_s=train_seconds, eval_time_s=sum(row["eval_time_s"] for row in history) + test.seconds,
