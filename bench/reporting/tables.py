@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from bench.measuring.confusion import top_confusions
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, mlperf_time, shown
 from bench.suite.config import paired_recipe
@@ -62,7 +63,7 @@ PREEMPTION_LABELS = [BY_KEY["requeues"].label, BY_KEY["requeue_lost_s"].label]  
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
                "device", "world size", "machines", "batch", "global batch", "epochs", "channels_last", "compile", "lr",
                "stop_at_target", "eval_every", "synthetic size", "started_at", "history", "params", "train_gflops",
-               "class_names", "per_class_acc", "confusion", "to study s"]
+               "class_names", "per_class_acc", "confusion", "top confusions", "to study s"]
 WEAKEST = 3  # classes listed per model in the weakest-classes table
 PRECISION_NAMES = {"no": "fp32"}  # Accelerate's "no" mixed precision, as people say it
 
@@ -143,6 +144,8 @@ def run_rows(records: list[dict]) -> pd.DataFrame:
             "params": facts.get("params"), "train_gflops": facts.get("train_gflops"),
             "class_names": record.get("class_names"), "per_class_acc": record.get("test_per_class_acc"),
             "confusion": record.get("test_confusion"), "to study s": seconds_to_study_accuracy(record),
+            "top confusions": record.get("test_top_confusions") or (  # older records: from their matrix
+                top_confusions(record["test_confusion"]) if record.get("test_confusion") else None),
             **{key: metrics.get(key) for key in RUN_KEYS},
         })
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *RUN_KEYS])
@@ -395,13 +398,27 @@ def headline_caption(rows: pd.DataFrame) -> str:
     return text
 
 
+def confusions_over_seeds(group: pd.DataFrame) -> list[tuple[int, int, int, int]]:
+    """(true, predicted, images, images of the true class) summed over the seeds' top confusions, most frequent
+    first (each seed lists its TOP_CONFUSIONS most frequent)."""
+    counts: dict[tuple[int, int], int] = {}
+    totals: dict[tuple[int, int], int] = {}
+    for pairs in group["top confusions"]:
+        for true, predicted, images, of in pairs or ():
+            counts[true, predicted] = counts.get((true, predicted), 0) + images
+            totals[true, predicted] = totals.get((true, predicted), 0) + of
+    return sorted(((*pair, images, totals[pair]) for pair, images in counts.items()), key=lambda row: (-row[2], row[:2]))
+
+
 def weakest_classes(chosen: pd.DataFrame) -> pd.DataFrame:
     """Per group and model of the headline, its WEAKEST lowest per-class test accuracies, each the mean over the
-    seeds of its headline configuration. Classes the test split never showed (a row of zeros in the confusion
-    matrix) are no weakness and are left out, as are records without per-class results."""
+    seeds of its headline configuration, and its WEAKEST most frequent confusions (`true -> predicted (images/of
+    the true class)`, summed over those seeds). Classes the test split never showed (a row of zeros in the
+    confusion matrix) are no weakness and are left out, as are records without per-class results."""
     acc = BY_KEY["test_acc"]
     columns = [*HEADLINE_GROUP, "model", *(f"weakest {rank}{unit}" for rank in range(1, WEAKEST + 1)
-                                          for unit in ("", " %"))]
+                                          for unit in ("", " %")),
+               *(f"confusion {rank}" for rank in range(1, WEAKEST + 1))]
     rows = []
     for keys, group in chosen.groupby([*HEADLINE_GROUP, "model"], dropna=False, sort=False):
         per_class = [np.where(np.sum(confusion, axis=1) > 0, values, np.nan) if confusion else np.asarray(values)
@@ -413,5 +430,7 @@ def weakest_classes(chosen: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip([*HEADLINE_GROUP, "model"], keys))
         for rank, (index, value) in enumerate(mean.dropna().sort_values(kind="stable").head(WEAKEST).items(), start=1):
             row[f"weakest {rank}"], row[f"weakest {rank} %"] = names[index], shown(acc, value)
+        for rank, (true, predicted, images, of) in enumerate(confusions_over_seeds(group)[:WEAKEST], start=1):
+            row[f"confusion {rank}"] = f"{names[true]} -> {names[predicted]} ({images}/{of})"
         rows.append(row)
     return sorted_rows(pd.DataFrame(rows, columns=columns), [*HEADLINE_GROUP, "model"])

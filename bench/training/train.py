@@ -21,6 +21,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch._dynamo.utils import counters as dynamo_counters
 from tqdm.auto import tqdm
 
+from bench.measuring.confusion import INLINE_MAX_CLASSES, top_confusions
 from bench.measuring.cost import cost_metrics
 from bench.measuring.environment import environment
 from bench.measuring.measure import (WindowTimer, device_name, is_oom, peak_memory_bytes, peak_tflops, reset_peak_memory,
@@ -105,7 +106,8 @@ def train_run(cfg: RunConfig, accelerator: Accelerator, results_dir: Path, cache
                             int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
                             probed=probed | inferred | probes.first_step_metrics(training))
         tracking.log_final(accelerator, metrics, step=progress.step)
-        record["test_confusion"] = test.confusion
+        record["test_confusion"] = test.confusion if spec.num_classes <= INLINE_MAX_CLASSES else None
+        record["test_top_confusions"] = top_confusions(test.confusion)
         record["test_per_class_acc"] = [row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)]
         status, error = "finished", None
     except RunDiverged as caught:
