@@ -39,6 +39,8 @@ class DatasetSpec:
     augmentations: Mapping[str, AugmentConfig] = field(default_factory=dict, compare=False)  # recipe family -> config
     split_seed: int = 0  # fixed: the validation split is the same image set on every machine and run
     val_per_class: bool = False  # hold out val_size / classes images of each class (else val_size at random)
+    # Epochs per preset on this dataset, over the preset's and its recipe's (--epochs over all).
+    epochs: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -159,6 +161,7 @@ register_dataset(DatasetSpec(
     mean=(0.4802, 0.4481, 0.3975), std=(0.2764, 0.2689, 0.2816), train_size=90_000, val_size=10_000,
     val_per_class=True, source=TinyImageNetFiles(TINY_WNIDS),
     augmentations=DATASETS["cifar10"].augmentations,  # natural images: the study's recipes
+    epochs={"fast": 16},  # twice CIFAR's images per epoch, 20x its classes: a starting point, not yet measured
 ))
 
 register_dataset(DatasetSpec(
@@ -169,4 +172,5 @@ register_dataset(DatasetSpec(
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), train_size=1_231_167, val_size=50_000,
     val_per_class=True, source=Imagenet64Files(),
     augmentations=DATASETS["cifar10"].augmentations,
+    epochs={"fast": 8},  # 1.2 M images an epoch: a starting point for a GPU box, not yet measured
 ))

@@ -102,6 +102,21 @@ def test_the_loader_order_is_part_of_the_identity_and_every_earlier_run_id_stays
     assert distributed.loader_order == "random"  # ffcv's quasi-random order raises in distributed mode
 
 
+def test_synthetic_sizes_grow_with_the_classes_and_epochs_go_command_line_then_dataset_then_preset():
+    def resolved(*args: str) -> dict:
+        suite = parse_suite(["--models", "resnet18", "--datasets", "mnist", "tiny_imagenet", "imagenet64", *args],
+                            gpu_available=False, num_processes=1)
+        return {run.dataset: (run.synthetic_train, run.synthetic_test, run.epochs) for run in suite.runs}
+
+    # smoke: 640 + 128 images, at least 4 + 1 of each class; the smoke preset's 2 epochs
+    assert resolved() == {"mnist": (640, 128, 2), "tiny_imagenet": (800, 200, 2), "imagenet64": (4000, 1000, 2)}
+    assert resolved("--synthetic-size", "300", "50")["imagenet64"][:2] == (300, 50)  # as asked (and then refused)
+    fast = resolved("--preset", "fast")  # the entries' fast epochs over the recipe's 12
+    assert [epochs for *_, epochs in fast.values()] == [12, 16, 8]
+    assert [epochs for *_, epochs in resolved("--preset", "fast", "--epochs", "3").values()] == [3, 3, 3]
+    assert [epochs for *_, epochs in resolved("--preset", "paper").values()] == [50, 50, 50]
+
+
 def test_time_to_target_counts_training_seconds_until_first_hit():
     history = [{"epoch": 1, "train_time_s": 10.0, "elapsed_s": 16.0, "val_acc": 0.5},
                {"epoch": 2, "train_time_s": 12.0, "elapsed_s": 30.0, "val_acc": 0.9},

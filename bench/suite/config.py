@@ -22,7 +22,7 @@ from bench.results.tracking import ALL as ALL_TRACKERS, TRACKERS
 from bench.suite.shards import shard_runs, shard_spec
 from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
                       positive_float, positive_int)
-from data.datasets import dataset_names
+from data.datasets import dataset_names, get_spec
 from data.encode import train_file_bytes
 from data.loaders import RANDOM, default_num_workers, training_order
 from models import model_entry, model_names, study_datasets, study_result
@@ -122,6 +122,13 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 AUTO = "auto"
+SYNTHETIC_PER_CLASS = (4, 1)  # at least this many synthetic train(+val) and test images per class: each split has each
+
+
+def synthetic_sizes(preset: Preset, classes: int) -> tuple[int, int]:
+    """The preset's synthetic train(+val) and test sizes, grown to SYNTHETIC_PER_CLASS images of each class."""
+    return (max(preset.synthetic_train, SYNTHETIC_PER_CLASS[0] * classes),
+            max(preset.synthetic_test, SYNTHETIC_PER_CLASS[1] * classes))
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -395,10 +402,11 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     warmup_steps = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
     num_workers = args.num_workers or default_num_workers()
     recipe_choice = args.recipe or preset.recipe
-    synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
     runs, loader_notes = [], []
     memory = args.loader_memory * 1e9 if args.loader_memory else None
     for dataset in dict.fromkeys(args.datasets):  # a name given twice is one run, not two writing one record
+        spec = get_spec(dataset)
+        synthetic_train, synthetic_test = args.synthetic_size or synthetic_sizes(preset, spec.num_classes)
         file_bytes = train_file_bytes(dataset, synthetic_train if synthetic else None)
         order, why = training_order(file_bytes, num_processes, memory)
         loader_notes.append(f"loader: {dataset}'s train split (about {file_bytes / 1e9:,.2f} GB): {why}")
@@ -410,7 +418,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
             for seed in dict.fromkeys(args.seeds):
                 runs.append(RunConfig(
                     model=model, dataset=dataset, seed=seed, preset=preset.name, recipe=recipe,
-                    epochs=args.epochs or preset.epochs or recipe.epochs,
+                    epochs=args.epochs or spec.epochs.get(preset.name) or preset.epochs or recipe.epochs,
                     batch_size=args.batch_size or preset.batch_size or recipe_batch(recipe, num_processes),
                     precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
