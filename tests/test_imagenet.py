@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -20,7 +21,7 @@ from data.encode import prepare_dataset
 from data.errors import DataError
 from data.loaders import make_loader
 from data.sources import load_raw
-from helpers import read_raw
+from helpers import plugin_env, read_raw, records_in, run_bench, run_module
 
 CPU = torch.device("cpu")
 CLASS_TABLES = Path(__file__).resolve().parents[1] / "data" / "classes"
@@ -28,16 +29,14 @@ CLASS_TABLES = Path(__file__).resolve().parents[1] / "data" / "classes"
 VARIANTS = '''
 import dataclasses
 from data.datasets import DATASETS, register_dataset
-register_dataset(dataclasses.replace(DATASETS["tiny_imagenet"], name="tiny_small", val_size=200))
-register_dataset(dataclasses.replace(DATASETS["imagenet64"], name="imagenet64_small", val_size=1000))
+register_dataset(dataclasses.replace(DATASETS["tiny_imagenet"], name="tiny_small", train_size=200, val_size=200))
+register_dataset(dataclasses.replace(DATASETS["imagenet64"], name="imagenet64_small", train_size=1000, val_size=1000))
 '''
 
 
 @pytest.fixture(scope="module", autouse=True)
 def small_variants():
-    for name, val_size in (("tiny_small", 200), ("imagenet64_small", 1000)):
-        base = DATASETS["tiny_imagenet" if name.startswith("tiny") else "imagenet64"]
-        register_dataset(dataclasses.replace(base, name=name, val_size=val_size))
+    exec(VARIANTS, {})  # registered here too, as the runner's --plugin registers them
     yield
     for name in ("tiny_small", "imagenet64_small"):
         del DATASETS[name]
@@ -320,3 +319,46 @@ def test_encoded_splits_hold_every_class_and_load_back_bit_for_bit(tmp_path, nam
     assert got == want
     test = make_loader(encoded.paths["test"], batch_size=256, train=False, device=CPU, num_workers=1)
     assert np.array_equal(torch.cat([x.clone() for x, _, _ in test]).numpy(), expected["test"][0])
+
+
+# ---------------------------------------------------------------- trained end to end, reported, and timed
+
+@pytest.mark.slow
+def test_both_datasets_train_in_a_run_then_report_and_time_their_loaders(tmp_path):
+    """A real suite on the official-format files (tiny_cnn, one epoch), the loader told it may use 1 MB so that it
+    reads both training files in quasi-random order; then the report over its records and data.throughput."""
+    data, results, cache = tmp_path / "d", tmp_path / "results", tmp_path / "cache"
+    data.mkdir()
+    write_tiny(data, np.random.default_rng(7))
+    write_imagenet64(data, np.random.default_rng(8), npz=False, as_zip=True)
+    env = plugin_env(tmp_path, "variants", VARIANTS)
+    common = ["--plugin", "variants", "--datasets", "tiny_small", "imagenet64_small", "--data-dir", str(data),
+              "--loader-memory", "0.001"]
+    done = run_bench([*common, "--plugin", "examples/tiny_cnn.py", "--models", "tiny_cnn", "--preset", "smoke",
+                      "--no-synthetic", "--epochs", "1", "--batch-size", "50", "--warmup-steps", "1",
+                      "--no-inference"], results, cache, env=env)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "loader: imagenet64_small's train split (about 0.02 GB): it exceeds the 0.0 GB" in done.stdout
+    records = {record["dataset"]: record for record in records_in(results)}
+    for name, classes in (("tiny_small", 200), ("imagenet64_small", 1000)):
+        record, metrics = records[name], records[name]["metrics"]
+        assert record["status"] == "finished" and record["config"]["loader_order"] == "quasi_random"
+        assert metrics["test_acc"] <= metrics["test_top5_acc"] <= 1  # 200 and 1,000 classes: top-5 too
+        assert record["test_confusion"] is None and len(record["class_names"]) == len(record["test_per_class_acc"]) == classes
+        top = record["test_top_confusions"]  # the most frequent first, off the diagonal, every test image of its class
+        assert 0 < len(top) <= 20 and [row[2] for row in top] == sorted((row[2] for row in top), reverse=True)
+        assert all(true != predicted and of == 1 for true, predicted, _, of in top)
+
+    report = run_module("bench.report", "--results-dir", str(results))
+    assert report.returncode == 0, report.stderr[-3000:]
+    weakest = pd.read_csv(results / "tables" / "weakest_classes.csv")
+    assert set(weakest["dataset"]) == {"tiny_small", "imagenet64_small"} and weakest["confusion 1"].str.contains(" -> ").all()
+    assert not list((results / "plots").glob("confusion_*"))  # no 1000 x 1000 picture
+    assert "test top-5 %" in pd.read_csv(results / "tables" / "accuracy.csv").columns
+
+    timed = run_module("data.throughput", *common, "--cache-dir", str(cache), "--pipelines", "train", "--min-seconds",
+                       "0", "--batch-size", "50", "--max-images", "300", "--device", "cpu", "--workers", "1", env=env)
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    rows = [line for line in timed.stdout.splitlines() if "| train " in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["tiny_small", "imagenet64_small"]
+    assert all("quasi_random" in row for row in rows)
