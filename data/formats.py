@@ -15,11 +15,12 @@ from __future__ import annotations
 import gzip
 import pickle
 import tarfile
+import zipfile
 import zlib
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -66,6 +67,48 @@ class ArraySplit:
 def in_memory(arrays: Arrays) -> tuple[ArraySplit, ArraySplit]:
     train_images, train_labels, test_images, test_labels = arrays
     return ArraySplit(train_images, train_labels), ArraySplit(test_images, test_labels)
+
+
+@dataclass(frozen=True)
+class Container:
+    """An extracted folder, or the zip it came from whose files sit in a folder of that name (as the official zips
+    of Tiny ImageNet and ImageNet 64x64 have them). Read from one thread (the encoder's)."""
+
+    path: Path  # the folder or the .zip
+    name: str  # the folder's name, inside the zip too
+
+    @cached_property
+    def archive(self) -> zipfile.ZipFile | None:
+        if self.path.is_dir():
+            return None
+        try:
+            return zipfile.ZipFile(self.path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"{self.path}: not a readable zip ({e.__class__.__name__}: {e})") from None
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """Every file, as a path below the folder."""
+        if self.archive is None:
+            return frozenset(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+        prefix = f"{self.name}/"
+        return frozenset(name[len(prefix):] for name in self.archive.namelist()
+                         if name.startswith(prefix) and not name.endswith("/"))
+
+    def where(self, name: str) -> str:
+        return str(self.path / name) if self.archive is None else f"{self.path}:{self.name}/{name}"
+
+    def open(self, name: str) -> IO[bytes]:
+        if name not in self.names:
+            raise DataError(f"{self.where(name)}: missing; expected the official layout")
+        return open(self.path / name, "rb") if self.archive is None else self.archive.open(f"{self.name}/{name}")
+
+    def read(self, name: str) -> bytes:
+        try:
+            with self.open(name) as handle:
+                return handle.read()
+        except (OSError, zipfile.BadZipFile, EOFError) as e:  # a truncated archive fails here, member by member
+            raise DataError(f"{self.where(name)}: cannot read ({e.__class__.__name__}: {e})") from None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Iterator
 import numpy as np
 
 from data.errors import DataError
-from data.formats import CHUNK, Chunk, SourceFiles, planes_to_hwc
+from data.formats import CHUNK, Chunk, Container, SourceFiles, planes_to_hwc
 
 if TYPE_CHECKING:
     from data.datasets import DatasetSpec
@@ -58,38 +58,10 @@ VARIANTS = (Variant("_npz", ".npz"), Variant("", ""))
 
 
 @dataclass(frozen=True)
-class _Container:
-    """One of the three: an extracted folder, or a zip whose files sit in a folder of the zip's name."""
-
-    path: Path
-    name: str
-
-    @cached_property
-    def archive(self) -> zipfile.ZipFile | None:
-        if self.path.is_dir():
-            return None
-        try:
-            return zipfile.ZipFile(self.path)
-        except UNPACK_ERRORS as e:
-            raise DataError(f"{self.path}: not a readable zip ({e.__class__.__name__}: {e})") from None
-
-    def files(self) -> set[str]:
-        if self.archive is None:
-            return {p.name for p in self.path.iterdir() if p.is_file()}
-        return {name.split("/", 1)[1] for name in self.archive.namelist() if name.startswith(f"{self.name}/")}
-
-    def where(self, file: str) -> str:
-        return str(self.path / file) if self.archive is None else f"{self.path}:{self.name}/{file}"
-
-    def open(self, file: str) -> IO[bytes]:
-        return open(self.path / file, "rb") if self.archive is None else self.archive.open(f"{self.name}/{file}")
-
-
-@dataclass(frozen=True)
 class _Batch:
     """One batch file: its labels (0-based, checked) and its images, streamed."""
 
-    container: _Container
+    container: Container
     file: str
 
     @property
@@ -179,18 +151,18 @@ class Imagenet64Split:
             start = end
 
 
-def _open(containers: tuple[_Container, ...], variant: Variant) -> tuple[Imagenet64Split, Imagenet64Split]:
+def _open(containers: tuple[Container, ...], variant: Variant) -> tuple[Imagenet64Split, Imagenet64Split]:
     """Find each batch in its container (either training part may hold any training batch) and read every label."""
     *train_parts, val_part = containers
     train = []
     for number in range(1, TRAIN_BATCHES + 1):
-        holders = [part for part in train_parts if variant.batch(number) in part.files()]
+        holders = [part for part in train_parts if variant.batch(number) in part.names]
         if len(holders) != 1:
             names = " or ".join(str(part.path) for part in train_parts)
             raise DataError(f"{names}: {'neither' if not holders else 'both'} holds {variant.batch(number)}; expected "
                             f"each of train_data_batch_1{variant.extension} ... _{TRAIN_BATCHES} in one of them")
         train.append(_Batch(holders[0], variant.batch(number)))
-    if variant.batch(None) not in val_part.files():
+    if variant.batch(None) not in val_part.names:
         raise DataError(f"{val_part.where(variant.batch(None))}: missing; expected the official validation batch")
     splits = Imagenet64Split(tuple(train)), Imagenet64Split((_Batch(val_part, variant.batch(None)),))
     for split in splits:
@@ -210,7 +182,7 @@ class Imagenet64Files:
                          for name in variant.containers}
                 present = [name for name, path in found.items() if path is not None]
                 if len(present) == len(found):
-                    containers = tuple(_Container(found[name], name) for name in variant.containers)
+                    containers = tuple(Container(found[name], name) for name in variant.containers)
                     return SourceFiles(tuple(found.values()), f"{spec.title} {variant.name} batches in {base}",
                                        partial(_open, containers, variant))
                 if present:

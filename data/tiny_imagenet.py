@@ -9,17 +9,16 @@ wnids.txt; every JPEG is decoded to RGB (some are grayscale) and must be 64x64.
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image
 
 from data.errors import DataError
-from data.formats import CHUNK, Chunk, Download, SourceFiles
+from data.formats import CHUNK, Chunk, Container, Download, SourceFiles
 
 if TYPE_CHECKING:
     from data.datasets import DatasetSpec
@@ -46,53 +45,18 @@ def decode_jpegs(payloads: list[tuple[bytes, str]]) -> np.ndarray:
     return images
 
 
-@dataclass(frozen=True)
-class _Files:
-    """The dataset's files, in the extracted folder or in the zip (read from one thread: the encoder's)."""
-
-    container: Path
-
-    @cached_property
-    def archive(self) -> zipfile.ZipFile | None:
-        if self.container.is_dir():
-            return None
-        try:
-            return zipfile.ZipFile(self.container)
-        except (OSError, zipfile.BadZipFile) as e:
-            raise DataError(f"{self.container}: not a readable zip ({e.__class__.__name__}: {e})") from None
-
-    @cached_property
-    def names(self) -> frozenset[str]:
-        """Every file, as a path below tiny-imagenet-200/."""
-        if self.archive is None:
-            return frozenset(str(p.relative_to(self.container)) for p in self.container.rglob("*") if p.is_file())
-        prefix = f"{FOLDER}/"
-        return frozenset(name[len(prefix):] for name in self.archive.namelist()
-                         if name.startswith(prefix) and not name.endswith("/"))
-
-    def where(self, name: str) -> str:
-        return str(self.container / name) if self.archive is None else f"{self.container}:{FOLDER}/{name}"
-
-    def read(self, name: str) -> bytes:
-        if name not in self.names:
-            raise DataError(f"{self.where(name)}: missing; expected the official Tiny ImageNet layout")
-        try:
-            return (self.container / name).read_bytes() if self.archive is None else self.archive.read(f"{FOLDER}/{name}")
-        except (OSError, zipfile.BadZipFile, EOFError) as e:  # a truncated archive fails here, member by member
-            raise DataError(f"{self.where(name)}: cannot read ({e.__class__.__name__}: {e})") from None
-
-    def lines(self, name: str) -> list[str]:
-        try:
-            return self.read(name).decode().splitlines()
-        except UnicodeDecodeError:
-            raise DataError(f"{self.where(name)}: not text; expected the official file") from None
+def _lines(files: Container, name: str) -> list[str]:
+    try:
+        return files.read(name).decode().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{files.where(name)}: not text; expected the official file") from None
 
 
 @dataclass(frozen=True)
 class TinySplit:
     """One official split: its JPEGs in order and their labels."""
 
-    files: _Files
+    files: Container
     members: tuple[str, ...]
     labels: np.ndarray
 
@@ -103,11 +67,11 @@ class TinySplit:
             yield Chunk(self.labels[part], partial(decode_jpegs, payloads))
 
 
-def _open(files: _Files, wnids: tuple[str, ...]) -> tuple[TinySplit, TinySplit]:
+def _open(files: Container, wnids: tuple[str, ...]) -> tuple[TinySplit, TinySplit]:
     """Check wnids.txt against the entry's classes, list the training JPEGs per class and read the validation
     annotations: every problem is one line naming the file."""
     index = {wnid: label for label, wnid in enumerate(wnids)}
-    listed = [line.strip() for line in files.lines("wnids.txt") if line.strip()]
+    listed = [line.strip() for line in _lines(files, "wnids.txt") if line.strip()]
     missing, unknown = sorted(set(wnids) - set(listed)), sorted(set(listed) - set(wnids))
     if missing or unknown:
         what = f"lacks {', '.join(missing[:3])}" if missing else f"has {', '.join(unknown[:3])}, not one of them"
@@ -124,7 +88,7 @@ def _open(files: _Files, wnids: tuple[str, ...]) -> tuple[TinySplit, TinySplit]:
         train += sorted(by_class[wnid])
         labels += [index[wnid]] * len(by_class[wnid])
     val, val_labels = [], []
-    for number, line in enumerate(files.lines("val/val_annotations.txt"), start=1):
+    for number, line in enumerate(_lines(files, "val/val_annotations.txt"), start=1):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in index:
             raise DataError(f"{files.where('val/val_annotations.txt')}: line {number} is {line[:60]!r}; expected "
@@ -148,10 +112,8 @@ class TinyImageNetFiles:
         for base in (directory, *subfolders):
             for container in (base / FOLDER, base / ARCHIVE):
                 if container.exists():
-                    files = _Files(container)
-                    opened: Callable = partial(_open, files, self.wnids)
                     return SourceFiles((container,), f"{spec.title} {'folder' if container.is_dir() else 'zip'} "
-                                       f"at {container}", opened)
+                                       f"at {container}", partial(_open, Container(container, FOLDER), self.wnids))
         return None
 
     def download(self) -> Download:
