@@ -42,6 +42,7 @@ CACHE_DIR_ENV = "DEEPNETS_CACHE_DIR"
 MANIFEST_VERSION = 2  # 2: sources streamed in chunks, checksums over each file's sha256, val held out per class
 RESIZE_METHOD = "torchvision.transforms.v2.functional.resize(uint8, bilinear, antialias=True), = PIL bilinear"
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2_400, 400  # CPU-smoke-sized defaults (train includes val)
+SYNTHETIC_PER_CLASS = (4, 1)  # at least this many synthetic train(+val) and test images per class: each split has each
 STORAGE = "raw uint8 pixels"  # PROVISIONAL: see README's data section for the raw-vs-JPEG measurements
 
 
@@ -73,6 +74,13 @@ def lock_path(cache_dir: Path, key: str) -> Path:
 
 
 # ---------------------------------------------------------------- split, resize, and the stream of batches
+
+def synthetic_sizes(name: str, n_train: int, n_test: int) -> tuple[int, int]:
+    """Default synthetic train(+val) and test sizes, grown to SYNTHETIC_PER_CLASS images of each of the dataset's
+    classes."""
+    classes = get_spec(name).num_classes
+    return max(n_train, SYNTHETIC_PER_CLASS[0] * classes), max(n_test, SYNTHETIC_PER_CLASS[1] * classes)
+
 
 def synthetic_val_size(n_train: int) -> int:
     """Images of a synthetic training set held out for validation (the rest is the train split)."""
@@ -240,8 +248,8 @@ def synthetic_split_val(spec: DatasetSpec, n_train: int) -> int:
 
 
 def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path | None = None,
-                    synthetic: bool = False, synthetic_train: int = SYNTHETIC_TRAIN,
-                    synthetic_test: int = SYNTHETIC_TEST, download: bool = True) -> EncodedDataset:
+                    synthetic: bool = False, synthetic_train: int | None = None,
+                    synthetic_test: int | None = None, download: bool = True) -> EncodedDataset:
     """Make sure `{key}_{split}_64.beton` exist and are current for every split; encode only what is not.
 
     Safe to call from several processes, jobs or machines at once on one cache folder: a warm cache is
@@ -252,6 +260,8 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
     the cache, not even a lock file; a file found damaged while streaming leaves no part of a split.
     """
     spec = get_spec(name)
+    defaults = synthetic_sizes(name, SYNTHETIC_TRAIN, SYNTHETIC_TEST)  # what sizes not given are
+    synthetic_train, synthetic_test = synthetic_train or defaults[0], synthetic_test or defaults[1]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)

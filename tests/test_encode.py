@@ -322,3 +322,12 @@ def test_a_killed_encode_leaves_nothing_a_later_run_could_take_for_whole(tmp_pat
     encoded = prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, synthetic_train=6000, synthetic_test=400)
     assert encoded.written == SPLITS and encoded.counts == {"train": 5000, "val": 1000, "test": 400}
     assert not leftovers(tmp_path)
+
+
+def test_synthetic_defaults_hold_every_class_in_every_split(tmp_path):
+    """prepare's default synthetic sizes grow to 4 train+val and 1 test image of each of Tiny ImageNet's 200 classes,
+    and its validation images are held out per class, as the real ones are."""
+    encoded = prepare_dataset("tiny_imagenet", cache_dir=tmp_path, synthetic=True)
+    assert encoded.key == "tiny_imagenet-synthetic-2400x400" and encoded.counts == {"train": 2000, "val": 400, "test": 400}
+    manifests = {split: json.loads(manifest_path(tmp_path, encoded.key, split).read_text()) for split in SPLITS}
+    assert manifests["val"]["class_counts"] == [2] * 200 and min(manifests["test"]["class_counts"]) == 2

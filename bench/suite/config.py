@@ -23,7 +23,7 @@ from bench.suite.shards import shard_runs, shard_spec
 from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, non_negative_int,
                       positive_float, positive_int)
 from data.datasets import dataset_names, get_spec
-from data.encode import train_file_bytes
+from data.encode import synthetic_sizes, train_file_bytes
 from data.loaders import RANDOM, default_num_workers, training_order
 from models import model_entry, model_names, study_datasets, study_result
 
@@ -122,13 +122,6 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 AUTO = "auto"
-SYNTHETIC_PER_CLASS = (4, 1)  # at least this many synthetic train(+val) and test images per class: each split has each
-
-
-def synthetic_sizes(preset: Preset, classes: int) -> tuple[int, int]:
-    """The preset's synthetic train(+val) and test sizes, grown to SYNTHETIC_PER_CLASS images of each class."""
-    return (max(preset.synthetic_train, SYNTHETIC_PER_CLASS[0] * classes),
-            max(preset.synthetic_test, SYNTHETIC_PER_CLASS[1] * classes))
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -406,7 +399,8 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     memory = args.loader_memory * 1e9 if args.loader_memory else None
     for dataset in dict.fromkeys(args.datasets):  # a name given twice is one run, not two writing one record
         spec = get_spec(dataset)
-        synthetic_train, synthetic_test = args.synthetic_size or synthetic_sizes(preset, spec.num_classes)
+        synthetic_train, synthetic_test = args.synthetic_size or synthetic_sizes(dataset, preset.synthetic_train,
+                                                                                 preset.synthetic_test)
         file_bytes = train_file_bytes(dataset, synthetic_train if synthetic else None)
         order, why = training_order(file_bytes, num_processes, memory)
         loader_notes.append(f"loader: {dataset}'s train split (about {file_bytes / 1e9:,.2f} GB): {why}")
