@@ -89,6 +89,7 @@ def test_prepare_writes_files_and_manifests(tmp_path, name, channels):
         assert manifest["count"] == encoded.counts[split] == sum(manifest["class_counts"])
         assert manifest["recipe"]["shape"] == [64, 64, channels]
         assert manifest["recipe"]["ffcv_version"] == "1.0.2"
+        assert manifest["storage"]["pixels"] == "raw uint8" and "provisional" in manifest["storage"]
         assert manifest["beton"]["size"] == path.stat().st_size
         assert manifest["beton"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not leftovers(tmp_path)
