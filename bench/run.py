@@ -74,8 +74,8 @@ def run_suite(argv: Sequence[str] | None) -> int:
             accelerator.end_training()
             return 0
     announce(accelerator, suite_line(suite, accelerator.num_processes, accelerator.device.type))
-    for warning in batch_warnings(suite.runs):
-        announce(accelerator, warning)
+    for line in (*batch_warnings(suite.runs), *suite.loader_notes):
+        announce(accelerator, line)
     configure_backends(accelerator.device)
     if suite.resume and (error := resume_mismatch(suite.results_dir, suite.runs)):
         accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)  # every machine says why it stops
@@ -135,7 +135,7 @@ def dry_run(suite: SuiteConfig, state: PartialState) -> int:
     written."""
     if state.is_main_process:
         print("\n".join([*suite.notes, suite_line(suite, state.num_processes, state.device.type),
-                         *batch_warnings(suite.runs)]))
+                         *batch_warnings(suite.runs), *suite.loader_notes]))
         print(dry_run_table(suite.runs).to_markdown(index=False) if suite.runs else "no runs")
         print(f"dry run: {len(suite.runs)} run(s) resolved, nothing trained")
     return 0

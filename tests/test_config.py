@@ -91,11 +91,10 @@ def test_the_loader_order_is_part_of_the_identity_and_every_earlier_run_id_stays
     (small, big) = squeezed.runs
     assert small.run_id == mnist.run_id and (big.loader_order, small.loader_order) == ("quasi_random", "random")
     assert big.run_id != tiny.run_id == dataclasses.replace(big, loader_order="random").run_id
-    notes = [note for note in squeezed.notes if note.startswith("loader:")]
-    assert notes == ["loader: mnist's train split (about 0.21 GB): it fits in the 0.5 GB the loader may use: page cache, "
-                     "random order",
-                     "loader: tiny_imagenet's train split (about 1.12 GB): it exceeds the 0.5 GB the loader may use: "
-                     "read a few pages at a time, in quasi-random order, without the page cache"]
+    assert squeezed.loader_notes == (
+        "loader: mnist's train split (about 0.21 GB): it fits in the 0.5 GB the loader may use: page cache, random order",
+        "loader: tiny_imagenet's train split (about 1.12 GB): it exceeds the 0.5 GB the loader may use: read a few pages "
+        "at a time, in quasi-random order, without the page cache")
     (distributed,) = parse_suite(["--models", "resnet18", "--datasets", "tiny_imagenet", "--preset", "fast",
                                   "--loader-memory", "0.5"],
                                  gpu_available=True, num_processes=2).runs

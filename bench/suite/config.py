@@ -192,6 +192,7 @@ class SuiteConfig:
     profile: bool
     overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
     dry_run: bool = False  # print the resolved runs and train nothing
+    loader_notes: tuple[str, ...] = ()  # how each dataset's training file will be read, said after the first line
 
 
 def add_collective_timeout(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -425,7 +426,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                 ))
     return SuiteConfig(
         runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), precision=precision,
-        notes=tuple(note for note in (auto_reason, precision_reason, *loader_notes) if note),
+        notes=tuple(note for note in (auto_reason, precision_reason) if note), loader_notes=tuple(loader_notes),
         shard=args.shard, log_with=tuple(args.log_with), results_dir=args.results_dir,
         cache_dir=args.cache_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         profile=args.profile, overrides=overrides(args), dry_run=args.dry_run,
