@@ -20,7 +20,8 @@ from PIL import Image
 import data.encode as encode
 import data.formats as formats
 import data.writer as writer
-from data.encode import SPLITS, beton_path, manifest_path, prepare_dataset, resize_images, split_train_val
+from data.encode import (SPLITS, beton_path, manifest_path, prepare_dataset, resize_images, split_train_val,
+                         synthetic_sizes)
 from data.writer import check_beton, write_beton, write_fields
 from data.datasets import DATASETS, dataset_names, get_spec, register_dataset
 from data.errors import DataError
@@ -325,10 +326,12 @@ def test_a_killed_encode_leaves_nothing_a_later_run_could_take_for_whole(tmp_pat
     assert not leftovers(tmp_path)
 
 
-def test_synthetic_defaults_hold_every_class_in_every_split(tmp_path):
-    """prepare's default synthetic sizes grow to 4 train+val and 1 test image of each of Tiny ImageNet's 200 classes,
-    and its validation images are held out per class, as the real ones are."""
-    encoded = prepare_dataset("tiny_imagenet", cache_dir=tmp_path, synthetic=True)
-    assert encoded.key == "tiny_imagenet-synthetic-2400x400" and encoded.counts == {"train": 2000, "val": 400, "test": 400}
+def test_synthetic_data_holds_every_class_in_every_split(tmp_path):
+    """Default synthetic sizes grow to 4 train+val and 1 test image of each class, and Tiny ImageNet's synthetic
+    validation images are held out per class, as its real ones are."""
+    assert synthetic_sizes("imagenet64", 2400, 400) == (4000, 1000) and synthetic_sizes("mnist", 2400, 400) == (2400, 400)
+    encoded = prepare_dataset("tiny_imagenet", cache_dir=tmp_path, synthetic=True, synthetic_train=800,
+                              synthetic_test=200)
+    assert encoded.counts == {"train": 600, "val": 200, "test": 200}
     manifests = {split: json.loads(manifest_path(tmp_path, encoded.key, split).read_text()) for split in SPLITS}
-    assert manifests["val"]["class_counts"] == [2] * 200 and min(manifests["test"]["class_counts"]) == 2
+    assert manifests["val"]["class_counts"] == manifests["test"]["class_counts"] == [1] * 200
