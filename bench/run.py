@@ -83,8 +83,8 @@ def train_suite(suite: SuiteConfig, accelerator: Accelerator, started: float) ->
             print_main(accelerator, "no runs in this part: the suite has fewer runs than parts; nothing to do")
             return 0
     print_main(accelerator, suite_line(suite, accelerator.num_processes, accelerator.device.type))
-    for warning in batch_warnings(suite.runs):
-        print_main(accelerator, warning)
+    for line in (*batch_warnings(suite.runs), *suite.loader_notes):
+        print_main(accelerator, line)
     configure_backends(accelerator.device)
     if context.resume and (error := resume_mismatch(context.results_dir, suite.runs)):
         accelerator.print(f"bench/run.py: error: {error}", file=sys.stderr)  # every machine says why it stops
@@ -137,7 +137,7 @@ def dry_run(suite: SuiteConfig, state: PartialState) -> int:
     written."""
     if state.is_main_process:
         print("\n".join([*suite.notes, suite_line(suite, state.num_processes, state.device.type),
-                         *batch_warnings(suite.runs)]))
+                         *batch_warnings(suite.runs), *suite.loader_notes]))
         print(dry_run_table(suite.runs).to_markdown(index=False) if suite.runs else "no runs")
         print(f"dry run: {len(suite.runs)} run(s) resolved, nothing trained")
     return 0

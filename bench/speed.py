@@ -69,13 +69,15 @@ def synthetic_batches(batch_size: int, spec: DatasetSpec, device: torch.device) 
 
 def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distributed: bool, num_workers: int,
                  data_dir: Path | None, cache_dir: Path | None, synthetic: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Training batches from the real FFCV loader, epoch after epoch."""
+    """Training batches from the real FFCV loader, epoch after epoch, in the order a run would read them."""
     from data.encode import prepare_dataset
-    from data.loaders import make_loader
+    from data.loaders import make_loader, training_order
 
     encoded = prepare_dataset(dataset, data_dir=data_dir, cache_dir=cache_dir, synthetic=synthetic)
-    loader = make_loader(encoded.paths["train"], batch_size=batch_size, train=True, device=device,
-                         distributed=distributed, num_workers=num_workers)
+    path = encoded.paths["train"]
+    order, _ = training_order(path.stat().st_size, torch.distributed.get_world_size() if distributed else 1)
+    loader = make_loader(path, batch_size=batch_size, train=True, device=device, distributed=distributed,
+                         num_workers=num_workers, order=order)
     while True:
         epoch = iter(loader)
         try:

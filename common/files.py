@@ -84,11 +84,64 @@ def write_json_atomic(path: Path, payload: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
-def sha256_files(paths: Iterable[Path]) -> str:
+def sha256_files(paths: Iterable[Path], digest: Any = None) -> str:
     """One sha256 over the bytes of `paths`, in order, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if digest is None else digest
     for path in paths:
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+def _stamp(path: Path) -> list:
+    """What says a file (size, mtime) or a folder (each file's name, size and mtime) has not changed."""
+    if path.is_dir():
+        listing = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in _files_in(path)]
+        return ["folder", hashlib.sha256(json.dumps(listing).encode()).hexdigest()]
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _content_sha256(path: Path) -> str:
+    """A file's bytes, or a folder's file names and bytes in name order."""
+    if not path.is_dir():
+        return sha256_files([path])
+    digest = hashlib.sha256()
+    for file in _files_in(path):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        sha256_files([file], digest)
+    return digest.hexdigest()
+
+
+class ChecksumCache:
+    """sha256s of source files and folders, remembered in a JSON file by path, size and mtime: a start, or another
+    process, does not read 16 GB again to find them unchanged. `save` adds what was hashed since (atomically: a
+    concurrent job's entries can be lost, never corrupted, and are then hashed once more)."""
+
+    def __init__(self, file: Path) -> None:
+        self.file, self.new = Path(file), {}
+        try:
+            self.known = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+
+    def digest(self, paths: Iterable[Path]) -> str:
+        """One sha256 over the files' (or folders') own sha256s, in order."""
+        digests = []
+        for path in paths:
+            key, stamp = str(Path(path).resolve()), _stamp(Path(path))
+            entry = self.known.get(key)
+            if not (isinstance(entry, dict) and entry.get("stamp") == stamp):
+                entry = self.new[key] = {"stamp": stamp, "sha256": _content_sha256(Path(path))}
+            digests.append(entry["sha256"])
+        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+    def save(self) -> None:
+        if self.new:
+            known = ChecksumCache(self.file).known  # what other processes saved meanwhile
+            write_json_atomic(self.file, {**known, **self.new})

@@ -12,11 +12,16 @@ Adding a dataset = one `register_dataset(DatasetSpec(...))` below (plus tests an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from data.augment import AugmentConfig
 from data.errors import DataError
 from data.formats import CifarFiles, CifarLayout, IdxFiles, SourceFormat
+from data.imagenet64 import Imagenet64Files
+from data.tiny_imagenet import TinyImageNetFiles
+
+CLASS_TABLES = Path(__file__).resolve().parent / "classes"  # shipped with their sources: classes/README.md
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class DatasetSpec:
     source: SourceFormat
     augmentations: Mapping[str, AugmentConfig] = field(default_factory=dict, compare=False)  # recipe family -> config
     split_seed: int = 0  # fixed: the validation split is the same image set on every machine and run
+    val_per_class: bool = False  # hold out val_size / classes images of each class (else val_size at random)
+    # Epochs per preset on this dataset, over the preset's and its recipe's (--epochs over all).
+    epochs: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -133,4 +141,36 @@ register_dataset(DatasetSpec(
         CifarLayout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), label_key=b"fine_labels"),
     ), torchvision_class="CIFAR100"),
     augmentations=DATASETS["cifar10"].augmentations,  # the same natural-image recipes
+))
+
+
+def imagenet_names() -> dict[str, str]:
+    """ImageNet-1k's wnid -> name (underscores as spaces), in ImageNet 64x64's label order (map_clsloc.txt)."""
+    rows = [line.split() for line in (CLASS_TABLES / "map_clsloc.txt").read_text().splitlines()]
+    return {wnid: name.replace("_", " ") for wnid, _, name in rows}
+
+
+IMAGENET_NAMES = imagenet_names()
+TINY_WNIDS = tuple((CLASS_TABLES / "tiny-imagenet-200-wnids.txt").read_text().split())
+
+register_dataset(DatasetSpec(
+    name="tiny_imagenet", title="Tiny ImageNet", channels=3, native_size=64,
+    class_names=tuple(IMAGENET_NAMES[wnid] for wnid in TINY_WNIDS),  # = the first name words.txt gives each
+    # Over every pixel of the 100,000 official training images on [0, 1], as for MNIST and CIFAR (the pooled std,
+    # not the mean of per-image stds that some publish beside the same mean).
+    mean=(0.4802, 0.4481, 0.3975), std=(0.2764, 0.2689, 0.2816), train_size=90_000, val_size=10_000,
+    val_per_class=True, source=TinyImageNetFiles(TINY_WNIDS),
+    augmentations=DATASETS["cifar10"].augmentations,  # natural images: the study's recipes
+    epochs={"fast": 16},  # twice CIFAR's images per epoch, 20x its classes: a starting point, not yet measured
+))
+
+register_dataset(DatasetSpec(
+    name="imagenet64", title="ImageNet 64x64", channels=3, native_size=64,
+    class_names=tuple(IMAGENET_NAMES.values()),  # labels 1...1000 in the files are map_clsloc.txt's order
+    # ImageNet-1k's customary statistics (torchvision's references), not recomputed from these files, which could not
+    # be obtained here: the pooled values over the training split's pixels, as tiny_imagenet's, would replace them.
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), train_size=1_231_167, val_size=50_000,
+    val_per_class=True, source=Imagenet64Files(),
+    augmentations=DATASETS["cifar10"].augmentations,
+    epochs={"fast": 8},  # 1.2 M images an epoch: a starting point for a GPU box, not yet measured
 ))

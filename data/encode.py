@@ -2,24 +2,25 @@
 
 A .beton is reused only when its manifest's recipe equals what would be written now (same source
 checksum, split, resize, library versions...) and the file passes a structural check; otherwise it is
-rebuilt. Files are written under a temporary name and moved into place with os.replace, so a reader
-never sees a half-written file, and a build holds a lock file per dataset in the cache folder, so that
-processes, jobs or machines sharing one cache build each dataset once: the others wait and find it warm.
+rebuilt. Files are written under a temporary name and moved into place with os.replace, and a split's
+manifest only after its file, so a reader never sees a half-written file and a killed encode leaves
+nothing a later run could take for a whole one. A build holds a lock file per dataset in the cache
+folder, so that processes, jobs or machines sharing one cache build each dataset once: the others wait
+and find it warm. Sources stream in chunks (data/formats.py), decoded and resized on the machine's
+cores while one writer (data/writer.py) keeps the output byte-identical run to run.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
 import os
-import signal
-import threading
-import time
+import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,20 +28,26 @@ from filelock import FileLock
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from common.files import DiskFull, sha256_files, write_json_atomic
 from data.datasets import DatasetSpec, get_spec
 from data.errors import DataError
-from common.files import atomic_write, sha256_files, write_json_atomic
-from data.sources import RawDataset, locate_source, make_synthetic, read_source, synthetic_checksum
+from data.formats import Chunk, OfficialSplit
+from data.sources import RawDataset, locate_source, make_synthetic, read_source, source_checksums, synthetic_checksum
+from data.writer import (FIELD_NAMES, IMAGE_SIZE, Batch, beton_fields, check_beton, validate_batch, write_fields,
+                         write_timeout_s)
 
-IMAGE_SIZE = 64
 SPLITS = ("train", "val", "test")
-FIELD_NAMES = ("image", "label", "index")
 SYNTHETIC_VAL_DIVISOR = 6  # synthetic data: val = n_train // 6 of the synthetic training set
 CACHE_DIR_ENV = "DEEPNETS_CACHE_DIR"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: sources streamed in chunks, checksums over each file's sha256, val held out per class
 RESIZE_METHOD = "torchvision.transforms.v2.functional.resize(uint8, bilinear, antialias=True), = PIL bilinear"
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2_400, 400  # CPU-smoke-sized defaults (train includes val)
-WRITER_GRACE_S = 15.0  # how long the writer may take to finish after its worker exited
+SYNTHETIC_PER_CLASS = (4, 1)  # at least this many synthetic train(+val) and test images per class: each split has each
+# How pixels are stored, in every manifest. Raw over JPEG q90 from Tiny ImageNet's 90,000 training images on 2 CPU
+# cores (docs/results.md): exact pixels (no second JPEG generation; PSNR 37.8 dB at q90), loading 25 % faster
+# (49,897 against 40,094 img/s), encoding as fast, at 4.7x the size (1.12 against 0.24 GB; ImageNet 64x64: ~15 GB).
+STORAGE = {"pixels": "raw uint8", "provisional": "chosen from encode rate, file size and load rate on 2 CPU cores; "
+           "a GPU box's loader may call for JPEG (scripts/bench_storage.py measures it there)"}
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +77,14 @@ def lock_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / f"{key}.lock"
 
 
-# ---------------------------------------------------------------- arrays: resize and split
+# ---------------------------------------------------------------- split, resize, and the stream of batches
+
+def synthetic_sizes(name: str, n_train: int, n_test: int) -> tuple[int, int]:
+    """Default synthetic train(+val) and test sizes, grown to SYNTHETIC_PER_CLASS images of each of the dataset's
+    classes."""
+    classes = get_spec(name).num_classes
+    return max(n_train, SYNTHETIC_PER_CLASS[0] * classes), max(n_test, SYNTHETIC_PER_CLASS[1] * classes)
+
 
 def synthetic_val_size(n_train: int) -> int:
     """Images of a synthetic training set held out for validation (the rest is the train split)."""
@@ -78,184 +92,69 @@ def synthetic_val_size(n_train: int) -> int:
 
 
 def resize_images(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """(N, h, w, C) uint8 -> (N, size, size, C) uint8, bilinear with antialiasing.
+    """(N, h, w, C) uint8 -> (N, size, size, C) uint8, bilinear with antialiasing (images already that size pass
+    unchanged, as the resize would leave them).
 
     torchvision's uint8 path gives bit-for-bit what the study's `transforms.Resize` did to its PIL images.
     """
+    if images.shape[1:3] == (size, size):
+        return np.ascontiguousarray(images)
     chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     out = TF.resize(chw, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
     return np.ascontiguousarray(out.permute(0, 2, 3, 1).numpy())
 
 
-def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the train and val images within the official training set, each in original order."""
+def split_train_val(labels: np.ndarray, val_size: int, seed: int, classes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the train and val images within the official training set, each in original order: a random
+    `val_size` of them, or given the number of `classes` a random val_size / classes of each class."""
+    n = len(labels)
     if not 0 < val_size < n:
         raise DataError(f"training set has {n} images; expected more than the {val_size} held out for validation")
     perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    if not classes:
+        return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    counts = np.bincount(labels, minlength=classes)
+    each, rest = divmod(val_size, classes)
+    if rest or counts.min() <= each:
+        raise DataError(f"training set has {counts.min()} to {counts.max()} images per class; expected more than "
+                        f"the {val_size / classes:g} of each of the {classes} held out for validation")
+    by_class = perm[np.argsort(labels[perm], kind="stable")]  # each class's positions, in random order
+    rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(by_class[rank >= each]), np.sort(by_class[rank < each])
 
 
-def _split_arrays(raw: RawDataset, val_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    train_idx, val_idx = split_train_val(len(raw.train_labels), val_size, raw.spec.split_seed)
-    return {
-        "train": (raw.train_images[train_idx], raw.train_labels[train_idx]),
-        "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
-        "test": (raw.test_images, raw.test_labels),
-    }
+def encoding_workers() -> int:
+    """Threads decoding and resizing: the CPUs this process may use (it encodes while other ranks wait)."""
+    return len(os.sched_getaffinity(0))
 
 
-# ---------------------------------------------------------------- writing and checking .beton files
-
-def beton_fields(channels: int) -> dict[str, Any]:
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-
-    image = (RGBImageField(write_mode="raw", max_resolution=IMAGE_SIZE) if channels == 3
-             else NDArrayField(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.dtype("uint8")))
-    return {"image": image, "label": IntField(), "index": IntField()}
-
-
-@dataclass
-class _Samples:
-    """What DatasetWriter indexes: (image HxWxC, label, position in this split)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
-        return self.images[i], int(self.labels[i]), int(i)
+def ahead(function: Callable, items: Iterator, workers: int) -> Iterator:
+    """`map(function, items)` on `workers` threads, in order, at most 2 x workers results ahead of the reader."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
-def _validate_samples(images: np.ndarray, labels: np.ndarray, num_classes: int, where: Path) -> None:
-    """Catch in the parent what would make a writer worker raise (and the writer hang forever)."""
-    ok_shape = images.ndim == 4 and images.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE) and images.shape[3] in (1, 3)
-    if images.dtype != np.uint8 or not ok_shape or len(images) == 0:
-        raise DataError(f"{where}: images are {images.dtype} {images.shape}; expected uint8 (N>0, {IMAGE_SIZE}, {IMAGE_SIZE}, 1 or 3)")
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{where}: labels are {labels.dtype} {labels.shape}; expected integers ({len(images)},)")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DataError(f"{where}: labels span {labels.min()}..{labels.max()}; expected 0..{num_classes - 1}")
+def batches(split: OfficialSplit, keep: np.ndarray, num_classes: int, where: str) -> Iterator[Batch]:
+    """The images at positions `keep` of an official split, decoded, resized and checked on worker threads (torch
+    one thread each), in order."""
 
+    def ready(chunk: Chunk) -> Batch:
+        images = resize_images(chunk.pixels())
+        validate_batch(images, chunk.labels, num_classes, where)
+        return images, chunk.labels
 
-def write_timeout_s(n: int) -> float:
-    """Generous bound on one write (a few thousand images/s is typical even on a busy 2-core machine)."""
-    return 120.0 + n / 200
-
-
-def _writer_host(writer: Any, samples: Any, report: Any) -> None:
-    """Runs in a forked child, in its own process group, so that the parent can always stop it.
-
-    ffcv's writer waits forever when a worker dies, so a watchdog thread ends this process once every
-    worker has exited but the writer has not returned; the parent also enforces an overall timeout.
-    """
-    from multiprocessing import shared_memory
-
-    os.setpgid(0, 0)
-
-    def abort(message: str) -> None:
-        shm = getattr(writer, "metadata_sm", None)
-        if isinstance(shm, shared_memory.SharedMemory):
-            with contextlib.suppress(FileNotFoundError):  # ffcv would leak it in /dev/shm
-                shm.unlink()
-        report.send(message)
-        os._exit(3)
-
-    signal.signal(signal.SIGTERM, lambda *_: abort("timed out"))
-
-    def watchdog() -> None:
-        idle = 0.0  # time the writer has been set up (shared memory exists) with no live worker
-        while idle < WRITER_GRACE_S:  # a healthy writer finishes within moments of its worker exiting
-            time.sleep(0.2)
-            started = isinstance(getattr(writer, "metadata_sm", None), shared_memory.SharedMemory)
-            idle = idle + 0.2 if started and not multiprocessing.active_children() else 0.0
-        abort("an ffcv writer worker failed (see its traceback above)")
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        writer.from_indexed_dataset(samples, chunksize=256)
-    except Exception as e:  # reported as one line by the parent
-        abort(f"{e.__class__.__name__}: {e}")
-    os._exit(0)
-
-
-def write_fields(path: Path, fields: dict[str, Any], samples: Any, timeout_s: float) -> None:
-    """Write `samples` to `path` atomically, bounded by `timeout_s`; DataError (and no file) on failure."""
-    atomic_write(Path(path), partial(_write_in_child, fields=fields, samples=samples, timeout_s=timeout_s, path=path))
-
-
-def _write_in_child(tmp: Path, *, fields: dict[str, Any], samples: Any, timeout_s: float, path: Path) -> None:
-    from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
-
-    # One worker makes the output byte-identical for identical input (several race for pages);
-    # 2 MiB pages (ffcv's minimum, default 8) hold ~160 64x64x3 images and keep small files small.
-    writer = DatasetWriter(str(tmp), fields, page_size=MIN_PAGE_SIZE, num_workers=1)
-    ctx = multiprocessing.get_context("fork")  # writer and samples are inherited, not pickled
-    receive, send = ctx.Pipe(duplex=False)
-    host = ctx.Process(target=_writer_host, args=(writer, samples, send))
-    try:
-        host.start()
-        host.join(timeout_s)
-        if host.exitcode != 0:
-            _stop(host)
-            reason = receive.recv() if receive.poll() else f"writer exited with code {host.exitcode}"
-            raise DataError(f"{path}: writing the .beton failed ({reason}); nothing was written")
+        yield from ahead(ready, split.chunks(keep), encoding_workers())
     finally:
-        if host.pid is not None and host.exitcode is None:  # interrupted while waiting
-            _stop(host)
-        receive.close()
-        send.close()
-
-
-def _stop(host: multiprocessing.process.BaseProcess) -> None:
-    """SIGTERM first (the host then frees ffcv's shared memory), then SIGKILL its whole process group."""
-    if host.exitcode is None:
-        host.terminate()
-        host.join(10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(host.pid, signal.SIGKILL)  # and the worker it may leave behind
-    host.join()
-
-
-def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                timeout_s: float | None = None) -> None:
-    """Validate then write (N, 64, 64, C) uint8 images with labels and per-split indices 0..N-1."""
-    _validate_samples(images, labels, num_classes, path)
-    timeout = write_timeout_s(len(labels)) if timeout_s is None else timeout_s
-    write_fields(path, beton_fields(images.shape[3]), _Samples(images, labels), timeout)
-
-
-def check_beton(path: Path, expected_count: int | None = None) -> int:
-    """Structural check of a .beton (ffcv's own reader plus bounds): its sample count, else DataError.
-
-    A truncated file can otherwise make the loader read past the end of its memory map.
-    """
-    from ffcv.reader import Reader
-
-    path = Path(path)
-    hint = "delete it and run `python -m data.prepare` again"
-    if not path.is_file():
-        raise DataError(f"{path}: no such .beton file; run `python -m data.prepare` to create it")
-    size = path.stat().st_size
-    try:
-        reader = Reader(str(path))
-        names = list(reader.handlers)
-        n = int(reader.num_samples)
-        table_ptr = int(reader.header["alloc_table_ptr"])
-        table = reader.alloc_table
-        data_end = (table["ptr"] + table["size"]).max(initial=0)
-    except Exception as e:  # ffcv raises assorted errors on garbage input
-        raise DataError(f"{path}: not a readable FFCV .beton ({e.__class__.__name__}: {e}); {hint}") from None
-    if names != list(FIELD_NAMES):
-        raise DataError(f"{path}: fields {names}; expected {list(FIELD_NAMES)}; {hint}")
-    intact = (len(reader.metadata) == n and table_ptr + table.nbytes == size and data_end <= table_ptr
-              and len(table) == n and np.array_equal(np.unique(table["sample_id"]), np.arange(n)))
-    if not intact:
-        raise DataError(f"{path}: truncated or corrupt .beton ({size} bytes, header says {n} samples); {hint}")
-    if expected_count is not None and n != expected_count:
-        raise DataError(f"{path}: holds {n} samples; expected {expected_count}; {hint}")
-    return n
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- manifests and the cache
@@ -267,7 +166,8 @@ def _recipe(key: str, split: str, spec: DatasetSpec, checksum: str, val_size: in
         "manifest_version": MANIFEST_VERSION, "key": key, "split": split, "source_checksum": checksum,
         "shape": [IMAGE_SIZE, IMAGE_SIZE, spec.channels], "resize": RESIZE_METHOD,
         "fields": {"image": image_field, "label": "IntField", "index": "IntField (position in this split)"},
-        "split_seed": spec.split_seed, "val_size": val_size, "mean": list(spec.mean), "std": list(spec.std),
+        "split_seed": spec.split_seed, "val_size": val_size, "val_per_class": spec.val_per_class,
+        "mean": list(spec.mean), "std": list(spec.std),
         "ffcv_version": version("ffcv"), "torchvision_version": version("torchvision"),
     }
 
@@ -288,17 +188,52 @@ def _cached_counts(cache_dir: Path, key: str, recipes: dict[str, dict[str, Any]]
     return {split: _cached_count(cache_dir, key, split, recipes[split]) for split in SPLITS}
 
 
-def _write_split(cache_dir: Path, key: str, split: str, recipe: dict[str, Any], spec: DatasetSpec,
-                 images: np.ndarray, labels: np.ndarray, origin: str) -> int:
-    beton = beton_path(cache_dir, key, split)
-    write_beton(beton, resize_images(images), labels, spec.num_classes)
+def beton_bytes(count: int, channels: int) -> int:
+    """About how large a raw .beton of `count` images is: their pixels, ffcv's per-sample metadata and allocation
+    table, and the last page."""
+    return count * (IMAGE_SIZE * IMAGE_SIZE * channels + 64) + (4 << 20)
+
+
+def train_file_bytes(name: str, synthetic_train: int | None = None) -> int:
+    """About how large a dataset's train .beton is (synthetic: of that many train+val images), before it exists."""
+    spec = get_spec(name)
+    count = spec.train_size if synthetic_train is None else synthetic_train - synthetic_split_val(spec, synthetic_train)
+    return beton_bytes(count, spec.channels)
+
+
+def _check_free_space(cache_dir: Path, key: str, counts: dict[str, int], channels: int) -> None:
+    """One line before a byte is written when the splits to encode cannot fit beside what is there."""
+    needed, free = sum(beton_bytes(n, channels) for n in counts.values()), shutil.disk_usage(cache_dir).free
+    if needed > free:
+        raise DiskFull(f"{cache_dir}: encoding {key} ({', '.join(counts)}) needs about {needed / 1e9:,.2f} GB and "
+                       f"{free / 1e9:,.2f} GB are free there; free some space (or choose another --cache-dir) "
+                       "and run again; nothing was written")
+
+
+def _remove_leftovers(cache_dir: Path, key: str) -> None:
+    """Temporary files of this dataset's splits that a killed encode left (the caller holds the dataset's lock, so
+    no live process is writing them)."""
+    for split in SPLITS:
+        for name in (beton_path(cache_dir, key, split).name, manifest_path(cache_dir, key, split).name):
+            for leftover in Path(cache_dir).glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
+
+
+def _write_split(cache_dir: Path, key: str, split: str, recipe: dict[str, Any], raw: RawDataset,
+                 official: OfficialSplit, keep: np.ndarray) -> int:
+    """Stream one split into its .beton, then write its manifest: a manifest names only a whole file."""
+    spec, beton = raw.spec, beton_path(cache_dir, key, split)
+    labels = official.labels[keep]
+    write_fields(beton, beton_fields(spec.channels), len(keep),
+                 batches(official, keep, spec.num_classes, raw.origin), write_timeout_s(len(keep)),
+                 desc=f"{key} {split}")
     manifest = {
-        "recipe": recipe, "origin": origin, "count": int(len(labels)),
-        "class_counts": np.bincount(labels, minlength=spec.num_classes).tolist(),
+        "recipe": recipe, "origin": raw.origin, "count": int(len(keep)),
+        "class_counts": np.bincount(labels, minlength=spec.num_classes).tolist(), "storage": STORAGE,
         "beton": {"file": beton.name, "size": beton.stat().st_size, "sha256": sha256_files([beton])},
     }
     write_json_atomic(manifest_path(cache_dir, key, split), manifest)
-    return len(labels)
+    return len(keep)
 
 
 @dataclass
@@ -310,17 +245,27 @@ class EncodedDataset:
     written: tuple[str, ...] = field(default=())  # splits (re)encoded by this call; the rest were cached
 
 
+def synthetic_split_val(spec: DatasetSpec, n_train: int) -> int:
+    """The validation size of synthetic data: a sixth, in whole images per class where the entry holds out per class."""
+    val = synthetic_val_size(n_train)
+    return max(1, val // spec.num_classes) * spec.num_classes if spec.val_per_class else val
+
+
 def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path | None = None,
-                    synthetic: bool = False, synthetic_train: int = SYNTHETIC_TRAIN,
-                    synthetic_test: int = SYNTHETIC_TEST, download: bool = True) -> EncodedDataset:
+                    synthetic: bool = False, synthetic_train: int | None = None,
+                    synthetic_test: int | None = None, download: bool = True) -> EncodedDataset:
     """Make sure `{key}_{split}_64.beton` exist and are current for every split; encode only what is not.
 
     Safe to call from several processes, jobs or machines at once on one cache folder: a warm cache is
-    read without a lock; otherwise the source is read, then the dataset's lock taken and the cache checked
-    again, so only the first holder encodes and the others find its files. The source is read before the
-    lock so that a source that cannot be read leaves nothing in the cache, not even a lock file.
+    read without a lock (the source's checksum is remembered by path, size and mtime, so a warm start
+    reads no source file); otherwise the source is opened and its labels checked, then the dataset's
+    lock taken and the cache checked again, so only the first holder encodes and the others find its
+    files. The source is opened before the lock so that a source that cannot be read leaves nothing in
+    the cache, not even a lock file; a file found damaged while streaming leaves no part of a split.
     """
     spec = get_spec(name)
+    defaults = synthetic_sizes(name, SYNTHETIC_TRAIN, SYNTHETIC_TEST)  # what sizes not given are
+    synthetic_train, synthetic_test = synthetic_train or defaults[0], synthetic_test or defaults[1]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -328,25 +273,33 @@ def prepare_dataset(name: str, *, data_dir: Path | None = None, cache_dir: Path 
         raise DataError(f"cache directory {cache}: cannot create it ({e.strerror}); expected a writable directory") from None
     key = dataset_key(spec.name, (synthetic_train, synthetic_test) if synthetic else None)
     load: Callable[[], RawDataset]
+    checksums = None
     if synthetic:
         checksum = synthetic_checksum(spec.name, synthetic_train, synthetic_test, 0)
         load = partial(make_synthetic, spec.name, synthetic_train, synthetic_test)
-        val_size = synthetic_val_size(synthetic_train)
+        val_size = synthetic_split_val(spec, synthetic_train)
     else:
-        source = locate_source(spec.name, data_dir, cache, download)
-        checksum, load, val_size = source.checksum, partial(read_source, spec, source), spec.val_size
+        source, checksums = locate_source(spec.name, data_dir, cache, download), source_checksums(cache)
+        checksum = checksums.digest(source.paths)
+        load, val_size = partial(read_source, spec, source, checksum), spec.val_size
 
     recipes = {split: _recipe(key, split, spec, checksum, val_size) for split in SPLITS}
     counts = _cached_counts(cache, key, recipes)
     stale: tuple[str, ...] = ()
     if None in counts.values():
         raw = load()
+        train, val = split_train_val(raw.train.labels, val_size, spec.split_seed,
+                                     spec.num_classes if spec.val_per_class else 0)
+        parts = {"train": (raw.train, train), "val": (raw.train, val), "test": (raw.test, np.arange(len(raw.test.labels)))}
         with FileLock(lock_path(cache, key)):
             counts = _cached_counts(cache, key, recipes)  # another holder may have encoded them meanwhile
             stale = tuple(split for split in SPLITS if counts[split] is None)
             if stale:
-                arrays = _split_arrays(raw, val_size)
+                _remove_leftovers(cache, key)
+                _check_free_space(cache, key, {split: len(parts[split][1]) for split in stale}, spec.channels)
                 for split in stale:
-                    counts[split] = _write_split(cache, key, split, recipes[split], spec, *arrays[split], raw.origin)
+                    counts[split] = _write_split(cache, key, split, recipes[split], raw, *parts[split])
+    if checksums is not None:
+        checksums.save()  # the source proved whole (or its files were cached): remember its checksum
     return EncodedDataset(key, spec, {s: beton_path(cache, key, s) for s in SPLITS},
                           {s: int(c) for s, c in counts.items() if c is not None}, stale)

@@ -5,42 +5,119 @@ and `CifarFiles` (the CIFAR-10/100 batches, binary records or python pickles, ex
 official tar.gz). A dataset entry (data/datasets.py) names its format with a few parameters; the
 parsing, the checks and the download plan live here, once per format.
 
-Parsers return uint8 images shaped (N, H, W, C) and int64 labels. Every problem with a file is a
-one-line `DataError` naming the file and what was expected, never a traceback from a library.
+A source opens as two official splits (train, test), each with every label up front (checked) and its
+images in chunks: consecutive uint8 images shaped (n, H, W, C) whose pixels are decoded on demand, so
+that an encoder can stream a split of any size and decode chunks in parallel. Every problem with a file
+is a one-line `DataError` naming the file and what was expected, never a traceback from a library.
 """
 from __future__ import annotations
 
 import gzip
 import pickle
 import tarfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Protocol
 
 import numpy as np
 
 from data.errors import DataError
-from common.files import sha256_files
 
 if TYPE_CHECKING:
     from data.datasets import DatasetSpec
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train images, train labels, test images, test labels
+CHUNK = 1024  # images per chunk: the unit an encoder decodes on one thread (12 MiB of 64x64 RGB)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive images of a split: their labels, and `pixels()` making the (n, H, W, C) uint8 images (the
+    decoding, done on whichever thread calls it)."""
+
+    labels: np.ndarray
+    pixels: Callable[[], np.ndarray]
+
+
+class OfficialSplit(Protocol):
+    """An official split (training or test set): every label, checked, in file order, and its images in chunks."""
+
+    labels: np.ndarray
+
+    def chunks(self, keep: np.ndarray) -> Iterator[Chunk]:
+        """The images at the sorted positions `keep`, in order."""
+
+
+@dataclass(frozen=True)
+class ArraySplit:
+    """A split held in memory: the small formats (idx, CIFAR) and synthetic data."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def chunks(self, keep: np.ndarray) -> Iterator[Chunk]:
+        for start in range(0, len(keep), CHUNK):
+            part = keep[start:start + CHUNK]
+            yield Chunk(self.labels[part], partial(np.take, self.images, part, axis=0))
+
+
+def in_memory(arrays: Arrays) -> tuple[ArraySplit, ArraySplit]:
+    train_images, train_labels, test_images, test_labels = arrays
+    return ArraySplit(train_images, train_labels), ArraySplit(test_images, test_labels)
+
+
+@dataclass(frozen=True)
+class Container:
+    """An extracted folder, or the zip it came from whose files sit in a folder of that name (as the official zips
+    of Tiny ImageNet and ImageNet 64x64 have them). Read from one thread (the encoder's)."""
+
+    path: Path  # the folder or the .zip
+    name: str  # the folder's name, inside the zip too
+
+    @cached_property
+    def archive(self) -> zipfile.ZipFile | None:
+        if self.path.is_dir():
+            return None
+        try:
+            return zipfile.ZipFile(self.path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"{self.path}: not a readable zip ({e.__class__.__name__}: {e})") from None
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """Every file, as a path below the folder."""
+        if self.archive is None:
+            return frozenset(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+        prefix = f"{self.name}/"
+        return frozenset(name[len(prefix):] for name in self.archive.namelist()
+                         if name.startswith(prefix) and not name.endswith("/"))
+
+    def where(self, name: str) -> str:
+        return str(self.path / name) if self.archive is None else f"{self.path}:{self.name}/{name}"
+
+    def open(self, name: str) -> IO[bytes]:
+        if name not in self.names:
+            raise DataError(f"{self.where(name)}: missing; expected the official layout")
+        return open(self.path / name, "rb") if self.archive is None else self.archive.open(f"{self.name}/{name}")
+
+    def read(self, name: str) -> bytes:
+        try:
+            with self.open(name) as handle:
+                return handle.read()
+        except (OSError, zipfile.BadZipFile, EOFError) as e:  # a truncated archive fails here, member by member
+            raise DataError(f"{self.where(name)}: cannot read ({e.__class__.__name__}: {e})") from None
 
 
 @dataclass(frozen=True)
 class SourceFiles:
-    """Located, not yet parsed, source files: enough to checksum them without decoding the data."""
+    """Located, not yet read, source files: enough to checksum them without decoding the data."""
 
-    paths: tuple[Path, ...]  # the files whose bytes identify the source
+    paths: tuple[Path, ...]  # the files (or folders) whose bytes identify the source
     origin: str  # human-readable: where and in which format
-    parse: Callable[[], Arrays]
-
-    @cached_property  # hashed once: prepare_dataset compares it, then stores it
-    def checksum(self) -> str:
-        return sha256_files(self.paths)
+    open: Callable[[], tuple[OfficialSplit, OfficialSplit]]  # (train, test), their structure and labels checked
 
 
 @dataclass(frozen=True)
@@ -142,7 +219,7 @@ class IdxFiles:
             else:
                 paths = tuple(found)
                 return SourceFiles(paths, f"{spec.title} idx files in {sub}",
-                                   partial(_parse_idx, paths, spec.native_size, spec.num_classes))
+                                   lambda: in_memory(_parse_idx(paths, spec.native_size, spec.num_classes)))
         return None
 
     def download(self) -> Download:
@@ -163,9 +240,9 @@ CIFAR_SIZE = 32
 CIFAR_PIXELS = CIFAR_SIZE * CIFAR_SIZE * 3
 
 
-def _planes_to_hwc(flat: np.ndarray) -> np.ndarray:
-    """CIFAR stores each image as 1024 red, 1024 green, then 1024 blue bytes (row-major planes)."""
-    return flat.reshape(-1, 3, CIFAR_SIZE, CIFAR_SIZE).transpose(0, 2, 3, 1).copy()
+def planes_to_hwc(flat: np.ndarray, size: int = CIFAR_SIZE) -> np.ndarray:
+    """CIFAR (and ImageNet 64x64) store each image as its red, green, then blue plane, each row-major."""
+    return flat.reshape(-1, 3, size, size).transpose(0, 2, 3, 1).copy()
 
 
 def parse_cifar_binary(raw: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +252,7 @@ def parse_cifar_binary(raw: bytes, where: str, num_classes: int) -> tuple[np.nda
         raise DataError(f"{where}: {len(raw)} bytes is not a whole number of {record}-byte records "
                         "(1 label + 3072 pixels); truncated or corrupt")
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
-    return _planes_to_hwc(records[:, 1:]), checked_labels(records[:, 0], num_classes, where)
+    return planes_to_hwc(records[:, 1:]), checked_labels(records[:, 0], num_classes, where)
 
 
 def parse_cifar_pickle(raw: bytes, where: str, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +269,7 @@ def parse_cifar_pickle(raw: bytes, where: str, label_key: bytes, num_classes: in
         raise DataError(f"{where}: b'data' is {data.dtype} {data.shape}; expected uint8 (N, {CIFAR_PIXELS})")
     labels = checked_labels(np.asarray(batch[label_key]), num_classes, where)
     same_length(data, labels, where)
-    return _planes_to_hwc(data), labels
+    return planes_to_hwc(data), labels
 
 
 @dataclass(frozen=True)
@@ -257,7 +334,7 @@ class CifarFiles:
                 raise DataError(f"{container}: missing {', '.join(missing)}; "
                                 f"expected the official {spec.title} {layout.format} batches")
         return SourceFiles(paths, f"{spec.title} {layout.format} format at {container}",
-                           partial(layout.parse, container, spec.num_classes))
+                           lambda: in_memory(layout.parse(container, spec.num_classes)))
 
     def find(self, directory: Path, spec: DatasetSpec) -> SourceFiles | None:
         # Hidden folders are skipped: an interrupted download leaves its unverified files in one.
@@ -282,10 +359,11 @@ class CifarFiles:
 
 
 class SourceFormat(Protocol):
-    """What a dataset entry needs from its format; IdxFiles and CifarFiles are the two we have."""
+    """What a dataset entry needs from its format: IdxFiles and CifarFiles here, TinyImageNetFiles
+    (data/tiny_imagenet.py) and Imagenet64Files (data/imagenet64.py)."""
 
     def find(self, directory: Path, spec: DatasetSpec) -> SourceFiles | None: ...
 
-    def download(self) -> Download: ...
+    def download(self) -> Download | None: ...  # None: the files cannot be downloaded
 
     def place_hint(self) -> str: ...

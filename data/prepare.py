@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from data.encode import FIELD_NAMES, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
+from data.encode import FIELD_NAMES, SYNTHETIC_PER_CLASS, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
 from common.cli import OneLineParser, add_plugin_option, load_plugins
 from data.datasets import dataset_names
 from data.errors import DataError
@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the .beton files go (default: $DEEPNETS_CACHE_DIR, else data/cache)")
     parser.add_argument("--synthetic", action="store_true",
-                        help=f"encode deterministic synthetic stand-ins ({SYNTHETIC_TRAIN} train+val, {SYNTHETIC_TEST} test images)")
+                        help=f"encode deterministic synthetic stand-ins ({SYNTHETIC_TRAIN} train+val, {SYNTHETIC_TEST} test images, "
+                        f"at least {SYNTHETIC_PER_CLASS[0]} and {SYNTHETIC_PER_CLASS[1]} of each class)")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
     add_plugin_option(parser)
     return parser.parse_args(argv)

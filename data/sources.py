@@ -1,6 +1,7 @@
 """Raw datasets: locate a registered dataset's official files (or download them), or make a synthetic one.
 
-Everything returns uint8 images shaped (N, H, W, C) and int64 labels. Lookup order for real data: a
+A raw dataset is its two official splits (data/formats.py: every label up front, uint8 images shaped
+(n, H, W, C) in chunks) and a checksum of its source. Lookup order for real data: a
 local directory (argument, else $DEEPNETS_DATA_DIR), files downloaded earlier into `<cache>/raw`,
 then a download with torchvision's utilities (md5-verified). What the files look like and where they
 come from is the dataset entry's format (data/datasets.py, data/formats.py); this module only walks
@@ -20,27 +21,32 @@ from typing import Iterator
 
 import numpy as np
 
+from common.files import ChecksumCache
 from data.datasets import DatasetSpec, get_spec
 from data.errors import DataError
-from data.formats import SourceFiles
+from data.formats import ArraySplit, OfficialSplit, SourceFiles
 
 DATA_DIR_ENV = "DEEPNETS_DATA_DIR"
 DOWNLOAD_TIMEOUT_S = 15.0  # per socket operation: an offline machine must fail fast, not hang
+CHECKSUMS_FILE = "source-checksums.json"  # in the cache folder: the sources' sha256s by path, size and mtime
 
 
 @dataclass
 class RawDataset:
     spec: DatasetSpec
-    train_images: np.ndarray  # (N, h, w, C) uint8, official training set (train + val)
-    train_labels: np.ndarray  # (N,) int64
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    train: OfficialSplit  # the official training set (train + val)
+    test: OfficialSplit
     origin: str  # human-readable: where and in which format the data came from
     checksum: str  # sha256 of the source files' bytes, or of the synthetic parameters
 
 
-def read_source(spec: DatasetSpec, source: SourceFiles) -> RawDataset:
-    return RawDataset(spec, *source.parse(), origin=source.origin, checksum=source.checksum)
+def source_checksums(cache_dir: Path) -> ChecksumCache:
+    return ChecksumCache(Path(cache_dir) / CHECKSUMS_FILE)
+
+
+def read_source(spec: DatasetSpec, source: SourceFiles, checksum: str) -> RawDataset:
+    """Open the files: their structure and every label are checked here, the pixels read later, in chunks."""
+    return RawDataset(spec, *source.open(), origin=source.origin, checksum=checksum)
 
 
 # ---------------------------------------------------------------- locating and downloading
@@ -108,7 +114,9 @@ def locate_source(name: str, data_dir: Path | None, cache_dir: Path, download: b
             return found
     searched = " or ".join(str(d) for d in (local, raw_dir) if d is not None)
     reason = "downloading is disabled"
-    if download:
+    if download and spec.source.download() is None:
+        reason = "it cannot be downloaded"
+    elif download:
         try:
             _download(spec, raw_dir)
             if found := spec.source.find(raw_dir, spec):
@@ -121,15 +129,17 @@ def locate_source(name: str, data_dir: Path | None, cache_dir: Path, download: b
 
 
 def load_raw(name: str, data_dir: Path | None, cache_dir: Path, download: bool = True) -> RawDataset:
-    """Read and validate a real dataset (see the module docstring for where it is looked for)."""
-    return read_source(get_spec(name), locate_source(name, data_dir, cache_dir, download))
+    """Open and validate a real dataset (see the module docstring for where it is looked for)."""
+    source = locate_source(name, data_dir, cache_dir, download)
+    return read_source(get_spec(name), source, source_checksums(cache_dir).digest(source.paths))
 
 
 # ---------------------------------------------------------------- synthetic data
 
-SYNTHETIC_GENERATOR = "textures-v1"  # bump when the generator changes: it is part of the cache key
+SYNTHETIC_GENERATOR = "textures-v2"  # bump when the generator changes: it is part of the cache key
 STRIPE_PERIOD = 4  # native pixels (about 9 after the resize to 64)
 TEXTURES = 5  # horizontal stripes, vertical stripes, checks, grid, flat
+LOW, HIGH = 120, 230  # the range of a pattern's brightness in each channel
 
 
 def synthetic_checksum(name: str, n_train: int, n_test: int, seed: int) -> str:
@@ -137,9 +147,21 @@ def synthetic_checksum(name: str, n_train: int, n_test: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
+def pattern_colours(classes: int, channels: int) -> np.ndarray:
+    """(classes // 5 rounded up, channels) brightness per channel: L evenly spaced levels per channel, L the fewest
+    whose combinations number enough, the L greys first. Ten classes get grey 120 and 230; 1,000 RGB classes six
+    levels 22 apart, more than the +-10 jitter of a pattern's brightness can blur."""
+    needed = max(2, -(-classes // TEXTURES))
+    steps = next(steps for steps in range(2, needed + 1) if steps ** channels >= needed)
+    levels = np.linspace(LOW, HIGH, steps).round().astype(np.int64)
+    combos = np.stack(np.meshgrid(*[np.arange(steps)] * channels, indexing="ij"), -1).reshape(-1, channels)
+    greys = (combos == combos[:, :1]).all(axis=1)
+    return levels[np.concatenate([combos[greys], combos[~greys]])[:needed]]
+
+
 def _synthetic_split(spec: DatasetSpec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Class c = texture (c % 5: horizontal stripes, vertical stripes, checks, grid, flat) x brightness
-    level (c // 5, evenly spaced from 120 to 230: two levels for ten classes).
+    """Class c = texture (c % 5: horizontal stripes, vertical stripes, checks, grid, flat) x colour (c // 5,
+    `pattern_colours`: two greys for ten classes).
 
     Local textures with a random phase survive horizontal flips and small crops, and a CNN picks them
     up with its first filters whatever its pooling, so a small model learns them within a few dozen
@@ -147,8 +169,7 @@ def _synthetic_split(spec: DatasetSpec, n: int, rng: np.random.Generator) -> tup
     """
     s, c, classes = spec.native_size, spec.channels, spec.num_classes
     labels = rng.permutation(np.arange(n) % classes).astype(np.int64)  # balanced to within one
-    levels = np.linspace(120, 230, max(2, -(-classes // TEXTURES))).round().astype(np.int64)
-    level = levels[labels // TEXTURES] + rng.integers(-10, 11, n)
+    level = pattern_colours(classes, c)[labels // TEXTURES] + rng.integers(-10, 11, n)[:, None]  # (n, c)
     coord = np.arange(s)
     phases = rng.integers(0, STRIPE_PERIOD, (2, n))
     rows = (((coord[None, :] + phases[0][:, None]) % STRIPE_PERIOD) < STRIPE_PERIOD // 2)[:, :, None]  # (n, s, 1)
@@ -156,7 +177,7 @@ def _synthetic_split(spec: DatasetSpec, n: int, rng: np.random.Generator) -> tup
     textures = np.stack(np.broadcast_arrays(rows, cols, rows ^ cols, rows | cols, np.ones((n, s, s), bool)))
     mask = textures[labels % TEXTURES, np.arange(n)]  # (n, s, s)
     background = rng.integers(0, 25, (n, s, s, c))
-    images = np.where(mask[..., None], level[:, None, None, None] + background // 2, background)
+    images = np.where(mask[..., None], level[:, None, None, :] + background // 2, background)
     return images.clip(0, 255).astype(np.uint8), labels
 
 
@@ -167,7 +188,7 @@ def make_synthetic(name: str, n_train: int, n_test: int, seed: int = 0) -> RawDa
         raise DataError(f"synthetic {name}: n_train={n_train}, n_test={n_test}; "
                         f"expected at least {spec.num_classes} each (one per class)")
     # Separate streams, so the test set does not depend on the size of the training set.
-    train = _synthetic_split(spec, n_train, np.random.default_rng([seed, 0]))
-    test = _synthetic_split(spec, n_test, np.random.default_rng([seed, 1]))
-    return RawDataset(spec, *train, *test, origin=f"synthetic {name} (seed {seed}, {n_train} train, {n_test} test)",
+    train = ArraySplit(*_synthetic_split(spec, n_train, np.random.default_rng([seed, 0])))
+    test = ArraySplit(*_synthetic_split(spec, n_test, np.random.default_rng([seed, 1])))
+    return RawDataset(spec, train, test, origin=f"synthetic {name} (seed {seed}, {n_train} train, {n_test} test)",
                       checksum=synthetic_checksum(name, n_train, n_test, seed))

@@ -6,11 +6,14 @@ pipeline, the images/s that reach the training device ready for the model (norma
 
 - `ffcv`: our loader (.beton -> uint8 batch on the device) + the batched device-side preprocessing;
 - `dataloader`: torch.utils.data.DataLoader over the same decoded uint8 arrays held in memory
-  (per-sample indexing, default collate, pinned memory), then the same device-side preprocessing;
+  (per-sample indexing, default collate, pinned memory), then the same device-side preprocessing; of
+  the split's first --max-images images (a split of ImageNet's size does not fit in memory);
 - `dataloader+cpu-aug` (train only): the study's way, torchvision transforms per sample in the
   DataLoader workers, then normalisation on the device.
 
-It prints the three and the ratios ffcv/dataloader. A benchmark, not a test: numbers vary by machine.
+The ffcv train loader reads in the order a run would (page cache, or quasi-random pages for a file
+larger than --loader-memory), and the table says which. It prints the three and the ratios
+ffcv/dataloader. A benchmark, not a test: numbers vary by machine.
 """
 from __future__ import annotations
 
@@ -27,11 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from data.augment import AugmentConfig, DevicePreprocess
-from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
+from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_float,
+                        positive_int)
 from data.datasets import dataset_names
 from data.encode import EncodedDataset, prepare_dataset
 from data.errors import DataError
-from data.loaders import default_num_workers, make_loader
+from data.loaders import default_num_workers, make_loader, training_order
 from models import study_datasets
 
 
@@ -66,13 +70,16 @@ def torchvision_transform(cfg: AugmentConfig) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every image and label of a .beton, in file order, as host arrays."""
-    images, labels = [], []
+def read_split(path: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `limit` images and labels of a .beton, in file order, as host arrays."""
+    images, labels, count = [], [], 0
     for batch_images, batch_labels, _ in make_loader(path, batch_size=1024, train=False, device=torch.device("cpu")):
         images.append(batch_images.numpy().copy())
         labels.append(batch_labels.numpy().copy())
-    return np.concatenate(images), np.concatenate(labels)
+        count += len(batch_labels)
+        if count >= limit:
+            break
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
 
 
 def images_per_second(epochs: Callable[[], Iterable], preprocess: DevicePreprocess, device: torch.device,
@@ -105,23 +112,25 @@ def images_per_second(epochs: Callable[[], Iterable], preprocess: DevicePreproce
 class Measurement:
     dataset: str
     pipeline: str
+    order: str
     ffcv: float
     dataloader: float
     dataloader_cpu_aug: float | None
 
 
 def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_size: int, min_seconds: float,
-            workers: int) -> Measurement:
+            workers: int, max_images: int, memory_bytes: float | None) -> Measurement:
     train = pipeline == "train"
     spec = encoded.spec
     augment = spec.augmentation("paper") if train else None
     preprocess = DevicePreprocess(spec.mean, spec.std, augment, channels_last=True)
     path = encoded.paths["train" if train else "test"]
 
-    loader = make_loader(path, batch_size=batch_size, train=train, device=device, num_workers=workers)
+    order = training_order(path.stat().st_size, 1, memory_bytes)[0] if train else "sequential"
+    loader = make_loader(path, batch_size=batch_size, train=train, device=device, num_workers=workers, order=order)
     ffcv_rate = images_per_second(lambda: loader, preprocess, device, min_seconds)
 
-    images, labels = read_split(path)
+    images, labels = read_split(path, max_images)
     torch.set_num_threads(workers)  # ffcv changed it; give the DataLoader's process the same cores
 
     def plain(transform: Callable | None) -> float:
@@ -131,7 +140,7 @@ def measure(encoded: EncodedDataset, pipeline: str, device: torch.device, batch_
         return images_per_second(lambda: dataloader, preprocess if transform is None else
                                  DevicePreprocess(spec.mean, spec.std, None, channels_last=True), device, min_seconds)
 
-    return Measurement(spec.name, pipeline, ffcv_rate, plain(None),
+    return Measurement(spec.name, pipeline, order, ffcv_rate, plain(None),
                        plain(torchvision_transform(augment)) if train else None)
 
 
@@ -149,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=non_negative_float, default=2.0, metavar="S",
                         help="time whole epochs (their first batches excluded) until S seconds are timed (default 2)")
     parser.add_argument("--workers", type=positive_int, default=default_num_workers(), help="loader threads/processes")
+    parser.add_argument("--max-images", type=positive_int, default=100_000, metavar="N",
+                        help="images the plain DataLoader holds in memory: the split's first N (default %(default)s)")
+    parser.add_argument("--loader-memory", type=positive_float, metavar="GB", default=None,
+                        help="memory a training file may fill through the page cache (default: three quarters of this "
+                        "machine's); a larger one is read in quasi-random order, as a run would")
     add_plugin_option(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -157,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.datasets:
             encoded = prepare_dataset(name, data_dir=args.data_dir, cache_dir=args.cache_dir, synthetic=args.synthetic)
             for pipeline in args.pipelines:
-                rows.append(measure(encoded, pipeline, device, args.batch_size, args.min_seconds, args.workers))
+                rows.append(measure(encoded, pipeline, device, args.batch_size, args.min_seconds, args.workers,
+                                    args.max_images, args.loader_memory and args.loader_memory * 1e9))
     except DataError as error:
         print(f"python -m data.throughput: error: {error}", file=sys.stderr)
         return 2

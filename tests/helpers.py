@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from bench.results.records import load_records
 from bench.results.schema import RunRecord
@@ -45,3 +48,15 @@ def records_in(results: Path) -> list[RunRecord]:
     records, unreadable = load_records(results)
     assert not unreadable, unreadable
     return records
+
+
+def read_raw(raw) -> SimpleNamespace:
+    """A raw dataset (data/sources.py) with both official splits read whole through their chunks, as an encoder
+    streams them: train_images, train_labels, test_images, test_labels, and its spec, origin and checksum."""
+    arrays = {}
+    for name, split in (("train", raw.train), ("test", raw.test)):
+        chunks = list(split.chunks(np.arange(len(split.labels))))
+        assert np.array_equal(np.concatenate([chunk.labels for chunk in chunks]), split.labels)
+        arrays[f"{name}_images"] = np.concatenate([chunk.pixels() for chunk in chunks])
+        arrays[f"{name}_labels"] = split.labels
+    return SimpleNamespace(**arrays, spec=raw.spec, origin=raw.origin, checksum=raw.checksum)

@@ -101,6 +101,41 @@ def test_run_ids_are_the_ones_earlier_versions_gave(argv, processes, machines, r
     assert [run.run_id for run in suite.runs] == run_ids
 
 
+def test_the_loader_order_is_part_of_the_identity_and_every_earlier_run_id_stays():
+    args = ["--models", "resnet18", "--datasets", "mnist", "tiny_imagenet", "--preset", "fast"]
+    (mnist, tiny) = parse_suite(args, gpu_available=False, num_processes=1).runs
+    assert mnist.loader_order == tiny.loader_order == "random"  # this machine holds both files in its page cache
+    (earlier,) = parse_suite(["--models", "resnet18", "--datasets", "mnist"], gpu_available=False, num_processes=1).runs
+    assert earlier.run_id == "smoke_mnist-synthetic_resnet18_fast_no_b32_s0_3a1fba9d86"  # its id before the order existed
+    squeezed = parse_suite([*args, "--loader-memory", "0.5"], gpu_available=False, num_processes=1)
+    (small, big) = squeezed.runs
+    assert small.run_id == mnist.run_id and (big.loader_order, small.loader_order) == ("quasi_random", "random")
+    assert big.run_id != tiny.run_id == dataclasses.replace(big, loader_order="random").run_id
+    assert squeezed.loader_notes == (
+        "loader: mnist's train split (about 0.21 GB): it fits in the 0.5 GB the loader may use: page cache, random order",
+        "loader: tiny_imagenet's train split (about 1.12 GB): it exceeds the 0.5 GB the loader may use: read a few pages "
+        "at a time, in quasi-random order, without the page cache")
+    (distributed,) = parse_suite(["--models", "resnet18", "--datasets", "tiny_imagenet", "--preset", "fast",
+                                  "--loader-memory", "0.5"],
+                                 gpu_available=True, num_processes=2).runs
+    assert distributed.loader_order == "random"  # ffcv's quasi-random order raises in distributed mode
+
+
+def test_synthetic_sizes_grow_with_the_classes_and_epochs_go_command_line_then_dataset_then_preset():
+    def resolved(*args: str) -> dict:
+        suite = parse_suite(["--models", "resnet18", "--datasets", "mnist", "tiny_imagenet", "imagenet64", *args],
+                            gpu_available=False, num_processes=1)
+        return {run.dataset: (run.synthetic_train, run.synthetic_test, run.epochs) for run in suite.runs}
+
+    # smoke: 640 + 128 images, at least 4 + 1 of each class; the smoke preset's 2 epochs
+    assert resolved() == {"mnist": (640, 128, 2), "tiny_imagenet": (800, 200, 2), "imagenet64": (4000, 1000, 2)}
+    assert resolved("--synthetic-size", "300", "50")["imagenet64"][:2] == (300, 50)  # as asked (and then refused)
+    fast = resolved("--preset", "fast")  # the entries' fast epochs over the recipe's 12
+    assert [epochs for *_, epochs in fast.values()] == [12, 16, 8]
+    assert [epochs for *_, epochs in resolved("--preset", "fast", "--epochs", "3").values()] == [3, 3, 3]
+    assert [epochs for *_, epochs in resolved("--preset", "paper").values()] == [50, 50, 50]
+
+
 def test_time_to_target_counts_training_seconds_until_first_hit():
     history = [{"epoch": 1, "train_time_s": 10.0, "elapsed_s": 16.0, "val_acc": 0.5},
                {"epoch": 2, "train_time_s": 12.0, "elapsed_s": 30.0, "val_acc": 0.9},

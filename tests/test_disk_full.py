@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -84,3 +85,14 @@ def test_a_checkpoint_on_a_full_disk_stops_the_suite_and_the_last_whole_one_resu
     (record,) = records_in(disk)
     assert record.status == "finished" and record.metrics["epochs_completed"] == 3
     assert record.history[: len(progress["history"])] == progress["history"]  # went on from epoch 1
+
+
+
+def test_an_encode_that_cannot_fit_stops_before_writing_with_the_size_it_needs(small_disk):
+    disk = small_disk(8)  # synthetic CIFAR-10's three splits take about 30 MB
+    done = run_module("data.prepare", "--datasets", "cifar10", "--synthetic", "--cache-dir", str(disk))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: {disk}: encoding cifar10-synthetic-2400x400 \(train, val, test\) needs about "
+                        r"0\.0[3-5] GB and 0\.01 GB are free there; .* nothing was written", line), line
+    assert sorted(path.name for path in disk.iterdir()) == ["cifar10-synthetic-2400x400.lock"]  # the lock stays

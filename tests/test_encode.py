@@ -1,9 +1,12 @@
 """Encoding to .beton: splits, resize, manifests, the cache, bounded/atomic writes and the prepare CLI."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,11 +18,15 @@ import pytest
 from PIL import Image
 
 import data.encode as encode
-from data.encode import (SPLITS, beton_path, check_beton, manifest_path, prepare_dataset, resize_images,
-                         split_train_val, write_beton, write_fields)
-from data.datasets import dataset_names
+import data.formats as formats
+import data.writer as writer
+from data.encode import (SPLITS, beton_path, manifest_path, prepare_dataset, resize_images, split_train_val,
+                         synthetic_sizes)
+from data.writer import check_beton, write_beton, write_fields
+from data.datasets import DATASETS, dataset_names, get_spec, register_dataset
 from data.errors import DataError
 from data.prepare import main as prepare_main, parse_args
+from test_sources import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"synthetic_train": 120, "synthetic_test": 30}  # -> train 100, val 20, test 30
@@ -34,15 +41,29 @@ def shm_segments() -> set[str]:
 
 
 def test_split_is_fixed_disjoint_and_ordered():
-    train, val = split_train_val(60, 10, seed=0)
+    labels = np.arange(60) % 10
+    train, val = split_train_val(labels, 10, seed=0)
     assert len(train) == 50 and len(val) == 10
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(60))
     assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
-    again = split_train_val(60, 10, seed=0)
-    assert not np.array_equal(val, split_train_val(60, 10, seed=1)[1])  # the dataset entry's seed decides
+    again = split_train_val(labels, 10, seed=0)
+    assert not np.array_equal(val, split_train_val(labels, 10, seed=1)[1])  # the dataset entry's seed decides
     assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
     with pytest.raises(DataError, match="more than the 10"):
-        split_train_val(10, 10, seed=0)
+        split_train_val(labels[:10], 10, seed=0)
+
+
+def test_split_per_class_holds_out_each_class_evenly():
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(200), [7] * 150 + [3] * 50))
+    train, val = split_train_val(labels, 400, seed=0, classes=200)
+    assert np.bincount(labels[val], minlength=200).tolist() == [2] * 200
+    assert set(train).isdisjoint(val) and len(train) + len(val) == len(labels) and np.all(np.diff(val) > 0)
+    assert np.array_equal(val, split_train_val(labels, 400, seed=0, classes=200)[1])
+    assert not np.array_equal(val, split_train_val(labels, 400, seed=1, classes=200)[1])
+    with pytest.raises(DataError, match=r"3 to 7 images per class; expected more than the 3 of each of the 200"):
+        split_train_val(labels, 600, seed=0, classes=200)
+    with pytest.raises(DataError, match="expected more than the 0.5 of each"):
+        split_train_val(labels, 100, seed=0, classes=200)
 
 
 @pytest.mark.parametrize("native,channels", [(28, 1), (32, 3)])
@@ -69,6 +90,7 @@ def test_prepare_writes_files_and_manifests(tmp_path, name, channels):
         assert manifest["count"] == encoded.counts[split] == sum(manifest["class_counts"])
         assert manifest["recipe"]["shape"] == [64, 64, channels]
         assert manifest["recipe"]["ffcv_version"] == "1.0.2"
+        assert manifest["storage"]["pixels"] == "raw uint8" and "provisional" in manifest["storage"]
         assert manifest["beton"]["size"] == path.stat().st_size
         assert manifest["beton"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not leftovers(tmp_path)
@@ -92,6 +114,47 @@ def test_cache_is_reused_and_a_truncated_file_rebuilt(tmp_path):
     # a different synthetic size is a different dataset, with files of its own beside the first
     other = prepare_dataset("mnist", cache_dir=tmp_path, synthetic=True, synthetic_train=60, synthetic_test=30)
     assert other.written == SPLITS and other.paths["train"] != train and train.exists()
+
+
+def test_decode_threads_leave_every_byte_as_it_was(tmp_path, monkeypatch):
+    """Chunks are decoded and resized on several threads but reach the one writer in order: the file is the same
+    whatever the number of threads."""
+    monkeypatch.setattr(formats, "CHUNK", 16)  # train: 100 images in seven chunks
+    digests = []
+    for threads in (1, 3):
+        monkeypatch.setattr(encode, "encoding_workers", lambda threads=threads: threads)
+        encoded = prepare_dataset("cifar10", cache_dir=tmp_path / str(threads), synthetic=True, **SMALL)
+        digests.append(hashlib.sha256(encoded.paths["train"].read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+@pytest.fixture
+def small_mnist():
+    """MNIST's entry with 5 validation images, for small files in its format (a plugin's dataclasses.replace)."""
+    register_dataset(dataclasses.replace(get_spec("mnist"), name="small_mnist", val_size=5))
+    yield "small_mnist"
+    del DATASETS["small_mnist"]
+
+
+def test_source_checksum_is_remembered_by_path_size_and_mtime(tmp_path, small_mnist):
+    """A warm start reads no source file: bytes changed behind an unchanged size and mtime go unnoticed (the cache
+    is trusted), a new mtime makes it hash the file again, which then rebuilds what came from it."""
+    write_mnist(tmp_path / "d", np.random.default_rng(4), gz=False)
+    cache = tmp_path / "cache"
+    assert prepare_dataset(small_mnist, data_dir=tmp_path / "d", cache_dir=cache, download=False).written == SPLITS
+    remembered = json.loads((cache / "source-checksums.json").read_text())
+    labels = tmp_path / "d" / "t10k-labels-idx1-ubyte"
+    assert remembered[str(labels.resolve())]["sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
+
+    stamp = labels.stat()
+    data = bytearray(labels.read_bytes())
+    data[-1] = (data[-1] + 1) % 10  # another label, same length
+    labels.write_bytes(bytes(data))
+    os.utime(labels, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert prepare_dataset(small_mnist, data_dir=tmp_path / "d", cache_dir=cache, download=False).written == ()
+
+    os.utime(labels)  # now
+    assert prepare_dataset(small_mnist, data_dir=tmp_path / "d", cache_dir=cache, download=False).written == SPLITS
 
 
 def test_concurrent_prepares_encode_once(tmp_path):
@@ -155,28 +218,14 @@ def test_write_beton_validates_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-class _FailingSamples:
-    """A sample source whose 5th item raises inside ffcv's writer worker (which would hang ffcv)."""
-
-    def __init__(self, images: np.ndarray):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        if i == 5:
-            raise ValueError("broken sample")
-        return self.images[i], 0, i
-
-
 def test_a_failing_writer_worker_is_reported_not_hung(tmp_path, monkeypatch):
-    monkeypatch.setattr(encode, "WRITER_GRACE_S", 1.0)
+    monkeypatch.setattr(writer, "WRITER_GRACE_S", 1.0)
     before = shm_segments()
     start = time.monotonic()
+    good, bad = np.zeros((5, 64, 64, 1), np.uint8), np.zeros((5, 32, 32, 1), np.uint8)  # the 6th raises in the worker
+    labels = np.zeros(5, np.int64)
     with pytest.raises(DataError, match="writing the .beton failed") as err:
-        write_fields(tmp_path / "x.beton", encode.beton_fields(1), _FailingSamples(np.zeros((10, 64, 64, 1), np.uint8)),
-                     timeout_s=120)
+        write_fields(tmp_path / "x.beton", writer.beton_fields(1), 10, [(good, labels), (bad, labels)], timeout_s=120)
     assert time.monotonic() - start < 60
     assert str(tmp_path / "x.beton") in str(err.value)
     assert list(tmp_path.iterdir()) == []  # no temp file, no half-written .beton
@@ -235,3 +284,54 @@ def test_prepare_cli_encodes_and_lists_splits(tmp_path):
         path = beton_path(tmp_path, "cifar10-synthetic-2400x400", split)  # the default sizes
         assert line.startswith(str(path)) and "image,label,index" in line
         assert f"  {check_beton(path)} images" in line
+        # each split's progress bar, named, with its rate (and, while it runs, its ETA)
+        assert re.search(rf"cifar10-synthetic-2400x400 {split}: 100%.*{check_beton(path)}/{check_beton(path)} "
+                         r"\[[0-9:]+<[0-9:]+, +[0-9.]+img/s\]", result.stderr), result.stderr
+
+
+def _open_by_anyone(path: Path) -> bool:
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_killed_encode_leaves_nothing_a_later_run_could_take_for_whole(tmp_path):
+    """SIGKILL (the OOM killer's way) in the middle of writing the train split: the writer's processes notice and
+    go, no .beton or manifest of that split exists, and the next run encodes everything and leaves no temp file."""
+    key = "cifar10-synthetic-6000x400"
+    code = ("from data.encode import prepare_dataset; "
+            f"prepare_dataset('cifar10', cache_dir={str(tmp_path)!r}, synthetic=True, synthetic_train=6000, "
+            "synthetic_test=400)")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in tmp_path.glob(f".{key}_train_64.beton.*.tmp") if p.stat().st_size > 4 << 20]:
+            assert process.poll() is None and time.monotonic() < deadline, "the encode ended before it could be killed"
+            time.sleep(0.05)
+        (temp,) = tmp_path.glob(f".{key}_train_64.beton.*.tmp")
+        process.kill()
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 30
+    while _open_by_anyone(temp):  # ffcv's writer and its worker, orphaned
+        assert time.monotonic() < deadline, "the writer's processes outlived the encode"
+        time.sleep(0.2)
+    assert not beton_path(tmp_path, key, "train").exists() and not manifest_path(tmp_path, key, "train").exists()
+    encoded = prepare_dataset("cifar10", cache_dir=tmp_path, synthetic=True, synthetic_train=6000, synthetic_test=400)
+    assert encoded.written == SPLITS and encoded.counts == {"train": 5000, "val": 1000, "test": 400}
+    assert not leftovers(tmp_path)
+
+
+def test_synthetic_data_holds_every_class_in_every_split(tmp_path):
+    """Default synthetic sizes grow to 4 train+val and 1 test image of each class, and Tiny ImageNet's synthetic
+    validation images are held out per class, as its real ones are."""
+    assert synthetic_sizes("imagenet64", 2400, 400) == (4000, 1000) and synthetic_sizes("mnist", 2400, 400) == (2400, 400)
+    encoded = prepare_dataset("tiny_imagenet", cache_dir=tmp_path, synthetic=True, synthetic_train=800,
+                              synthetic_test=200)
+    assert encoded.counts == {"train": 600, "val": 200, "test": 200}
+    manifests = {split: json.loads(manifest_path(tmp_path, encoded.key, split).read_text()) for split in SPLITS}
+    assert manifests["val"]["class_counts"] == manifests["test"]["class_counts"] == [1] * 200

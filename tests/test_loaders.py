@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from torch.utils.data import DistributedSampler
 
 from data.encode import SPLITS, manifest_path, prepare_dataset, resize_images, split_train_val
 from data.errors import DataError
-from data.loaders import make_loader, set_loader_epoch
+from data.loaders import QUASI_RANDOM, RANDOM, loader_memory, make_loader, set_loader_epoch, training_order
 from data.sources import load_raw, make_synthetic
+from helpers import read_raw
 
 CPU = torch.device("cpu")
 N_TRAIN, N_TEST = 121, 45  # synthetic: val = 121 // 6 = 20, train = 101, test = 45 (odd: the sampler pads)
@@ -29,8 +31,8 @@ def synthetic(tmp_path_factory) -> dict:
 
 
 def expected_splits(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    raw = make_synthetic(name, N_TRAIN, N_TEST)
-    train_idx, val_idx = split_train_val(N_TRAIN, N_TRAIN // 6, seed=0)
+    raw = read_raw(make_synthetic(name, N_TRAIN, N_TEST))
+    train_idx, val_idx = split_train_val(raw.train_labels, N_TRAIN // 6, seed=0)
     return {"train": (raw.train_images[train_idx], raw.train_labels[train_idx]),
             "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
             "test": (raw.test_images, raw.test_labels)}
@@ -155,9 +157,53 @@ def test_real_mnist_encoding(real_mnist, real_data_dir, tmp_path):
     train_val = np.add(manifests["train"]["class_counts"], manifests["val"]["class_counts"])
     assert train_val.tolist() == MNIST_TRAIN_COUNTS
 
-    raw = load_raw("mnist", real_data_dir, tmp_path, download=False)
+    raw = read_raw(load_raw("mnist", real_data_dir, tmp_path, download=False))
     loader = make_loader(encoded.paths["test"], batch_size=1000, train=False, device=CPU, num_workers=1)
     images, labels, indices = read_all(loader)
     assert labels[0] == 7 and np.array_equal(labels, raw.test_labels)
     assert np.array_equal(indices, np.arange(10_000))
     assert np.array_equal(images, resize_images(raw.test_images))
+
+
+def test_the_training_order_follows_the_file_size_against_the_loaders_memory():
+    gb = 10**9
+    assert training_order(5 * gb, processes=1, memory_bytes=6 * gb) == (
+        RANDOM, "it fits in the 6.0 GB the loader may use: page cache, random order")
+    assert training_order(16 * gb, processes=1, memory_bytes=6 * gb) == (
+        QUASI_RANDOM, "it exceeds the 6.0 GB the loader may use: read a few pages at a time, in quasi-random order, "
+        "without the page cache")
+    order, why = training_order(16 * gb, processes=8, memory_bytes=6 * gb)
+    assert order == RANDOM and why.startswith("8 processes read it through the page cache")
+    memory = loader_memory()  # three quarters of this machine's memory (or its cgroup's limit)
+    assert 0 < memory <= 0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@pytest.fixture(scope="module")
+def paged(tmp_path_factory) -> Path:
+    """A training file of several ffcv pages (2 MiB, ~170 64x64 RGB images each)."""
+    cache = tmp_path_factory.mktemp("paged")
+    return prepare_dataset("cifar10", cache_dir=cache, synthetic=True, synthetic_train=1200, synthetic_test=30).paths["train"]
+
+
+def test_quasi_random_order_is_a_function_of_seed_and_epoch_so_a_resume_continues_it(paged):
+    """ffcv's own quasi-random order would give a fresh loader (a resumed run) another epoch 1 than the loader that
+    drew epoch 0 first: the run would train some images twice in that epoch and others not at all."""
+    first = make_loader(paged, batch_size=16, train=True, device=CPU, seed=3, num_workers=1, order=QUASI_RANDOM)
+    epochs = [read_all(first)[2] for _ in range(2)]
+    assert len(first) == 1000 // 16 and all(len(set(e)) == len(e) == 16 * len(first) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[0], np.sort(epochs[0]))
+    pages = np.diff(epochs[0][:32] // 170)  # quasi-random: a few pages at a time, not the whole file
+    assert np.count_nonzero(pages) < 31
+
+    resumed = make_loader(paged, batch_size=16, train=True, device=CPU, seed=3, num_workers=1, order=QUASI_RANDOM)
+    set_loader_epoch(resumed, 1)
+    batches = iter(resumed)
+    for _ in range(5):  # the five batches trained before the run stopped
+        next(batches)
+    rest = torch.cat([indices.clone() for _, _, indices in batches]).numpy()
+    assert np.array_equal(rest, epochs[1][5 * 16:])
+
+
+def test_quasi_random_order_is_refused_in_distributed_mode(paged):
+    with pytest.raises(DataError, match="quasi-random order does not run distributed"):
+        make_loader(paged, batch_size=16, train=True, device=CPU, distributed=True, order=QUASI_RANDOM)

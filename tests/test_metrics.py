@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from bench.measuring.metrics import BY_KEY, HISTORY_KEYS, RUN_KEYS, aggregate, history_row, markdown_glossary, run_metrics
 from bench.reporting.columns import column, glossary, label
@@ -79,3 +80,20 @@ def test_the_measurements_page_shows_the_declared_measurements():
     page = (Path(__file__).resolve().parent.parent / "docs" / "measurements.md").read_text()
     shown = page.split("<!-- metrics:start -->\n", 1)[1].split("\n<!-- metrics:end -->", 1)[0]
     assert shown == markdown_glossary(), "regenerate docs/measurements.md's table with `python -m bench.measuring.metrics`"
+
+
+def test_top5_counts_the_images_whose_class_is_among_the_five_highest_scores():
+    """evaluate() on batches whose 'images' are the scores themselves (the model flattens them): the true class
+    ranks 1st, 5th, 6th and 2nd, each image counted once although the last batch repeats one."""
+    from accelerate import Accelerator
+
+    from bench.training.loop import evaluate
+
+    scores = torch.arange(120, dtype=torch.float32).flip(0).repeat(4, 1)  # class 0 scores highest, 119 lowest
+    labels = torch.tensor([0, 4, 5, 1])
+    batches = [(scores[:2], labels[:2], torch.tensor([0, 1])), (scores[1:], labels[1:], torch.tensor([1, 2, 3]))]
+    result = evaluate(torch.nn.Flatten(), batches, lambda images: images, 4, Accelerator(cpu=True), num_classes=120,
+                      top5=True)
+    assert result.top5_acc == pytest.approx(0.75) and result.acc == pytest.approx(0.25)
+    assert result.confusion[4][0] == 1 and sum(map(sum, result.confusion)) == 4
+    assert evaluate(torch.nn.Flatten(), batches, lambda images: images, 4, Accelerator(cpu=True)).top5_acc is None

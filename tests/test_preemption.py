@@ -20,8 +20,10 @@ pytestmark = pytest.mark.slow
 
 # 320 synthetic images, batches of 16: a dozen and more steps an epoch. Validation every 20 steps: its progress line
 # at step 20 (the only "epoch 1.xx/2" line) says when the second epoch is under way: the signal's cue, nothing asserted.
+# The loader may use 0.1 MB, so the run reads its training file in quasi-random order (the harder one to resume:
+# tests/test_loaders.py).
 ARGS = [*TINY, "--models", "resnet18", "--datasets", "mnist", "--epochs", "2", "--synthetic-size", "320", "21",
-        "--eval-every", "20", "--no-inference"]
+        "--eval-every", "20", "--no-inference", "--loader-memory", "0.0001"]
 
 
 def signal_in_epoch_2(command: list[str], signum: int, kill_after_s: float) -> tuple[int, str]:
@@ -69,5 +71,6 @@ def test_a_time_limit_saves_that_step_and_resume_goes_on_from_it(tmp_path, cache
     assert [row["step"] for row in history] == [20, 2 * steps_per_epoch]
     assert [row["train_images"] for row in history] == [16 * 20, 16 * (2 * steps_per_epoch - 20)]
     assert record.status == "finished" and metrics["epochs_completed"] == 2
+    assert record.config["loader_order"] == "quasi_random"
     assert metrics["requeues"] == 1 and 0 < metrics["requeue_lost_s"] < time.time() - progress["preempted_at"]
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

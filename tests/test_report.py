@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.measuring.confusion import top_confusions
 from bench.report import Filters, NoRecordsError, build_parser, main as report_main, write_report
 from bench.reporting.columns import label
 from bench.reporting.headline import (HEADLINE_COLUMNS, HEADLINE_GROUP, headline_caption, headline_runs, headline_table,
@@ -321,6 +322,12 @@ def test_gain_splits_into_recipe_and_architecture(report) -> None:
     assert gains_table(table(("vgg16_improved", "fast", 1.0))).empty
 
 
+def test_top_confusions_are_the_most_frequent_off_the_diagonal():
+    matrix = [[5, 2, 0], [4, 1, 4], [0, 1, 9]]
+    assert top_confusions(matrix) == [[1, 0, 4, 9], [1, 2, 4, 9], [0, 1, 2, 7], [2, 1, 1, 10]]
+    assert top_confusions(matrix, count=1) == [[1, 0, 4, 9]] and top_confusions(np.eye(3, dtype=int)) == []
+
+
 def test_weakest_classes_and_confusion_matrices(report, smoke_suite) -> None:
     records = {(r.model, r.dataset): r for r in records_in(smoke_suite.results)}
     weakest = report.tables["weakest_classes"]
@@ -331,6 +338,10 @@ def test_weakest_classes_and_confusion_matrices(report, smoke_suite) -> None:
         order = sorted(seen, key=lambda i: record.test_per_class_acc[i])[:3]
         assert [row[5], row[7], row[9]] == [record.class_names[i] for i in order]
         assert [row[6], row[8], row[10]] == pytest.approx([record.test_per_class_acc[i] * 100 for i in order])
+        names = record.class_names  # the three most frequent confusions, as the record's matrix has them
+        assert [text for text in row[11:14] if isinstance(text, str)] == [
+            f"{names[true]} -> {names[predicted]} ({count}/{of})"
+            for true, predicted, count, of in top_confusions(record.test_confusion)[:3]]
     chosen = headline_runs(run_rows(list(records.values())))
     for keys, group in chosen.groupby(HEADLINE_GROUP, sort=False):
         figure = confusion_figure(keys, group)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 MLPERF_MIN_RUNS = 5  # from this many runs on, drop the fastest and the slowest (MLPerf Training's rule)
+TOP5_MIN_CLASSES = 100  # datasets with this many classes or more are also scored by top-5 accuracy
 MIB = 2**20
 
 
@@ -52,6 +53,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("test_acc", "test acc %", "Test accuracy after the last epoch (or after stopping at the target), every "
            "test image counted once across processes; mean over seeds, `std` their sample standard deviation.",
            scale=100, spread=True),
+    Metric("test_top5_acc", "test top-5 %", f"Share of the test images whose class is among the model's five highest "
+           f"scores, every test image counted once across processes; for datasets of {TOP5_MIN_CLASSES} classes or more "
+           "(blank for fewer, and in records from before it was measured).", scale=100, spread=True),
     Metric("epochs_completed", "epochs run", "Epochs trained (fewer, and fractional, when --stop-at-target "
            "stopped the run early).", fmt=".2f"),
     # -- time to accuracy

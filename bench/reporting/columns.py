@@ -99,6 +99,10 @@ DERIVED: dict[str, Column] = {
     **{f"weakest_{rank}_acc": Column(f"weakest {rank} %", ".1f", f"Test accuracy of the model's weakest class number "
                                      f"{rank} (lowest first), mean over the seeds of its headline configuration.")
        for rank in range(1, WEAKEST + 1)},
+    **{f"confusion_{rank}": Column(f"confusion {rank}", "", f"The model's confusion number {rank} (most frequent "
+                                   "first): true class -> predicted class (test images so confused / test images of the "
+                                   "true class), summed over the seeds of its headline configuration.")
+       for rank in range(1, WEAKEST + 1)},
 }
 # The baseline's side of a comparison: its meanings are the columns' own (not repeated in the glossary).
 BASELINE_MEANINGS = {"device": "The device of the baseline's runs.", "n": "Runs (seeds) behind the baseline's numbers."}

@@ -127,12 +127,25 @@ def headline_caption(rows: pd.DataFrame) -> str:
     return text
 
 
+def confusions_over_seeds(group: pd.DataFrame) -> list[tuple[int, int, int, int]]:
+    """(true, predicted, images, images of the true class) summed over the seeds' top confusions, most frequent
+    first (each seed lists its most frequent ones)."""
+    counts: dict[tuple[int, int], int] = {}
+    totals: dict[tuple[int, int], int] = {}
+    for pairs in group["test_top_confusions"]:
+        for true, predicted, images, of in pairs or ():
+            counts[true, predicted] = counts.get((true, predicted), 0) + images
+            totals[true, predicted] = totals.get((true, predicted), 0) + of
+    return sorted(((*pair, images, totals[pair]) for pair, images in counts.items()), key=lambda row: (-row[2], row[:2]))
+
+
 def weakest_classes(chosen: pd.DataFrame) -> pd.DataFrame:
-    """Per group and model of the headline, its WEAKEST lowest per-class test accuracies, each the mean over the
-    seeds of its headline configuration. Classes the test split never showed (a row of zeros in the confusion
-    matrix) are no weakness and are left out, as are records without per-class results."""
+    """Per group and model of the headline, its WEAKEST lowest per-class test accuracies (each the mean over the seeds
+    of its headline configuration) and its WEAKEST most frequent confusions (summed over those seeds). Classes the
+    test split never showed are no weakness; records without per-class results are left out."""
     columns = [*HEADLINE_GROUP, "model", *(f"weakest_{rank}{part}" for rank in range(1, WEAKEST + 1)
-                                          for part in ("", "_acc"))]
+                                          for part in ("", "_acc")),
+               *(f"confusion_{rank}" for rank in range(1, WEAKEST + 1))]
     rows = []
     for keys, group in chosen.groupby([*HEADLINE_GROUP, "model"], dropna=False, sort=False):
         per_class = [np.where(np.sum(confusion, axis=1) > 0, values, np.nan) if confusion else np.asarray(values)
@@ -144,5 +157,7 @@ def weakest_classes(chosen: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip([*HEADLINE_GROUP, "model"], keys))
         for rank, (index, value) in enumerate(mean.dropna().sort_values(kind="stable").head(WEAKEST).items(), start=1):
             row[f"weakest_{rank}"], row[f"weakest_{rank}_acc"] = names[index], shown(BY_KEY["test_acc"], value)
+        for rank, (true, predicted, images, of) in enumerate(confusions_over_seeds(group)[:WEAKEST], start=1):
+            row[f"confusion_{rank}"] = f"{names[true]} -> {names[predicted]} ({images}/{of})"
         rows.append(row)
     return sorted_rows(pd.DataFrame(rows, columns=columns), [*HEADLINE_GROUP, "model"])

@@ -8,6 +8,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from bench.measuring.confusion import top_confusions
+from bench.measuring.confusion import top_confusions
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, RUN_KEYS, aggregate
 from bench.results.schema import RunRecord, SweepRecord
@@ -29,14 +31,15 @@ SWEEP_KEYS = ["device", "world_size", "model", "dataset", "data", "mode", "preci
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch_size", "global_batch_size",
                "world_size", "num_machines", "precision", "channels_last", "compile_mode", "lr", "stop_at_target",
                "eval_every", "target", "synthetic_size"]
-ACCURACY_METRICS = ["test_acc", "train_time_s"]
+ACCURACY_METRICS = ["test_acc", "test_top5_acc", "train_time_s"]
 SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
                  "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "requeues", "requeue_lost_s"]
 PREEMPTION = ["requeues", "requeue_lost_s"]  # shown when a run was requeued
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
                "device", "world_size", "num_machines", "batch_size", "global_batch_size", "epochs", "channels_last",
                "compile_mode", "lr", "stop_at_target", "eval_every", "target", "synthetic_size", "started_at", "history",
-               "params", "train_gflops", "class_names", "test_per_class_acc", "test_confusion", "to_study_s"]
+               "params", "train_gflops", "class_names", "test_per_class_acc", "test_confusion", "test_top_confusions",
+               "to_study_s"]
 SWEEP_COLUMNS = [*SWEEP_KEYS, "status", "images_per_s", "step_time_ms", "peak_mem_allocated_bytes",
                  "peak_mem_reserved_bytes", "mfu", "max_batch"]
 ON_METRIC_SCALE = ("peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "mfu")  # a sweep point's, shown as its metric
@@ -65,6 +68,8 @@ def run_rows(records: list[RunRecord]) -> pd.DataFrame:
             "params": record.facts.get("params"), "train_gflops": record.facts.get("train_gflops"),
             "class_names": record.class_names, "test_per_class_acc": record.test_per_class_acc,
             "test_confusion": record.test_confusion, "to_study_s": seconds_to_study_accuracy(record),
+            "test_top_confusions": record.test_top_confusions or (  # older records: from their matrix
+                top_confusions(record.test_confusion) if record.test_confusion else None),
             **{key: record.metrics.get(key) for key in RUN_KEYS},
         })
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *RUN_KEYS])
@@ -123,8 +128,8 @@ def with_study(table: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy per setting x model x dataset: mean and sample std over seeds, next to the study's."""
-    columns = [*ACCURACY_KEYS, "n", "test_acc", "test_acc_std", "study_acc", "diff_pp", "train_time_s",
-               "study_train_s"]
+    columns = [*ACCURACY_KEYS, "n", "test_acc", "test_acc_std", "study_acc", "diff_pp", "test_top5_acc",
+               "test_top5_acc_std", "train_time_s", "study_train_s"]
     finished = finished_runs(runs)
     if finished.empty:
         return pd.DataFrame(columns=columns)

@@ -58,9 +58,13 @@ class RunRecord:
                                         default_factory=list)
     metrics: dict[str, Any] = doc("The run's measurements (docs/measurements.md: the `metrics` fields).",
                                   default_factory=dict)
-    test_confusion: list[list[int]] | None = doc("The test pass's confusion matrix, [true class][predicted].",
+    test_confusion: list[list[int]] | None = doc("The test pass's confusion matrix, [true class][predicted], up to "
+                                                 "100 classes.",
                                                  default=None)
     test_per_class_acc: list[float] | None = doc("Test accuracy per class.", default=None)
+    test_top_confusions: list[list[int]] | None = doc("The test pass's most frequent confusions, [true class, predicted "
+                                                      "class, images, images of the true class], most frequent first "
+                                                      "(the whole matrix is kept up to 100 classes only).", default=None)
     device_state: list[dict[str, Any]] = doc("Each process's device snapshots when the timed window opened and when "
                                              "training ended (clocks, temperature, throttling, other processes).",
                                              default_factory=list)

@@ -17,7 +17,9 @@ from bench.suite.preemption import Preemption
 from bench.suite.recipes import AUTO, PAIRED, PRESETS, RECIPES, Preset, Recipe, paired_recipe
 from bench.suite.shards import shard_runs
 from common.cli import load_plugins
-from data.loaders import default_num_workers
+from data.datasets import get_spec
+from data.encode import synthetic_sizes, train_file_bytes
+from data.loaders import RANDOM, default_num_workers, training_order
 from models import study_result
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class RunConfig:
     lr: float | None = None  # explicit override of the recipe's peak learning rate
     stop_at_target: bool = False  # end the run once validation accuracy reaches the target
     eval_every: int | None = None  # validate every this many steps (None: at each epoch's end)
+    loader_order: str = RANDOM  # how the training loader reads its file (data/loaders.py training_order)
 
     def to_json(self) -> dict:
         """The record's `config`."""
@@ -54,6 +57,8 @@ class RunConfig:
         identity = self.to_json()
         if self.num_machines == 1:  # one machine: the identity (and run id) it had before machines were counted
             del identity["num_machines"]
+        if self.loader_order == RANDOM:  # likewise before the training order could be another
+            del identity["loader_order"]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
         return f"{self.preset}_{source}_{self.model}_{self.recipe.name}_{self.precision}_b{self.batch_size}_s{self.seed}_{digest}"
@@ -104,6 +109,7 @@ class SuiteConfig:
     log_with: tuple[str, ...]  # experiment trackers
     overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
     dry_run: bool = False  # print the resolved runs and train nothing
+    loader_notes: tuple[str, ...] = ()  # how each dataset's training file will be read, said after the first line
 
 
 def launcher_precision() -> str | None:
@@ -160,9 +166,15 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     precision, precision_reason = resolve_precision(args.precision, preset, gpu_available, native_bf16)
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
     recipe_choice = args.recipe or preset.recipe
-    synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
-    runs = []
+    runs, loader_notes = [], []
+    memory = args.loader_memory * 1e9 if args.loader_memory else None
     for dataset in dict.fromkeys(args.datasets):  # a name given twice is one run, not two writing one record
+        spec = get_spec(dataset)
+        synthetic_train, synthetic_test = args.synthetic_size or synthetic_sizes(dataset, preset.synthetic_train,
+                                                                                 preset.synthetic_test)
+        file_bytes = train_file_bytes(dataset, synthetic_train if synthetic else None)
+        order, why = training_order(file_bytes, num_processes, memory)
+        loader_notes.append(f"loader: {dataset}'s train split (about {file_bytes / 1e9:,.2f} GB): {why}")
         for model in dict.fromkeys(args.models):
             recipe = RECIPES[paired_recipe(model) if recipe_choice == PAIRED else recipe_choice]
             study = None if synthetic else study_result(model, dataset)
@@ -171,12 +183,12 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
             for seed in dict.fromkeys(args.seeds):
                 runs.append(RunConfig(
                     model=model, dataset=dataset, seed=seed, preset=preset.name, recipe=recipe,
-                    epochs=args.epochs or preset.epochs or recipe.epochs,
+                    epochs=args.epochs or spec.epochs.get(preset.name) or preset.epochs or recipe.epochs,
                     batch_size=args.batch_size or preset.batch_size or recipe_batch(recipe, num_processes),
                     precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
                     target_accuracy=target, world_size=num_processes, num_machines=num_machines, lr=args.lr,
-                    stop_at_target=args.stop_at_target, eval_every=args.eval_every,
+                    stop_at_target=args.stop_at_target, eval_every=args.eval_every, loader_order=order,
                 ))
     context = RunContext(
         results_dir=args.results_dir, cache_dir=args.cache_dir, data_dir=args.data_dir,
@@ -188,4 +200,5 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
         runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), context=context, precision=precision,
         notes=tuple(note for note in (auto_reason, precision_reason) if note), shard=args.shard,
         log_with=tuple(args.log_with), overrides=overrides(args), dry_run=args.dry_run,
+        loader_notes=tuple(loader_notes),
     )

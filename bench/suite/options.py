@@ -109,6 +109,10 @@ def build_parser() -> OneLineParser:
                       help="use the learnable synthetic data instead of the real datasets (default: the preset's)")
     data.add_argument("--synthetic-size", nargs=2, type=positive_int, metavar=("TRAIN", "TEST"), default=None,
                       help="images in the synthetic train(+val) and test sets (default: the preset's)")
+    data.add_argument("--loader-memory", type=positive_float, metavar="GB", default=None,
+                      help="memory a training file may fill through the page cache (default: three quarters of this "
+                      "machine's); in one process a larger file is read in quasi-random order instead, which is "
+                      "part of the run's identity")
 
     output = parser.add_argument_group("output")
     output.add_argument("--results-dir", type=results_folder, default=Path("results"),

@@ -125,6 +125,7 @@ class EvalResult:
     images_per_s: float
     seconds: float
     confusion: list[list[int]] | None = None  # [true class][predicted class] counts, when asked for
+    top5_acc: float | None = None  # when asked for
 
 
 def gather_rows(accelerator: Accelerator, values: list[float]) -> torch.Tensor:
@@ -229,10 +230,11 @@ def train_steps(training: Training, accelerator: Accelerator, batches: Iterator,
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: int, accelerator: Accelerator,
-             num_classes: int | None = None, pad_to: int | None = None, cuda_graphs: bool = False) -> EvalResult:
-    """Loss and accuracy over a split (and with `num_classes` its confusion matrix), each sample counted once across
-    processes by writing results at its stored index (the loader's padding rewrites the same slot), merged by a
-    max-reduce.
+             num_classes: int | None = None, pad_to: int | None = None, cuda_graphs: bool = False,
+             top5: bool = False) -> EvalResult:
+    """Loss and accuracy over a split (with `num_classes` its confusion matrix, with `top5` its top-5 accuracy), each
+    sample counted once across processes by writing results at its stored index (the loader's padding rewrites the
+    same slot), merged by a max-reduce.
 
     With `pad_to` a partial last batch is padded with copies of its last sample, so that the model sees only training's
     batch shape (no recompilation, no cuDNN autotuning inside the peak-memory window); images/s count real images only."""
@@ -240,6 +242,7 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
     device = accelerator.device
     losses = torch.zeros(num_samples, device=device, dtype=torch.float32)
     correct = torch.zeros(num_samples, device=device, dtype=torch.float32)
+    in_top5 = torch.zeros(num_samples, device=device, dtype=torch.float32)
     covered = torch.zeros(num_samples, device=device, dtype=torch.float32)
     truth = torch.zeros(num_samples, device=device, dtype=torch.int64)
     predicted = torch.zeros(num_samples, device=device, dtype=torch.int64)
@@ -256,10 +259,12 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
         losses[indices] = F.cross_entropy(outputs, labels, reduction="none")
         guesses = outputs.argmax(dim=1)
         correct[indices] = (guesses == labels).float()
+        if top5:
+            in_top5[indices] = (outputs.topk(5, dim=1).indices == labels[:, None]).any(dim=1).float()
         covered[indices] = 1.0
         truth[indices], predicted[indices] = labels, guesses
     timer.stop()
-    for tensor in (losses, correct, covered, truth, predicted):
+    for tensor in (losses, correct, in_top5, covered, truth, predicted):
         all_reduce_max_(tensor)
     missing = int(num_samples - covered.sum().item())
     if missing:
@@ -270,4 +275,4 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
         confusion = counts.view(num_classes, num_classes).tolist()
     images_per_s = sum(rates(gather_rows(accelerator, [timer.images, timer.seconds])))
     return EvalResult(loss=losses.mean().item(), acc=correct.mean().item(), images_per_s=images_per_s,
-                      seconds=timer.seconds, confusion=confusion)
+                      seconds=timer.seconds, confusion=confusion, top5_acc=in_top5.mean().item() if top5 else None)

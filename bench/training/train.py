@@ -14,11 +14,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch._dynamo.utils import counters as dynamo_counters
 from tqdm.auto import tqdm
 
+from bench.measuring.confusion import INLINE_MAX_CLASSES, top_confusions
 from bench.measuring.cost import cost_metrics
 from bench.measuring.device import device_name, peak_tflops, uses_cuda_graphs
 from bench.measuring.environment import environment
 from bench.measuring.measure import WindowTimer, is_oom, peak_memory_bytes, reset_peak_memory, time_to_target
-from bench.measuring.metrics import history_row, run_metrics
+from bench.measuring.metrics import TOP5_MIN_CLASSES, history_row, run_metrics
 from bench.results import records, tracking
 from bench.results.records import CheckpointError
 from bench.results.schema import RunRecord
@@ -82,7 +83,8 @@ def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> 
                 run_epochs(cfg, context, accelerator, training, progress, started)
             test = evaluate(training.model, training.loaders["test"], training.eval_preprocess,
                             training.counts["test"], accelerator, num_classes=spec.num_classes,
-                            pad_to=training.eval_pad_to, cuda_graphs=training.cuda_graphs)
+                            pad_to=training.eval_pad_to, cuda_graphs=training.cuda_graphs,
+                            top5=spec.num_classes >= TOP5_MIN_CLASSES)
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
         wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
@@ -92,7 +94,8 @@ def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> 
                             int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs, measured=measured.metrics)
         tracking.log_final(accelerator, metrics, step=progress.step)
         record = replace(record, facts=asdict(facts), device_state=measured.device_state,
-                         inference=measured.inference, test_confusion=test.confusion,
+                         inference=measured.inference, test_top_confusions=top_confusions(test.confusion),
+                         test_confusion=test.confusion if spec.num_classes <= INLINE_MAX_CLASSES else None,
                          test_per_class_acc=[row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)])
         status, error = "finished", None
     except RunDiverged as caught:
@@ -142,7 +145,8 @@ def build_training(cfg: RunConfig, context: RunContext, accelerator: Accelerator
     spec = encoded.spec
     loaders = {
         split: shared_loader(encoded.paths[split], batch_size=cfg.batch_size, train=(split == "train"), device=device,
-                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=context.num_workers)
+                             seed=cfg.seed, distributed=accelerator.num_processes > 1, num_workers=context.num_workers,
+                             order=cfg.loader_order)
         for split in ("train", "val", "test")
     }
     if len(loaders["train"]) == 0:
@@ -353,6 +357,7 @@ def summarise(cfg: RunConfig, context: RunContext, accelerator: Accelerator, tra
         train_loss=history[-1]["train_loss"], train_acc=history[-1]["train_acc"],
         val_loss=history[-1]["val_loss"], val_acc=history[-1]["val_acc"],
         best_val_acc=best["val_acc"], best_val_epoch=best["epoch"], test_loss=test.loss, test_acc=test.acc,
+        test_top5_acc=test.top5_acc,
         train_images_per_s=images_per_s,
         eval_images_per_s=(sum(eval_rates) + test.images_per_s) / (len(eval_rates) + 1),
         train_time_s=train_seconds, eval_time_s=sum(row["eval_time_s"] for row in history) + test.seconds,
