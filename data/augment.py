@@ -1,27 +1,5 @@
-"""Batched, on-device preprocessing: uint8 BHWC batches -> augmented, normalised float32 BCHW.
-
-Everything is whole-batch tensor ops with per-sample random parameters drawn on the images' device,
-so augmentation costs the accelerator microseconds and never syncs with the host (airbench style).
-
-Semantics follow torchvision's tensor transforms (v0.29) so the `paper-improved` recipe matches the
-study's `RandomHorizontalFlip -> RandomRotation -> RandomAffine -> ColorJitter` pipeline (each dataset
-entry, data/datasets.py, declares its configs):
-
-* Geometry: angle ~ U(-degrees, degrees), tx = round(U(-translate[0] * W, translate[0] * W)) (ty
-  likewise with H; half-to-even rounding, as Python's ``round``), scale ~ U(scale), x-shear ~
-  U(-shear, shear), no y-shear, about the image centre, fill 0. The rotation is applied first, as
-  ``F.rotate`` does (counter-clockwise), then shear/scale/translation as ``F.affine`` with angle 0;
-  with ``separate_rotation`` (CIFAR-10) they are two batched ``grid_sample`` passes, as torchvision's
-  RandomRotation then RandomAffine, so corners the rotation drops stay black; otherwise one matrix.
-  Without shear (MNIST) this is exactly ``RandomAffine(degrees, translate, scale)`` (whose angle
-  runs clockwise, a sign flip that a symmetric range makes irrelevant).
-* Interpolation is NEAREST, torchvision's default for RandomAffine/RandomRotation and so what the
-  study used; it keeps pixel values unblended (and, unlike bilinear, needs no fill-mask correction).
-* Colour jitter: factors ~ U(max(0, 1 - v), 1 + v); brightness multiplies, contrast blends with the
-  mean of the grayscale image, saturation blends with the grayscale image (a no-op on 1 channel),
-  each clamped to [0, 1]. The order of the three is a random permutation per sample, as
-  torchvision's ColorJitter draws one per call.
-* Augmentation runs on [0, 1] values before normalisation, so fill 0 is black as in torchvision.
+"""Batched, on-device preprocessing: uint8 BHWC batches -> augmented, normalised float32 BCHW, in whole-batch tensor
+ops with no host sync (airbench style), matching torchvision's transforms where a recipe follows the study's.
 """
 from __future__ import annotations
 

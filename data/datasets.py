@@ -1,13 +1,5 @@
-"""The dataset registry: one entry per dataset, holding everything the harness needs to know about it.
-
-An entry says what the images are (channels, native size, classes and their names), how to normalise
-them (mean/std of the raw training set), how the validation split is held out (size and seed), where
-its official files are found and fetched from (its format, data/formats.py), and its augmentation
-for each recipe family (`paper`: what the study used; `fast`: cheap shifts/flips for short runs).
-Every list of dataset names, CLI choice, help text and default derives from this registry; the
-study's numbers for a dataset sit with the models (models/registry.py), keyed by its name.
-
-Adding a dataset = one `register_dataset(DatasetSpec(...))` below (plus tests and docs).
+"""The dataset registry: one entry per dataset (its images, classes, normalisation, validation split, official files
+and augmentations), from which every name, option and default derives.
 """
 from __future__ import annotations
 

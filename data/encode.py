@@ -1,13 +1,5 @@
-"""Encode raw datasets into 64x64 FFCV .beton files (train / val / test), cached with a manifest each.
-
-A .beton is reused only when its manifest's recipe equals what would be written now (same source
-checksum, split, resize, library versions...) and the file passes a structural check; otherwise it is
-rebuilt. Files are written under a temporary name and moved into place with os.replace, and a split's
-manifest only after its file, so a reader never sees a half-written file and a killed encode leaves
-nothing a later run could take for a whole one. A build holds a lock file per dataset in the cache
-folder, so that processes, jobs or machines sharing one cache build each dataset once: the others wait
-and find it warm. Sources stream in chunks (data/formats.py), decoded and resized on the machine's
-cores while one writer (data/writer.py) keeps the output byte-identical run to run.
+"""Encode raw datasets into 64x64 FFCV .beton files (train / val / test), cached with a manifest each and rebuilt
+only when the recipe changed; streamed in chunks, written whole, one build per dataset under a lock (docs/design.md).
 """
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The official file formats datasets ship in: find them in a folder, validate and parse them.
-
-Two families cover the datasets we know: `IdxFiles` (MNIST's four idx files, also Fashion-MNIST's)
-and `CifarFiles` (the CIFAR-10/100 batches, binary records or python pickles, extracted or as the
-official tar.gz). A dataset entry (data/datasets.py) names its format with a few parameters; the
-parsing, the checks and the download plan live here, once per format.
-
-A source opens as two official splits (train, test), each with every label up front (checked) and its
-images in chunks: consecutive uint8 images shaped (n, H, W, C) whose pixels are decoded on demand, so
-that an encoder can stream a split of any size and decode chunks in parallel. Every problem with a file
-is a one-line `DataError` naming the file and what was expected, never a traceback from a library.
+"""The official file formats datasets ship in (MNIST's idx files, CIFAR's batches): find, validate and parse them,
+each split its labels up front and its images in chunks; every bad file is one line naming it.
 """
 from __future__ import annotations
 

@@ -1,41 +1,5 @@
-"""FFCV loaders over the encoded .beton files: (images, labels, indices) batches already on the device.
-
-Images arrive as uint8 (B, 64, 64, C), channels last and not normalised (the device-side
-augmentation/normalisation lives in data/augment.py). Labels and indices are int64 (B,); `indices`
-are positions within the split file, which makes distributed evaluation exact (see below).
-
-Things to know (ffcv 1.0.2):
-- Batches are views into buffers the loader reuses a few batches later: `.clone()` anything kept
-  past the next iteration.
-- Creating a Loader JIT-compiles its pipeline (1-5 s): build each loader once (`shared_loader`), not per epoch.
-- `num_workers` is the number of numba threads, and ffcv calls `torch.set_num_threads(num_workers)`
-  for the whole process whenever a loader is created or iterated.
-- Only decoders (compiled) come before ToTensor here; a compiled op after ToTensor hangs ffcv.
-
-Ordering (ffcv/traversal_order/random.py, sequential.py, loader/loader.py):
-- Each `iter(loader)` uses epoch `loader.next_epoch` and then increments it; `set_loader_epoch`
-  sets it so that a resumed run continues with the same order.
-- Train, single process: the order is `np.random.default_rng(seed + epoch).permutation(n)`;
-  with drop_last the last `n % batch_size` samples of that permutation are skipped (different ones
-  each epoch).
-- distributed=True: torch's DistributedSampler(shuffle=train, seed=seed, drop_last=False) with
-  set_epoch(epoch): one permutation (torch.randperm seeded with seed + epoch) shared by all ranks,
-  padded by repeating its first samples up to ceil(n / world) * world, then rank r takes positions
-  r, r + world, ... So every rank sees ceil(n / world) samples, and `ceil(n / world) * world - n`
-  samples are seen twice per epoch; drop_last then trims each rank's list to whole batches.
-  Evaluation (sequential) pads the same way with the first samples of the file: de-duplicate by
-  `indices` to score every test image exactly once.
-
-Training order, page cache or not (`training_order`): a training file that fits in the memory the loader
-may use is memory-mapped through the page cache and read in the random order above. One that does not,
-in one process, is read a few pages at a time into the process (os_cache=False) in ffcv's quasi-random
-order: random within a window of 2 x batch pages, so each page is read from disk about once an epoch
-instead of thrashing the cache. Its order is a function of (seed, epoch) too, which ffcv's own is not
-(it shuffles its page table in place, so that an epoch's order depends on the epochs drawn before it in
-the process): a resumed run continues with the same order either way. ffcv's quasi-random order raises
-in distributed mode, so several processes always read through the page cache. Which order a run uses is
-part of its identity (bench/suite/config.py). The data-stall metric keeps its meaning: it is the time
-spent waiting for the next batch, whichever way the loader reads it.
+"""FFCV loaders over the encoded .beton files: (images, labels, indices) batches already on the device, the indices
+making distributed evaluation exact; a file beyond the loader's memory is read in quasi-random order (docs/design.md).
 """
 from __future__ import annotations
 

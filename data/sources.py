@@ -1,11 +1,5 @@
-"""Raw datasets: locate a registered dataset's official files (or download them), or make a synthetic one.
-
-A raw dataset is its two official splits (data/formats.py: every label up front, uint8 images shaped
-(n, H, W, C) in chunks) and a checksum of its source. Lookup order for real data: a
-local directory (argument, else $DEEPNETS_DATA_DIR), files downloaded earlier into `<cache>/raw`,
-then a download with torchvision's utilities (md5-verified). What the files look like and where they
-come from is the dataset entry's format (data/datasets.py, data/formats.py); this module only walks
-that order and turns every failure into one `DataError` line that says what to place where.
+"""Raw datasets: find a registered dataset's official files (a local folder, the cache, else a checksummed download),
+or make a synthetic stand-in; every failure is one line saying what to place where.
 """
 from __future__ import annotations
 
@@ -127,11 +121,6 @@ def locate_source(name: str, data_dir: Path | None, cache_dir: Path, download: b
     raise DataError(f"{spec.title} not found in {searched} and {reason}: place {spec.source.place_hint()} "
                     f"(DIR = a directory you pass as --data-dir DIR or set as {DATA_DIR_ENV})")
 
-
-def load_raw(name: str, data_dir: Path | None, cache_dir: Path, download: bool = True) -> RawDataset:
-    """Open and validate a real dataset (see the module docstring for where it is looked for)."""
-    source = locate_source(name, data_dir, cache_dir, download)
-    return read_source(get_spec(name), source, source_checksums(cache_dir).digest(source.paths))
 
 
 # ---------------------------------------------------------------- synthetic data

@@ -1,19 +1,5 @@
-"""Input-pipeline throughput: the FFCV loader against a plain torch DataLoader on the same images.
-
-`python -m data.throughput [--datasets mnist cifar10] [--device cuda] ...` measures, per dataset and
-pipeline, the images/s that reach the training device ready for the model (normalised float, and for
-`train` augmented), with nothing else running:
-
-- `ffcv`: our loader (.beton -> uint8 batch on the device) + the batched device-side preprocessing;
-- `dataloader`: torch.utils.data.DataLoader over the same decoded uint8 arrays held in memory
-  (per-sample indexing, default collate, pinned memory), then the same device-side preprocessing; of
-  the split's first --max-images images (a split of ImageNet's size does not fit in memory);
-- `dataloader+cpu-aug` (train only): the study's way, torchvision transforms per sample in the
-  DataLoader workers, then normalisation on the device.
-
-The ffcv train loader reads in the order a run would (page cache, or quasi-random pages for a file
-larger than --loader-memory), and the table says which. It prints the three and the ratios
-ffcv/dataloader. A benchmark, not a test: numbers vary by machine.
+"""Input-pipeline throughput: our FFCV loader against a plain torch DataLoader on the same images, ready for the model
+on the device (`python -m data.throughput`); a benchmark, not a test.
 """
 from __future__ import annotations
 

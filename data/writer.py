@@ -1,11 +1,5 @@
-"""Writing and checking .beton files: a stream of batches into ffcv's DatasetWriter, bounded in memory and time.
-
-ffcv's writer indexes a dataset from a worker process; ours is a forked child (the host) whose one worker
-takes the samples, in order, from a pipe that the parent feeds batch by batch (a few batches ahead at
-most). So the parent decodes and resizes while the worker writes, a split of any size never sits in
-memory, the output is byte-identical run to run (one worker, one order), and the parent can always stop
-everything: the host runs in a process group of its own, and a watchdog in it gives up when ffcv would
-hang (a failed worker) or the parent is gone.
+"""Writing and checking .beton files: batches streamed through a pipe into ffcv's DatasetWriter, bounded in memory and
+time, byte-identical run to run, and always stoppable (ffcv's writer would hang on a failed worker).
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ import numpy as np
 
 from bench.results.records import load_records
 from bench.results.schema import RunRecord
+from data.datasets import get_spec
+from data.sources import RawDataset, locate_source, read_source, source_checksums
 
 REPO = Path(__file__).resolve().parent.parent
 # The smallest suite that still trains: 64 synthetic train+val images (54 train, 10 val), 21 test images
@@ -60,3 +62,9 @@ def read_raw(raw) -> SimpleNamespace:
         arrays[f"{name}_images"] = np.concatenate([chunk.pixels() for chunk in chunks])
         arrays[f"{name}_labels"] = split.labels
     return SimpleNamespace(**arrays, spec=raw.spec, origin=raw.origin, checksum=raw.checksum)
+
+
+def load_raw(name: str, data_dir: Path | None, cache_dir: Path, download: bool = True) -> RawDataset:
+    """A real dataset's official files, found as the encoder finds them and opened (every label checked)."""
+    source = locate_source(name, data_dir, cache_dir, download)
+    return read_source(get_spec(name), source, source_checksums(cache_dir).digest(source.paths))

@@ -20,8 +20,7 @@ from data.datasets import DATASETS, IMAGENET_NAMES, TINY_WNIDS, get_spec, regist
 from data.encode import prepare_dataset
 from data.errors import DataError
 from data.loaders import make_loader
-from data.sources import load_raw
-from helpers import plugin_env, read_raw, records_in, run_bench, run_module
+from helpers import load_raw, plugin_env, read_raw, records_in, run_bench, run_module
 
 CPU = torch.device("cpu")
 CLASS_TABLES = Path(__file__).resolve().parents[1] / "data" / "classes"

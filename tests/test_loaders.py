@@ -15,8 +15,8 @@ from torch.utils.data import DistributedSampler
 from data.encode import SPLITS, manifest_path, prepare_dataset, resize_images, split_train_val
 from data.errors import DataError
 from data.loaders import QUASI_RANDOM, RANDOM, loader_memory, make_loader, set_loader_epoch, training_order
-from data.sources import load_raw, make_synthetic
-from helpers import read_raw
+from data.sources import make_synthetic
+from helpers import load_raw, read_raw
 
 CPU = torch.device("cpu")
 N_TRAIN, N_TEST = 121, 45  # synthetic: val = 121 // 6 = 20, train = 101, test = 45 (odd: the sampler pads)

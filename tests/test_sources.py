@@ -14,8 +14,8 @@ import torch
 
 from data.datasets import DATASETS, get_spec
 from data.errors import DataError
-from data.sources import load_raw, make_synthetic, synthetic_checksum
-from helpers import read_raw
+from data.sources import make_synthetic, synthetic_checksum
+from helpers import load_raw, read_raw
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",

@@ -32,7 +32,7 @@ SETTINGS: dict[str, Column] = {name: Column(label) for name, label in {
     "compile_mode": "compile", "compile": "compile", "stop_at_target": "stop_at_target", "eval_every": "eval_every",
     # The configuration's target, where it groups rows; aggregated over seeds it is the metric `target_accuracy`
     # ("target %"). Both headers stay as users have parsed them.
-    "target": "target_accuracy", "lr": "lr",
+    "target": "target_accuracy", "lr": "lr", "loader_order": "loader order",
     "synthetic_size": "synthetic size", "mode": "mode", "data": "input", "vanilla": "vanilla",
     "vanilla_recipe": "vanilla recipe",
 }.items()}

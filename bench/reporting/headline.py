@@ -32,6 +32,7 @@ def config_label(row: pd.Series) -> str:
              + (f" on {row['num_machines']} machines" if row.get("num_machines", 1) > 1 else ""),
              f"precision {PRECISION_NAMES.get(row['precision'], row['precision'])}",
              "channels_last" if row["channels_last"] else None,
+             f"{row['loader_order'].replace('_', '-')} order" if row.get("loader_order", "random") != "random" else None,
              f"compile {row['compile_mode']}" if row["compile_mode"] != "off" else None]
     optional = {"lr": "lr {:g}", "eval_every": "validation every {:g} steps", "synthetic_size": "{} synthetic images",
                 "target": "target {:.2%}"}

@@ -30,14 +30,15 @@ SWEEP_KEYS = ["device", "world_size", "model", "dataset", "data", "mode", "preci
 # beside it, so that the same configuration can be set against itself on other hardware.
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch_size", "global_batch_size",
                "world_size", "num_machines", "precision", "channels_last", "compile_mode", "lr", "stop_at_target",
-               "eval_every", "target", "synthetic_size"]
+               "eval_every", "target", "synthetic_size", "loader_order"]
 ACCURACY_METRICS = ["test_acc", "test_top5_acc", "train_time_s"]
 SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
                  "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "requeues", "requeue_lost_s"]
 PREEMPTION = ["requeues", "requeue_lost_s"]  # shown when a run was requeued
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
                "device", "world_size", "num_machines", "batch_size", "global_batch_size", "epochs", "channels_last",
-               "compile_mode", "lr", "stop_at_target", "eval_every", "target", "synthetic_size", "started_at", "history",
+               "compile_mode", "lr", "stop_at_target", "eval_every", "target", "synthetic_size", "loader_order",
+               "started_at", "history",
                "params", "train_gflops", "class_names", "test_per_class_acc", "test_confusion", "test_top_confusions",
                "to_study_s"]
 SWEEP_COLUMNS = [*SWEEP_KEYS, "status", "images_per_s", "step_time_ms", "peak_mem_allocated_bytes",
@@ -64,6 +65,7 @@ def run_rows(records: list[RunRecord]) -> pd.DataFrame:
             "eval_every": config.get("eval_every"), "target": config.get("target_accuracy"),
             "synthetic_size": f"{config.get('synthetic_train')}+{config.get('synthetic_test')}"
             if record.data_source == "synthetic" else None,
+            "loader_order": config.get("loader_order") or "random",
             "started_at": record.started_at, "history": record.history,
             "params": record.facts.get("params"), "train_gflops": record.facts.get("train_gflops"),
             "class_names": record.class_names, "test_per_class_acc": record.test_per_class_acc,
