@@ -9,11 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from data.encode import FIELD_NAMES, SYNTHETIC_PER_CLASS, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
 from common.cli import OneLineParser, add_plugin_option, load_plugins
-from data.datasets import dataset_names
-from data.errors import DataError
 from common.files import DiskFull
+from data.datasets import dataset_names
+from data.encode import FIELD_NAMES, SYNTHETIC_PER_CLASS, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
+from data.errors import DataError
 from data.sources import DATA_DIR_ENV
 from models import study_datasets
 

@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from data.augment import AugmentConfig, DevicePreprocess
 from common.cli import (OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_float,
                         positive_int)
+from data.augment import AugmentConfig, DevicePreprocess
 from data.datasets import dataset_names
 from data.encode import EncodedDataset, prepare_dataset
 from data.errors import DataError

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data.datasets import DATASETS, dataset_names, get_spec, register_dataset
 import data.encode as encode
-import data.formats as formats
-import data.writer as writer
 from data.encode import (SPLITS, beton_path, manifest_path, prepare_dataset, resize_images, split_train_val,
                          synthetic_sizes)
-from data.writer import check_beton, write_beton, write_fields
-from data.datasets import DATASETS, dataset_names, get_spec, register_dataset
 from data.errors import DataError
+import data.formats as formats
 from data.prepare import main as prepare_main, parse_args
+import data.writer as writer
+from data.writer import check_beton, write_beton, write_fields
 from test_sources import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
