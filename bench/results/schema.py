@@ -12,7 +12,7 @@ from typing import Any
 
 RECORD_SCHEMA = 2
 # A run's status. --resume skips the final ones and retries a crashed ("failed") run.
-FINAL_STATUSES = ("finished", "diverged", "oom")
+FINAL_STATUSES = ("finished", "diverged", "oom", "unsupported")
 RUN_STATUSES = (*FINAL_STATUSES, "failed")
 # Schema 1 kept these beside `config` too; schema 2 reads them from it (or, for `device`, from `env`).
 SCHEMA1_COPIES = ("model", "dataset", "data_source", "preset", "recipe", "seed", "precision", "batch_size",
@@ -41,11 +41,13 @@ class RunRecord:
 
     run_id: str = doc("The run's name: a readable prefix and a hash of its configuration (everything that changes "
                       "its result); the same configuration always gets the same id.")
-    status: str = doc("`finished`, `diverged` (the loss became NaN or infinite), `oom` or `failed` (an error; "
-                      "`--resume` tries it again).")
+    status: str = doc("`finished`, `diverged` (the loss became NaN or infinite), `oom`, `unsupported` (a setting "
+                      "this device cannot run, such as SyncBatchNorm on a CPU: `error` says which and why) or `failed` "
+                      "(an error; `--resume` tries it again).")
     config: dict[str, Any] = doc("The configuration (bench/suite/config.py RunConfig): model, dataset, seed, preset, "
                                  "recipe (every hyper-parameter), epochs, per-process batch, precision, memory "
-                                 "format, compile mode, data source and sizes, target, processes and machines.")
+                                 "format, compile mode, data source and sizes, target, processes and machines, and "
+                                 "`communication` (DDP's hook, buckets and graph, SyncBatchNorm).")
     settings: dict[str, Any] = doc("How the run was measured, outside its identity: warm-up steps, loader threads, "
                                    "checkpoint cadence, the inference options and the price.", default_factory=dict)
     env: dict[str, Any] = doc("What it ran on: versions, device and its count, processes, TF32, host, git commit "

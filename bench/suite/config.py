@@ -12,13 +12,37 @@ from typing import Sequence
 
 from bench.measuring.cost import Pricing, pricing
 from bench.measuring.inference import InferenceOptions, inference_options
-from bench.suite.options import build_parser, overrides
+from bench.suite.options import POWERSGD_HOOKS, build_parser, overrides
 from bench.suite.preemption import Preemption
 from bench.suite.recipes import AUTO, PAIRED, PRESETS, RECIPES, Preset, Recipe, paired_recipe
 from bench.suite.shards import shard_runs
 from common.cli import load_plugins
 from data.loaders import default_num_workers
 from models import study_result
+
+
+@dataclass(frozen=True)
+class Communication:
+    """How the processes exchange gradients (DDP, through Accelerate's DistributedDataParallelKwargs) and batch
+    statistics (SyncBatchNorm). DDP's settings are fixed when the Accelerator is built: one value per launch."""
+
+    comm_hook: str = "no"  # Accelerate's DDPCommunicationHookType: no, fp16, bf16, power_sgd, batched_power_sgd
+    powersgd_rank: int | None = None  # PowerSGD's matrix approximation rank (power_sgd hooks only)
+    bucket_cap_mb: int | None = None  # DDP's bucket size in MiB (None: DDP's default)
+    gradient_as_bucket_view: bool = False
+    static_graph: bool = False
+    sync_bn: bool = False  # batch norm statistics over all processes (torch.nn.SyncBatchNorm)
+
+    def identity(self) -> dict:
+        """The settings that differ from their defaults: a run id hashes only these, so that a run at the defaults
+        keeps the id it had before they existed."""
+        defaults = Communication()
+        return {name: value for name, value in dataclasses.asdict(self).items() if value != getattr(defaults, name)}
+
+    def words(self) -> str:
+        """The settings that differ from their defaults, in words ("" at the defaults)."""
+        return ", ".join(name if value is True else f"{name} {value}" for name, value in self.identity().items())
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -43,6 +67,7 @@ class RunConfig:
     lr: float | None = None  # explicit override of the recipe's peak learning rate
     stop_at_target: bool = False  # end the run once validation accuracy reaches the target
     eval_every: int | None = None  # validate every this many steps (None: at each epoch's end)
+    communication: Communication = Communication()  # DDP's communication hook, buckets and graph; SyncBatchNorm
 
     def to_json(self) -> dict:
         """The record's `config`."""
@@ -52,8 +77,14 @@ class RunConfig:
     def run_id(self) -> str:
         """Readable prefix plus a hash of every setting that changes the result."""
         identity = self.to_json()
-        if self.num_machines == 1:  # one machine: the identity (and run id) it had before machines were counted
+        # Settings added after run ids were first published are hashed only away from their defaults, so that the
+        # runs that do not use them keep their ids: one machine; DDP's and batch norm's defaults.
+        if self.num_machines == 1:
             del identity["num_machines"]
+        if changed := self.communication.identity():
+            identity["communication"] = changed
+        else:
+            del identity["communication"]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         source = f"{self.dataset}-synthetic" if self.synthetic else self.dataset
         return f"{self.preset}_{source}_{self.model}_{self.recipe.name}_{self.precision}_b{self.batch_size}_s{self.seed}_{digest}"
@@ -104,6 +135,7 @@ class SuiteConfig:
     log_with: tuple[str, ...]  # experiment trackers (bench/results/tracking.py)
     overrides: tuple[str, ...] = ()  # the options given that override the preset and its recipes, as typed
     dry_run: bool = False  # print the resolved runs and train nothing
+    communication: Communication = Communication()  # every run's: one Accelerator serves the suite
 
 
 def launcher_precision() -> str | None:
@@ -150,17 +182,30 @@ def resolve_precision(explicit: str | None, preset: Preset, gpu_available: bool,
     return preset.precision or "no", None
 
 
+def communication_of(args, parser) -> Communication:
+    """The communication options as a Communication; a PowerSGD rank without a PowerSGD hook is an error."""
+    powersgd = args.comm_hook in POWERSGD_HOOKS
+    if args.powersgd_rank is not None and not powersgd:
+        parser.error(f"argument --powersgd-rank: the rank is PowerSGD's; expected --comm-hook "
+                     f"{' or '.join(POWERSGD_HOOKS)} with it, got --comm-hook {args.comm_hook}")
+    return Communication(comm_hook=args.comm_hook, powersgd_rank=(args.powersgd_rank or 1) if powersgd else None,
+                         bucket_cap_mb=args.bucket_cap_mb, gradient_as_bucket_view=args.gradient_as_bucket_view,
+                         static_graph=args.static_graph, sync_bn=args.sync_bn)
+
+
 def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: int, native_bf16: bool = True,
                 num_machines: int = 1, preemption: Preemption | None = None) -> SuiteConfig:
     """Command line -> the list of runs, every value resolved (CLI over preset over recipe), and their context."""
     load_plugins(argv, "bench/run.py")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     preset, auto_reason = resolve_preset(args.preset, args.synthetic, gpu_available)
     synthetic = preset.synthetic if args.synthetic is None else args.synthetic
     precision, precision_reason = resolve_precision(args.precision, preset, gpu_available, native_bf16)
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
     recipe_choice = args.recipe or preset.recipe
     synthetic_train, synthetic_test = args.synthetic_size or (preset.synthetic_train, preset.synthetic_test)
+    communication = communication_of(args, parser)
     runs = []
     for dataset in dict.fromkeys(args.datasets):  # a name given twice is one run, not two writing one record
         for model in dict.fromkeys(args.models):
@@ -176,7 +221,7 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
                     precision=precision, channels_last=channels_last, compile_mode=args.compile_mode,
                     synthetic=synthetic, synthetic_train=synthetic_train, synthetic_test=synthetic_test,
                     target_accuracy=target, world_size=num_processes, num_machines=num_machines, lr=args.lr,
-                    stop_at_target=args.stop_at_target, eval_every=args.eval_every,
+                    stop_at_target=args.stop_at_target, eval_every=args.eval_every, communication=communication,
                 ))
     context = RunContext(
         results_dir=args.results_dir, cache_dir=args.cache_dir, data_dir=args.data_dir,
@@ -187,5 +232,5 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
     return SuiteConfig(
         runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), context=context, precision=precision,
         notes=tuple(note for note in (auto_reason, precision_reason) if note), shard=args.shard,
-        log_with=tuple(args.log_with), overrides=overrides(args), dry_run=args.dry_run,
+        log_with=tuple(args.log_with), overrides=overrides(args), dry_run=args.dry_run, communication=communication,
     )

@@ -33,7 +33,7 @@ from bench.training.loop import (EvalResult, RunDiverged, StepSums, Training, ev
                                  train_steps)
 from bench.training.probes import RunProbes
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import build_model_and_optimizer, print_main, release
+from bench.training.runtime import build_model_and_optimizer, print_main, release, unsupported
 from common.files import full_disk_is_one_line
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
@@ -67,11 +67,14 @@ class Progress:
 def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> RunRecord:
     """Train and measure one configuration; returns its record (the caller writes it).
 
-    A diverged or out-of-memory run is a result (status `diverged` / `oom`, with its history so far);
-    any other exception propagates, Preempted among them (the state at that step is saved).
+    A diverged or out-of-memory run is a result (status `diverged` / `oom`, with its history so far), and so is one
+    whose communication settings this device cannot run (`unsupported`, before anything is built); any other
+    exception propagates, Preempted among them (the state at that step is saved).
     """
     started = time.time()
     record = describe_run(cfg, context, accelerator, started)
+    if reason := unsupported(cfg.communication, accelerator.device):
+        return replace(record, status="unsupported", error=reason, finished_at=now())
     progress, metrics = Progress(), {}
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
     probes = RunProbes(accelerator, started)
@@ -163,7 +166,7 @@ def build_training(cfg: RunConfig, context: RunContext, accelerator: Accelerator
         cfg.model, spec.channels, spec.num_classes, device, channels_last=cfg.channels_last,
         lr=cfg.peak_lr, momentum=recipe.momentum,
         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, compile_mode=cfg.compile_mode,
-        accelerator=accelerator)
+        accelerator=accelerator, sync_bn=cfg.communication.sync_bn)
     scheduler, per_step, warmup = make_schedule(optimizer, cfg, len(loaders["train"]))
     return Training(
         model=model, optimizer=optimizer, scheduler=scheduler, per_step_schedule=per_step,
