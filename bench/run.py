@@ -6,8 +6,9 @@ status is non-zero when any run did not finish. SIGUSR1 or SIGTERM stops the sui
 state saved there: exit status 75, and under SLURM (SIGUSR1) the job requeued to go on with --resume.
 
 One run, file by file: this file's `train_suite` -> bench/training/train.py (`train_run`: build, restore, epochs,
-test, summarise) -> bench/training/loop.py (`train_steps`, `evaluate`) and bench/training/probes.py (energy, device
-state, cold start, inference) -> back in `train_suite`, bench/results/records.py writes the record.
+test, summarise) -> bench/training/loop.py (`train_steps`, `evaluate`), bench/training/probes.py (energy, device
+state, cold start, inference) and bench/training/commprobe.py (exposed communication, all-reduce bandwidth, after the
+run) -> back in `train_suite`, bench/results/records.py writes the record.
 """
 from __future__ import annotations
 

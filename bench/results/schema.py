@@ -49,9 +49,12 @@ class RunRecord:
                                  "format, compile mode, data source and sizes, target, processes and machines, and "
                                  "`communication` (DDP's hook, buckets and graph, SyncBatchNorm).")
     settings: dict[str, Any] = doc("How the run was measured, outside its identity: warm-up steps, loader threads, "
-                                   "checkpoint cadence, the inference options and the price.", default_factory=dict)
+                                   "checkpoint cadence, the inference options, the price and the communication "
+                                   "probe's repeats and steps.", default_factory=dict)
     env: dict[str, Any] = doc("What it ran on: versions, device and its count, processes, TF32, host, git commit "
-                              "and source digest, the machine's fixed state.", default_factory=dict)
+                              "and source digest, the machine's fixed state, and the link between the processes "
+                              "(`link`: backend, NCCL version, NCCL_* settings, `nvidia-smi topo -m`).",
+                              default_factory=dict)
     started_at: str | None = doc("Local time the run started (ISO 8601, with its UTC offset).", default=None)
     finished_at: str | None = doc("Local time the record was written.", default=None)
     error: str | None = doc("What stopped a run that did not finish, in one line.", default=None)
@@ -71,6 +74,11 @@ class RunRecord:
                                              default_factory=list)
     inference: dict[str, Any] | None = doc("The trained model's inference measurement in full (latencies, "
                                            "throughput, options).", default=None)
+    comm_probe: dict[str, Any] | None = doc("The communication probe after a run of several processes "
+                                            "(bench/training/commprobe.py) in full: each repeat's step milliseconds "
+                                            "per process with and without gradient synchronisation, gradient bytes "
+                                            "as computed and on the wire, and each all-reduce's bytes and seconds.",
+                                            default=None)
     schema: int = doc("The record format's version.", default=RECORD_SCHEMA)
 
     # What schema 1 stored twice, read from the one place it now lives.

@@ -115,6 +115,8 @@ class RunContext:
     inference: InferenceOptions | None = InferenceOptions()  # None: --no-inference
     pricing: Pricing = Pricing()
     preemption: Preemption | None = None  # the signals that stop a run at its next step
+    comm_probe_repeats: int = 5  # the communication probe after a run of several processes (0: none) ...
+    comm_probe_steps: int = 3  # ... of this many steps with and without gradient synchronisation each
 
     def settings_json(self) -> dict:
         """What of this shapes a run's measurements: the record's `settings`."""
@@ -122,7 +124,8 @@ class RunContext:
                 "data_dir": str(self.data_dir) if self.data_dir else None,
                 "checkpoint_minutes": self.checkpoint_minutes,
                 "inference": dataclasses.asdict(self.inference) if self.inference else None,
-                "pricing": dataclasses.asdict(self.pricing)}
+                "pricing": dataclasses.asdict(self.pricing), "comm_probe_repeats": self.comm_probe_repeats,
+                "comm_probe_steps": self.comm_probe_steps}
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,8 @@ def parse_suite(argv: Sequence[str] | None, gpu_available: bool, num_processes: 
         warmup_steps=preset.warmup_steps if args.warmup_steps is None else args.warmup_steps,
         num_workers=args.num_workers or default_num_workers(), checkpoint_minutes=args.checkpoint_minutes,
         resume=args.resume, keep_checkpoints=args.keep_checkpoints, profile=args.profile,
-        inference=inference_options(args, preset.inference_batch), pricing=pricing(args), preemption=preemption)
+        inference=inference_options(args, preset.inference_batch), pricing=pricing(args), preemption=preemption,
+        comm_probe_repeats=args.comm_probe_repeats, comm_probe_steps=args.comm_probe_steps)
     return SuiteConfig(
         runs=shard_runs(tuple(runs), *args.shard) if args.shard else tuple(runs), context=context, precision=precision,
         notes=tuple(note for note in (auto_reason, precision_reason) if note), shard=args.shard,

@@ -129,6 +129,12 @@ def build_parser() -> OneLineParser:
     speed.add_argument("--num-workers", type=positive_int, default=None,
                        help="FFCV loader threads per process (default: CPU cores / processes)")
     speed.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+    speed.add_argument("--comm-probe-repeats", type=non_negative_int, default=5, metavar="R",
+                       help="after a run of several processes, time its steps with and without gradient "
+                       "synchronisation in R alternating repeats (the exposed communication, with its spread), and "
+                       "the all-reduce of a bucket and of the gradient R times (default %(default)s; 0: no probe)")
+    speed.add_argument("--comm-probe-steps", type=positive_int, default=3, metavar="S",
+                       help="steps per repeat and mode of that probe (default %(default)s)")
     add_inference_options(speed)
 
     data = parser.add_argument_group("data")

@@ -4,12 +4,15 @@ optimizer, the cleanup after a run, and their console."""
 from __future__ import annotations
 
 import gc
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
 
 from bench.suite.config import Communication
+from data.datasets import DatasetSpec
+from data.encode import IMAGE_SIZE
 from models import build_model
 
 # PowerSGD compresses from this step on (plain all-reduce before it): torch's earliest with error feedback and warm
@@ -83,6 +86,14 @@ def build_model_and_optimizer(name: str, in_channels: int, num_classes: int, dev
         # so one training graph and one evaluation graph serve the whole run.
         model = torch.compile(model, mode=compile_mode, dynamic=False)
     return model, optimizer
+
+
+def synthetic_batches(batch_size: int, spec: DatasetSpec, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same uint8 batch of the dataset's shape forever, already on the device: no input pipeline at all."""
+    images = torch.randint(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, spec.channels), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
+    while True:
+        yield images, labels
 
 
 def print_main(accelerator: Accelerator, *args, **kwargs) -> None:

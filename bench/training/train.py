@@ -4,7 +4,8 @@ Read top to bottom: `train_run` is the whole run and calls, in order, `build_tra
 model, optimizer, schedule, device-side preprocessing), `restore` (an unfinished run goes on from its last
 checkpoint), `run_epochs` (each epoch through `run_epoch`: train, `validate` at its end or every `--eval-every`
 steps, one history row each, a checkpoint when one is due; `--stop-at-target` ends it at the target), then tests
-once and `summarise`s the history into the run's metrics.
+once, has several processes measure what their communication costs (bench/training/commprobe.py, after the run) and
+`summarise`s the history into the run's metrics.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from bench.suite.config import RunConfig, RunContext
 from bench.suite.preemption import Preempted
 from bench.training.loop import (EvalResult, RunDiverged, StepSums, Training, evaluate, gather_rows, make_schedule,
                                  train_steps)
+from bench.training.commprobe import probe_communication
 from bench.training.probes import RunProbes
 from bench.training.profiling import StepProfiler
 from bench.training.runtime import build_model_and_optimizer, print_main, release, unsupported
@@ -99,11 +101,13 @@ def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> 
         wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
         measured = probes.measured(cfg, context.inference, training.model, training.eval_preprocess,
                                    progress.timed_images, progress.history, resumed=saved is not None)
+        comm = probe_communication(cfg, training, accelerator, context.comm_probe_repeats, context.comm_probe_steps)
         metrics = summarise(cfg, context, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
-                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs, measured=measured.metrics)
+                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
+                            measured=measured.metrics | comm.metrics)
         tracking.log_final(accelerator, metrics, step=progress.step)
         record = replace(record, facts=asdict(facts), device_state=measured.device_state,
-                         inference=measured.inference, test_confusion=test.confusion,
+                         inference=measured.inference, comm_probe=comm.detail, test_confusion=test.confusion,
                          test_per_class_acc=[row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)])
         status, error = "finished", None
     except RunDiverged as caught:
