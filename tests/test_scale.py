@@ -284,6 +284,14 @@ def test_multinode_template_starts_one_launcher_per_node(tmp_path):
                                                 "--preset", "fast", "--models", "resnet18", "vgg16"]
 
 
+def test_multinode_template_runs_one_process_with_accelerates_plain_launcher(tmp_path):
+    """One node with one GPU (a scaling study's smallest point): Accelerate refuses --multi_gpu for one process."""
+    (words,) = dry_run("multinode.sbatch", tmp_path, {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu-[07-08]",
+                                                       "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "1"})
+    assert "--multi_gpu" not in words and option(words, "--num_processes") == "1"
+    assert option(words, "--num_machines") == "1" and option(words, "--machine_rank") == "0"
+
+
 @pytest.mark.parametrize("gpus, processes, launcher", [("0", "1", []), ("1", "1", []),
                                                      ("4", "4", ["--multi_gpu", "--main_process_port", "0"])])
 def test_array_template_runs_its_shard_of_the_suite(tmp_path, gpus, processes, launcher):
