@@ -134,8 +134,8 @@ METRICS: tuple[Metric, ...] = (
            "machine it can come out negative: recorded as measured.", fmt=",.1f"),
     Metric("exposed_comm_std_ms", "exposed comm std ms", "Sample standard deviation of `exposed comm ms` over the "
            "probe's repeats (blank with one repeat).", fmt=",.1f"),
-    Metric("exposed_comm_share", "exposed comm %", "`exposed comm ms` as a share of the synced step.", scale=100,
-           fmt=".1f"),
+    Metric("exposed_comm_share", "exposed comm %", "Exposed communication (`exposed comm ms`: synced minus no-sync "
+           "step, after the run) as a share of the synced step.", scale=100, fmt=".1f"),
     Metric("rank_skew", "rank skew %", "Stragglers: per repeat, the slowest process's no-sync step over the "
            "fastest's, less one; median over repeats (DDP's buffer broadcast at each forward still couples them).",
            scale=100, fmt=".1f"),
@@ -147,11 +147,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("bucket_algbw_gbs", "bucket alg GB/s", "All-reduce algorithm bandwidth for one DDP bucket (its "
            "--bucket-cap-mb, fp32) timed alone after the run: bytes / seconds (nccl-tests' definition; 1 GB = 10^9 "
            "bytes; median over repeats).", fmt=",.2f"),
-    Metric("bucket_busbw_gbs", "bucket bus GB/s", "Its bus bandwidth, algbw x 2(n-1)/n for n processes "
-           "(nccl-tests'): what each process's link carried, comparable with the link's peak.", fmt=",.2f"),
+    Metric("bucket_busbw_gbs", "bucket bus GB/s", "Bus bandwidth of that bucket's all-reduce, algbw x 2(n-1)/n for n "
+           "processes (nccl-tests'): what each process's link carried, comparable with the link's peak.", fmt=",.2f"),
     Metric("grad_algbw_gbs", "grad alg GB/s", "All-reduce algorithm bandwidth for the whole gradient in one piece "
-           "(fp32).", fmt=",.2f"),
-    Metric("grad_busbw_gbs", "grad bus GB/s", "Its bus bandwidth.", fmt=",.2f"),
+           "(fp32), timed alone after the run.", fmt=",.2f"),
+    Metric("grad_busbw_gbs", "grad bus GB/s", "Bus bandwidth of the whole gradient's all-reduce, algbw x 2(n-1)/n "
+           "(nccl-tests'): what the link delivered to DDP's traffic at its largest.", fmt=",.2f"),
     # -- cold start
     Metric("time_to_first_step_s", "first step s", "Wall seconds from the run's start to the end of its first "
            "training step, device synchronised: data preparation, model build, compilation and the first batch, all "
