@@ -27,6 +27,7 @@ from bench.reporting.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comp
                                      regressions)
 from bench.reporting.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
 from bench.reporting.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
+from bench.reporting.scaling import glossary as scaling_glossary, labelled, plot_scaling, scaling_table, sections as scaling_sections
 from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
                                     group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
                                     speed_table, sweep_table, weakest_classes)
@@ -89,6 +90,7 @@ class Report:
     tradeoffs: pd.DataFrame  # inference, cold start, energy, cost (bench/reporting/tradeoffs.py)
     failures: pd.DataFrame
     sweep: pd.DataFrame
+    scaling: pd.DataFrame  # every series' points (bench/reporting/scaling.py); its CSV is labelled(scaling)
     comparison: pd.DataFrame | None  # with --baseline
     regressions: list[str]  # flagged configurations, one phrase each
     dropped: int  # duplicate records left out of the merge
@@ -153,7 +155,8 @@ TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).par
 
 def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, filters: Filters,
                     tables: dict[str, pd.DataFrame], csv_paths: dict[str, Path], plots: dict[str, list[Path]],
-                    confusion: dict[tuple, Path], baseline: Merged | None, flagged: list[str]) -> str:
+                    confusion: dict[tuple, Path], baseline: Merged | None, flagged: list[str],
+                    scaling: pd.DataFrame) -> str:
     """REPORT.md: the tables rendered here, laid out and introduced by templates/report.md.j2."""
     def image(path: Path) -> dict:
         return {"stem": path.stem, "link": relative(path, out)}
@@ -182,7 +185,9 @@ def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, 
         plots=[image(path) for kind in ("pareto", "curves", "throughput") for path in plots[kind]],
         tables={name: markdown_table(table) for name, table in tables.items()}, has_sweeps=not tables["speed_sweep"].empty,
         glossary={name: "\n".join(column_glossary(table.columns)) for name, table in shown.items()},
-        csv={name: csv_link(name) for name in csv_paths}, skipped=skipped_lines(merged.skipped, out)).rstrip("\n") + "\n"
+        csv={name: csv_link(name) for name in csv_paths}, skipped=skipped_lines(merged.skipped, out),
+        scaling=scaling_sections(scaling), scaling_glossary=scaling_glossary(),
+        scaling_plots=[image(path) for path in plots["scaling"]]).rstrip("\n") + "\n"
 
 
 def summary_text(report_path: Path, tables: dict[str, pd.DataFrame], merged: Merged, flagged: list[str],
@@ -239,9 +244,10 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
     runs = run_rows(kept_runs)
     chosen = headline_runs(runs)
     accuracy = accuracy_table(runs)
+    scaling = scaling_table(kept_runs)
     tables = {"headline": headline_table(chosen), "weakest_classes": weakest_classes(chosen), "accuracy": accuracy,
               "gains": gains_table(accuracy), "speed": speed_table(runs), "speed_sweep": sweep_table(kept_sweeps),
-              "tradeoffs": tradeoff_table(runs), "failures": failures_table(runs)}
+              "tradeoffs": tradeoff_table(runs), "failures": failures_table(runs), "scaling": labelled(scaling)}
     if before is not None:
         tables["comparison"] = comparison_table(runs, run_rows(before.runs))
     flagged = regressions(tables["comparison"]) if before is not None else []
@@ -249,16 +255,16 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
     plots_dir = out / "plots"
     confusion = plot_confusion(chosen, plots_dir)
     plots = {"pareto": plot_pareto(runs, plots_dir), "curves": plot_curves(runs, plots_dir),
-             "throughput": plot_throughput(tables["speed_sweep"], plots_dir)}
+             "throughput": plot_throughput(tables["speed_sweep"], plots_dir), "scaling": plot_scaling(scaling, plots_dir)}
     text = report_markdown(out, merged, runs, len(kept_sweeps), filters, tables, csv_paths, plots, confusion, before,
-                           flagged)
+                           flagged, scaling)
     report_path = atomic_write(out / "REPORT.md", lambda tmp: tmp.write_text(text))
     return Report(
         report_path=report_path, csv_paths=csv_paths, table_paths=table_paths,
-        plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"]],
+        plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"], *plots["scaling"]],
         headline=tables["headline"], weakest=tables["weakest_classes"], accuracy=accuracy, gains=tables["gains"],
         speed=tables["speed"], tradeoffs=tables["tradeoffs"], failures=tables["failures"], sweep=tables["speed_sweep"],
-        comparison=tables.get("comparison"), regressions=flagged, dropped=merged.dropped,
+        scaling=scaling, comparison=tables.get("comparison"), regressions=flagged, dropped=merged.dropped,
         summary_markdown=summary_text(report_path, tables, merged, flagged, fmt), skipped=merged.skipped,
     )
 

@@ -20,6 +20,7 @@ from bench.report import Filters, NoRecordsError, build_parser, main as report_m
 from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, confusion_figure,
                                    pareto_figure, pareto_front, slug)
 from bench.reporting.render import render
+from bench.reporting.scaling import labelled
 from bench.reporting.tables import (ACCURACY_KEYS, HEADLINE_GROUP, HEADLINE_SHOWN, SPEED_KEYS, accuracy_table, gains_table,
                                     headline_caption, headline_runs, headline_table, headline_view, run_rows)
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
@@ -87,7 +88,8 @@ def test_tables_have_expected_rows_and_columns(report) -> None:
     assert (gains["recipe part pp"] == 0).all() and (gains["arch part pp"] == gains["gain pp"]).all()
     assert report.failures.empty and report.sweep.empty and report.skipped == [] and report.comparison is None
     frames = {"headline": report.headline, "weakest_classes": report.weakest, "accuracy": accuracy, "gains": gains,
-              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures, "tradeoffs": report.tradeoffs}
+              "speed": speed, "speed_sweep": report.sweep, "failures": report.failures, "tradeoffs": report.tradeoffs,
+              "scaling": labelled(report.scaling)}
     assert set(report.csv_paths) == set(frames)
     for name, path in report.csv_paths.items():
         assert path.parent == report.report_path.parent / "tables"
