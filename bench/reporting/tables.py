@@ -16,6 +16,7 @@ import pandas as pd
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, MIB, RUN_KEYS, aggregate, mlperf_time, shown
 from bench.results.schema import RunRecord, SweepRecord
+from bench.suite.config import Communication
 from bench.suite.recipes import paired_recipe
 from data.datasets import dataset_names
 from models import model_entry, model_names, study_result
@@ -23,16 +24,16 @@ from models import model_entry, model_names, study_result
 # What makes two runs comparable for accuracy; the speed table splits further (see SPEED_KEYS).
 ACCURACY_KEYS = ["data_source", "dataset", "model", "recipe", "preset", "epochs", "global batch", "precision", "device"]
 GAIN_KEYS = ["data_source", "dataset", "preset", "epochs", "global batch", "precision", "device"]
-SPEED_KEYS = ["device", "world size", "machines", "precision", "batch", "channels_last", "compile", "data_source", "preset",
-              "recipe", "model", "dataset"]
+SPEED_KEYS = ["device", "world size", "machines", "precision", "batch", "channels_last", "compile", "communication",
+              "data_source", "preset", "recipe", "model", "dataset"]
 SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "precision", "channels_last", "compile",
               "batch"]
 # A configuration: everything in a run's identity (bench/suite/config.py hashes it into run_id) except its seed. The
 # seeds of one configuration aggregate into one row. Like run_id it leaves the machine out: the device is kept
 # beside it, so that the same configuration can be set against itself on other hardware.
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch", "global batch", "world size",
-               "machines", "precision", "channels_last", "compile", "lr", "stop_at_target", "eval_every", "target_accuracy",
-               "synthetic size"]
+               "machines", "precision", "channels_last", "compile", "communication", "lr", "stop_at_target", "eval_every",
+               "target_accuracy", "synthetic size"]
 # One headline table per dataset, data source, device and preset; in it one row per model.
 HEADLINE_GROUP = ["data_source", "dataset", "device", "preset"]
 # The headline's columns, left to right: adding one is one line here. A record field declared in bench/measuring/metrics.py
@@ -61,7 +62,8 @@ SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "tar
                  "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "requeues", "requeue_lost_s"]
 PREEMPTION_LABELS = [BY_KEY["requeues"].label, BY_KEY["requeue_lost_s"].label]  # shown when a run was requeued
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
-               "device", "world size", "machines", "batch", "global batch", "epochs", "channels_last", "compile", "lr",
+               "device", "world size", "machines", "batch", "global batch", "epochs", "channels_last", "compile",
+               "communication", "lr",
                "stop_at_target", "eval_every", "synthetic size", "started_at", "history", "params", "train_gflops",
                "class_names", "per_class_acc", "confusion", "to study s"]
 WEAKEST = 3  # classes listed per model in the weakest-classes table
@@ -134,6 +136,7 @@ def run_rows(records: list[RunRecord]) -> pd.DataFrame:
             "world size": record.world_size, "machines": record.num_machines,
             "batch": record.batch_size, "global batch": record.global_batch_size, "epochs": config.get("epochs"),
             "channels_last": config.get("channels_last"), "compile": config.get("compile_mode") or "off",
+            "communication": Communication(**config.get("communication") or {}).words(),  # "" at DDP's defaults
             # Options older records lack, at the value they had before the option existed.
             "lr": config.get("lr"), "stop_at_target": config.get("stop_at_target") or False,
             "eval_every": config.get("eval_every"),
@@ -293,7 +296,7 @@ def config_label(row: pd.Series) -> str:
              + (f" on {row['machines']} machines" if row.get("machines", 1) > 1 else ""),
              f"precision {PRECISION_NAMES.get(row['precision'], row['precision'])}",
              "channels_last" if row["channels_last"] else None,
-             f"compile {row['compile']}" if row["compile"] != "off" else None]
+             f"compile {row['compile']}" if row["compile"] != "off" else None, row.get("communication") or None]
     optional = {"lr": "lr {:g}", "eval_every": "validation every {:g} steps", "synthetic size": "{} synthetic images",
                 "target_accuracy": "target {:.2%}"}
     study_target = study_value(row, "test_acc_pct") / 100
