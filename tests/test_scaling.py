@@ -4,13 +4,17 @@ the report's scaling table and plot. The path over machines runs on the local SL
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
+import pandas as pd
 import pytest
 import torch
 
+from bench.scaling import build_parser, first_lines, main as scaling_main, plan
 from bench.suite.config import Communication, parse_suite
+from bench.suite.recipes import RECIPES
 from bench.training.runtime import ddp_kwargs, unsupported
-from helpers import TINY, records_in, run_bench
+from helpers import TINY, records_in, run_bench, run_module
 
 BASE = ["--models", "resnet18", "--datasets", "mnist"]
 LEVERS = [["--comm-hook", "fp16"], ["--comm-hook", "bf16"], ["--comm-hook", "power_sgd"],
@@ -69,3 +73,141 @@ def test_an_unsupported_lever_is_recorded_with_its_reason_not_dropped(tmp_path, 
     assert record.status == "unsupported" and record.config["communication"]["sync_bn"] is True
     assert record.error.startswith("--sync-bn on cpu: torch's SyncBatchNorm synchronises CUDA tensors only")
     assert f"unsupported: {record.run_id} (--sync-bn on cpu" in done.stdout
+
+
+# ----- python -m bench.scaling: the plan -------------------------------------------------------------------------
+
+def planned(argv: list[str]):
+    args, runner_args = build_parser().parse_known_args(argv)
+    return plan(args, runner_args)
+
+
+def test_weak_scaling_keeps_the_batch_per_process_and_scales_the_lr_with_the_global_batch(tmp_path):
+    study = planned(["--processes", "4", "1", "2", "--preset", "fast", *BASE, "--results-dir", str(tmp_path)])
+    assert [(point.world, point.batch_size) for point in study.points] == [(1, 512), (2, 512), (4, 512)]
+    for point in study.points:
+        (run,) = point.runs
+        assert run.world_size == point.world and run.global_batch == 512 * point.world
+        assert run.peak_lr == RECIPES["fast"].lr_for("resnet18", run.global_batch)  # the recipe's linear rule
+        assert "--batch-size" in point.runner_args(study.runner_args) and "--resume" in point.runner_args(())
+    lines = first_lines(study)
+    assert lines[0].startswith("weak scaling of 1 run(s) over 1 process, 2 processes, 4 processes: per-process "
+                               "batch 512, the global batch growing; recipe fast scales its lr linearly")
+    assert lines[1:4] == ["  1 process: global batch 512 (512 x 1 process), peak lr 0.2",
+                          "  2 processes: global batch 1024 (512 x 2 processes), peak lr 0.4",
+                          "  4 processes: global batch 2048 (512 x 4 processes), peak lr 0.8"]
+
+
+def test_strong_scaling_splits_one_global_batch(tmp_path):
+    study = planned(["--mode", "strong", "--processes", "1", "2", "4", "--preset", "paper", *BASE,
+                     "--results-dir", str(tmp_path)])
+    assert [(point.world, point.batch_size) for point in study.points] == [(1, 128), (2, 64), (4, 32)]
+    assert {run.global_batch for point in study.points for run in point.runs} == {128}
+    assert {run.peak_lr for point in study.points for run in point.runs} == {RECIPES["paper-vanilla"].lr}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--mode", "strong", "--global-batch", "10", "--processes", "1", "2", "3"],
+     "--global-batch 10: 3 processes cannot split it evenly; expected a multiple of every process count (1, 2, 3)"),
+    (["--processes", "1", "2", "--machines", "2"], "--processes and --machines: one axis per study; expected one of "
+     "them (with --machines, --gpus-per-node sets the processes on each machine)"),
+    (["--global-batch", "64"], "--global-batch: the global batch is fixed by strong scaling only; expected --mode "
+     "strong"),
+    (["--comm-hook", "fp16", "--powersgd-rank", "2"], "--powersgd-rank: the rank is PowerSGD's; expected --comm-hook "
+     "power_sgd or batched_power_sgd among the hooks"),
+])
+def test_a_study_that_cannot_run_stops_with_one_line_before_anything_runs(tmp_path, capsys, argv, expected):
+    results = tmp_path / "results"
+    assert scaling_main([*argv, *BASE, "--preset", "smoke", "--results-dir", str(results)]) == 2
+    assert capsys.readouterr().err == f"python -m bench.scaling: error: {expected}\n"
+    assert not results.exists()  # nothing launched, nothing written
+
+
+def test_the_levers_are_swept_as_a_product_each_value_a_launch_of_its_own(tmp_path):
+    study = planned(["--comm-hook", "no", "fp16", "--sync-bn", "both", "--bucket-cap-mb", "5", *BASE,
+                     "--preset", "smoke", "--results-dir", str(tmp_path)])
+    assert [point.levers for point in study.points[::2]] == [
+        ("--bucket-cap-mb", "5"), ("--bucket-cap-mb", "5", "--sync-bn"), ("--comm-hook", "fp16", "--bucket-cap-mb", "5"),
+        ("--comm-hook", "fp16", "--bucket-cap-mb", "5", "--sync-bn")]
+    assert [point.world for point in study.points] == [1, 2] * 4  # every combination at every size
+    ids = [run.run_id for point in study.points for run in point.runs]
+    assert len(set(ids)) == len(ids) == 8
+
+
+# ----- python -m bench.scaling on this machine: one launch of 1 process, one of 2 (gloo) -------------------------
+
+# 107 training images in batches of 16: 6 steps on one process, 3 on each of two, the first untimed; DDP's options
+# that run on gloo, and a short communication probe (3 repeats of one step each way).
+STUDY = TINY + ["--synthetic-size", "128", "21", "--num-workers", "1", "--no-inference", *BASE, "--epochs", "1",
+                "--comm-hook", "fp16", "--bucket-cap-mb", "1", "--gradient-as-bucket-view", "--static-graph",
+                "--comm-probe-repeats", "3", "--comm-probe-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def weak_study(tmp_path_factory, cache_dir):
+    results = tmp_path_factory.mktemp("scaling")
+    done = run_module("bench.scaling", "--processes", "1", "2", "--mode", "weak", *STUDY, "--results-dir",
+                      str(results), "--cache-dir", str(cache_dir), env={"PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return results, done.stdout
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+@pytest.mark.slow
+def test_each_point_is_an_ordinary_run_with_its_levers_and_lr(weak_study):
+    results, out = weak_study
+    one, two = sorted(records_in(results), key=lambda record: record.world_size)
+    assert (one.world_size, two.world_size) == (1, 2) and one.status == two.status == "finished"
+    for record in (one, two):
+        assert record.config["communication"] == {"comm_hook": "fp16", "powersgd_rank": None, "bucket_cap_mb": 1,
+                                                  "gradient_as_bucket_view": True, "static_graph": True,
+                                                  "sync_bn": False}
+        assert record.metrics["peak_lr"] == pytest.approx(RECIPES["fast"].lr_for("resnet18",
+                                                                                  record.global_batch_size))
+    assert out.startswith("weak scaling of 1 run(s) over 1 process, 2 processes: per-process batch 16")
+    assert f"  2 processes: global batch 32 (16 x 2 processes), peak lr {two.metrics['peak_lr']:.4g}" in out
+    assert one.comm_probe is None and one.metrics["exposed_comm_ms"] is None  # one process: nothing to exchange
+    assert one.env["link"]["backend"] is None and two.env["link"]["backend"] == "gloo"
+
+
+@pytest.mark.slow
+def test_exposed_communication_and_bandwidth_are_what_the_probe_timed(weak_study):
+    results, _ = weak_study
+    two = max(records_in(results), key=lambda record: record.world_size)
+    probe, metrics = two.comm_probe, two.metrics
+    assert probe["repeats"] == 3 and len(probe["synced_step_ms"]) == len(probe["no_sync_step_ms"]) == 2  # per rank
+    synced = [max(rank[repeat] for rank in probe["synced_step_ms"]) for repeat in range(3)]
+    unsynced = [max(rank[repeat] for rank in probe["no_sync_step_ms"]) for repeat in range(3)]
+    exposed = [with_sync - without for with_sync, without in zip(synced, unsynced)]
+    assert metrics["exposed_comm_ms"] == pytest.approx(median(exposed))  # negative on a loaded CPU is a result too
+    assert metrics["exposed_comm_std_ms"] == pytest.approx(statistics.stdev(exposed))
+    assert metrics["exposed_comm_share"] == pytest.approx(median(exposed) / median(synced))
+    # Gradient bytes as computed, and the fp16 hook's half on the wire.
+    assert metrics["grad_bytes"] == two.facts["params"] * 4 and metrics["wire_bytes"] == metrics["grad_bytes"] // 2
+    # nccl-tests' bandwidths from the all-reduces' own bytes and seconds: algbw = bytes / time, busbw = algbw x 2(n-1)/n.
+    for name, nbytes in (("bucket", 2**20), ("grad", metrics["grad_bytes"])):
+        timed = probe["all_reduce"][name]
+        assert timed["bytes"] == nbytes and len(timed["seconds"]) == 3
+        algbw = nbytes / median(timed["seconds"]) / 1e9
+        assert metrics[f"{name}_algbw_gbs"] == pytest.approx(algbw) and algbw > 0
+        assert metrics[f"{name}_busbw_gbs"] == pytest.approx(algbw * 2 * (2 - 1) / 2)
+
+
+@pytest.mark.slow
+def test_the_report_has_the_scaling_table_and_plot(weak_study):
+    results, out = weak_study
+    one, two = sorted(records_in(results), key=lambda record: record.world_size)
+    table = pd.read_csv(results / "tables" / "scaling.csv")
+    assert list(table["processes"]) == [1, 2] and set(table["series"]) == {1} and set(table["mode"]) == {"weak"}
+    speed_up = two.metrics["train_images_per_s"] / one.metrics["train_images_per_s"]
+    assert list(table["speed-up x"]) == pytest.approx([1.0, speed_up])
+    assert list(table["efficiency %"]) == pytest.approx([100.0, speed_up / 2 * 100])
+    assert table["exposed comm %"].iloc[1] == pytest.approx(two.metrics["exposed_comm_share"] * 100)
+    report = (results / "REPORT.md").read_text()
+    title = "### resnet18, mnist (synthetic data), "
+    assert "## Scaling" in report and title in report and "weak scaling over processes, 16 per process" in report
+    assert f"efficiency {speed_up * 50:.0f} % at 2 processes." in report and f"efficiency {speed_up * 50:.0f} %" in out
+    assert (results / "plots" / "scaling_resnet18_mnist_synthetic.png").stat().st_size > 0
