@@ -27,7 +27,8 @@ from bench.reporting.compare import (NOISE_FLOOR_PCT, NOISE_SIGMAS, Merged, comp
                                      regressions)
 from bench.reporting.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
 from bench.reporting.render import EXTENSIONS, column_glossary, markdown_table, render, write_table
-from bench.reporting.scaling import glossary as scaling_glossary, labelled, plot_scaling, scaling_table, sections as scaling_sections
+from bench.reporting.scaling import (glossary as scaling_glossary, labelled, plot_scaling, scaling_table,
+                                     sections as scaling_sections)
 from bench.reporting.tables import (CONFIG_KEYS, HEADLINE_GROUP, accuracy_table, failures_table, gains_table,
                                     group_title, headline_caption, headline_runs, headline_table, headline_view, run_rows,
                                     speed_table, sweep_table, weakest_classes)
@@ -255,7 +256,8 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
     plots_dir = out / "plots"
     confusion = plot_confusion(chosen, plots_dir)
     plots = {"pareto": plot_pareto(runs, plots_dir), "curves": plot_curves(runs, plots_dir),
-             "throughput": plot_throughput(tables["speed_sweep"], plots_dir), "scaling": plot_scaling(scaling, plots_dir)}
+             "throughput": plot_throughput(tables["speed_sweep"], plots_dir),
+             "scaling": plot_scaling(scaling, plots_dir)}
     text = report_markdown(out, merged, runs, len(kept_sweeps), filters, tables, csv_paths, plots, confusion, before,
                            flagged, scaling)
     report_path = atomic_write(out / "REPORT.md", lambda tmp: tmp.write_text(text))

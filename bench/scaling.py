@@ -175,7 +175,8 @@ def first_lines(study: Study) -> list[str]:
              else f"global batch {first.batch_size * first.world} split across the processes")
     lr = "lr set by --lr at every point" if first.runs[0].lr else first.runs[0].recipe.lr_rule()
     lines = [f"{study.mode} scaling of {len(first.runs)} run(s) over {', '.join(sizes)}: {fixed}; {lr}"]
-    lines += [f"  {point.words()}: {batch_and_lr(point.runs)}" for point in study.points if point.levers == first.levers]
+    lines += [f"  {point.words()}: {batch_and_lr(point.runs)}" for point in study.points
+              if point.levers == first.levers]
     lines += batch_warnings([run for point in study.points for run in point.runs])
     levers = list(dict.fromkeys(point.levers for point in study.points))
     if levers != [()]:

@@ -127,7 +127,8 @@ def axes(here: pd.DataFrame):
     per_machine = here["world_size"] // here["num_machines"]
     for count in sorted(set(per_machine[here["num_machines"] > 1])):
         members = here[per_machine == count]
-        yield f"machines, {count} process{'' if count == 1 else 'es'} each", members.assign(size=members["num_machines"])
+        axis = f"machines, {count} process{'' if count == 1 else 'es'} each"
+        yield axis, members.assign(size=members["num_machines"])
 
 
 def series(points: pd.DataFrame):
@@ -207,14 +208,20 @@ def view(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cells)
 
 
-def title(rows: pd.DataFrame) -> str:
-    """A series' heading: model, data, device, mode and axis, what is fixed, the levers and the link."""
-    first = rows.iloc[0]
-    fixed = f"{first['batch_size']} per process" if first["mode"] == "weak" else f"global batch {first['global_batch_size']}"
-    parts = [f"{first['model']}, {first['dataset']} ({first['data_source']} data), {first['device']}",
-             f"{first['mode']} scaling over {first['axis']}, {fixed}", first["levers"],
+def series_words(first: pd.Series) -> list[str]:
+    """What makes a series one: mode and axis, what is fixed, the levers away from DDP's defaults, the link."""
+    fixed = (f"{first['batch_size']} per process" if first["mode"] == "weak"
+             else f"global batch {first['global_batch_size']}")
+    words = [f"{first['mode']} scaling over {first['axis']}, {fixed}", first["levers"],
              f"link {first['link']}" if first["link"] else ""]
-    return "; ".join(part for part in parts if part)
+    return [word for word in words if word]
+
+
+def title(rows: pd.DataFrame) -> str:
+    """A series' heading: model, data and device, then its words."""
+    first = rows.iloc[0]
+    return "; ".join([f"{first['model']}, {first['dataset']} ({first['data_source']} data), {first['device']}",
+                      *series_words(first)])
 
 
 def verdict(rows: pd.DataFrame) -> str:
@@ -259,9 +266,7 @@ def plot_scaling(table: pd.DataFrame, plots_dir: Path) -> list[Path]:
         for index, (number, line) in enumerate(group.groupby("series", sort=True)):
             marker = "osD^v"[index % 5]
             axes.plot(line["world_size"], line["speed_up"], marker=marker, color=f"C{index % 10}",
-                      label=f"{number}: {line['mode'].iloc[0]} over {line['axis'].iloc[0]}"
-                      + (f", {line['levers'].iloc[0]}" if line["levers"].iloc[0] else "")
-                      + f" ({line['device'].iloc[0]}{', ' + line['link'].iloc[0] if line['link'].iloc[0] else ''})")
+                      label=f"{number}: " + "; ".join([*series_words(line.iloc[0]), line["device"].iloc[0]]))
             for x, y, efficiency in zip(line["world_size"], line["speed_up"], line["efficiency"]):
                 axes.annotate(f"{efficiency:.0f} %", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=9)
             base = line.iloc[0]

@@ -32,8 +32,8 @@ SWEEP_KEYS = ["device", "world size", "model", "dataset", "input", "mode", "prec
 # seeds of one configuration aggregate into one row. Like run_id it leaves the machine out: the device is kept
 # beside it, so that the same configuration can be set against itself on other hardware.
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch", "global batch", "world size",
-               "machines", "precision", "channels_last", "compile", "communication", "lr", "stop_at_target", "eval_every",
-               "target_accuracy", "synthetic size"]
+               "machines", "precision", "channels_last", "compile", "communication", "lr", "stop_at_target",
+               "eval_every", "target_accuracy", "synthetic size"]
 # One headline table per dataset, data source, device and preset; in it one row per model.
 HEADLINE_GROUP = ["data_source", "dataset", "device", "preset"]
 # The headline's columns, left to right: adding one is one line here. A record field declared in bench/measuring/metrics.py
