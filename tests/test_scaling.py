@@ -14,7 +14,7 @@ from bench.reporting.scaling import bound, verdict
 from bench.scaling import build_parser, first_lines, main as scaling_main, plan
 from bench.suite.config import Communication, parse_suite
 from bench.suite.recipes import RECIPES
-from bench.training.runtime import ddp_kwargs, unsupported
+from bench.training.runtime import build_model_and_optimizer, ddp_kwargs, unsupported
 from helpers import TINY, records_in, run_bench, run_module
 
 BASE = ["--models", "resnet18", "--datasets", "mnist"]
@@ -64,6 +64,17 @@ def test_what_a_cpu_cannot_run_is_said_and_what_it_can_is_not():
     for runs in (Communication(), Communication(comm_hook="fp16"), Communication(comm_hook="bf16"),
                  Communication(bucket_cap_mb=1, gradient_as_bucket_view=True, static_graph=True)):
         assert unsupported(runs, cpu) is None
+
+
+def test_sync_bn_converts_every_batch_norm_before_ddp_wraps_the_model():
+    """The conversion itself runs anywhere (torch refuses only the synchronisation of CPU tensors)."""
+    def norms(sync_bn: bool) -> set[type]:
+        model, _ = build_model_and_optimizer("resnet18", 1, 10, torch.device("cpu"), channels_last=False,
+                                             sync_bn=sync_bn)
+        return {type(module) for module in model.modules()
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert norms(True) == {torch.nn.SyncBatchNorm} and norms(False) == {torch.nn.BatchNorm2d}
 
 
 @pytest.mark.slow
@@ -171,6 +182,9 @@ def test_each_point_is_an_ordinary_run_with_its_levers_and_lr(weak_study):
                                                                                   record.global_batch_size))
     assert out.startswith("weak scaling of 1 run(s) over 1 process, 2 processes: per-process batch 16")
     assert f"  2 processes: global batch 32 (16 x 2 processes), peak lr {two.metrics['peak_lr']:.4g}" in out
+    assert (f"2 process(es) on cpu, global batch 32 (16 x 2 processes), peak lr {two.metrics['peak_lr']:.4g}, "
+            "precision no, communication: comm_hook fp16, bucket_cap_mb 1, gradient_as_bucket_view, static_graph, "
+            "results in") in out  # each launch's first line names its levers
     assert one.comm_probe is None and one.metrics["exposed_comm_ms"] is None  # one process: nothing to exchange
     assert one.env["link"]["backend"] is None and two.env["link"]["backend"] == "gloo"
 
