@@ -28,8 +28,10 @@ from helpers import REPO, TINY, records_in, run_bench
 
 # Two processes or jobs side by side on this machine's two cores: one loader thread (and torch thread) each.
 ONE_CORE = ["--num-workers", "1"]
-# 21 test images over 2 ranks in batches of 5: the distributed loader pads, de-duplication must undo it.
-ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5"]
+# 21 test images over 2 ranks in batches of 5: the distributed loader pads, de-duplication must undo it. The
+# communication probe after the run at its shortest (one repeat of a step each way).
+ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5",
+                             "--comm-probe-repeats", "1", "--comm-probe-steps", "1"]
 KEEP_STATE = ["--keep-checkpoints", "--checkpoint-minutes", "0"]
 
 
