@@ -17,12 +17,12 @@ from accelerate import Accelerator
 from bench.measuring.device import precision_error
 from bench.measuring.environment import use_cpu
 from bench.measuring.measure import WindowTimer, synchronize
-from bench.speed import bare_train_step, synthetic_batches
+from bench.speed import bare_train_step
 from bench.suite.config import RunConfig
 from bench.suite.recipes import PRECISIONS, RECIPES
 from bench.training.loop import Training, make_schedule, train_steps
 from bench.training.probes import RunProbes
-from bench.training.runtime import print_main, build_model_and_optimizer, configure_backends
+from bench.training.runtime import build_model_and_optimizer, configure_backends, print_main, synthetic_batches
 from common.cli import OneLineParser, add_plugin_option, load_plugins, positive_int
 from data.augment import DevicePreprocess
 from data.datasets import dataset_names, get_spec

@@ -23,6 +23,8 @@ from bench.reporting.headline import (HEADLINE_GROUP, group_title, headline_capt
                                       headline_view, weakest_classes)
 from bench.reporting.plots import group_slug, plot_confusion, plot_curves, plot_pareto, plot_throughput
 from bench.reporting.render import EXTENSIONS, markdown_table, render, write_table
+from bench.reporting.scaling import (glossary as scaling_glossary, plot_scaling, scaling_table,
+                                     sections as scaling_sections)
 from bench.reporting.tables import (CONFIG_KEYS, accuracy_table, failures_table, gains_table, run_rows, speed_table,
                                     sweep_table)
 from bench.reporting.tradeoffs import device_warning, tradeoff_table
@@ -169,7 +171,9 @@ def report_markdown(out: Path, merged: Merged, runs: pd.DataFrame, sweeps: int, 
         plots=[image(path) for kind in ("pareto", "curves", "throughput") for path in plots[kind]],
         tables={name: markdown_table(table) for name, table in tables.items()}, has_sweeps=not tables["speed_sweep"].empty,
         glossary={name: "\n".join(glossary(table.columns)) for name, table in shown.items()},
-        csv={name: csv_link(name) for name in csv_paths}, skipped=skipped_lines(merged.skipped, out)).rstrip("\n") + "\n"
+        csv={name: csv_link(name) for name in csv_paths}, skipped=skipped_lines(merged.skipped, out),
+        scaling=scaling_sections(tables["scaling"]), scaling_glossary=scaling_glossary(),
+        scaling_plots=[image(path) for path in plots["scaling"]]).rstrip("\n") + "\n"
 
 
 def summary_text(report_path: Path, tables: dict[str, pd.DataFrame], merged: Merged, flagged: list[str],
@@ -228,7 +232,7 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
     accuracy = accuracy_table(runs)
     tables = {"headline": headline_table(chosen), "weakest_classes": weakest_classes(chosen), "accuracy": accuracy,
               "gains": gains_table(accuracy), "speed": speed_table(runs), "speed_sweep": sweep_table(kept_sweeps),
-              "tradeoffs": tradeoff_table(runs), "failures": failures_table(runs)}
+              "tradeoffs": tradeoff_table(runs), "failures": failures_table(runs), "scaling": scaling_table(kept_runs)}
     if before is not None:
         tables["comparison"] = comparison_table(runs, run_rows(before.runs))
     flagged = regressions(tables["comparison"]) if before is not None else []
@@ -236,13 +240,15 @@ def write_report(results: Path | Sequence[Path], filters: Filters = Filters(), o
     plots_dir = out / "plots"
     confusion = plot_confusion(chosen, plots_dir)
     plots = {"pareto": plot_pareto(runs, plots_dir), "curves": plot_curves(runs, plots_dir),
-             "throughput": plot_throughput(tables["speed_sweep"], plots_dir)}
+             "throughput": plot_throughput(tables["speed_sweep"], plots_dir),
+             "scaling": plot_scaling(tables["scaling"], plots_dir)}
     text = report_markdown(out, merged, runs, len(kept_sweeps), filters, tables, csv_paths, plots, confusion, before,
                            flagged)
     report_path = atomic_write(out / "REPORT.md", lambda tmp: tmp.write_text(text))
     return Report(
         report_path=report_path, tables=tables, csv_paths=csv_paths, table_paths=table_paths,
-        plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"]],
+        plot_paths=[*plots["pareto"], *confusion.values(), *plots["curves"], *plots["throughput"],
+                    *plots["scaling"]],
         regressions=flagged, summary_markdown=summary_text(report_path, tables, merged, flagged, fmt),
         skipped=merged.skipped,
     )

@@ -1,7 +1,8 @@
 """The benchmark suite: `accelerate launch bench/run.py [options]` (or `python -m bench.run`).
 
 One run, file by file: this file's `train_suite` -> bench/training/train.py (`train_run`) -> bench/training/loop.py
-(steps, evaluation) and bench/training/probes.py (measurements beside training) -> bench/results/records.py (the record).
+(steps, evaluation) and bench/training/probes.py (measurements beside training, the communication probe after it)
+-> bench/results/records.py (the record).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from bench.suite.config import RunConfig, SuiteConfig, parse_suite
 from bench.suite.options import collective_timeout
 from bench.suite.plan import batch_warnings, dry_run_table, suite_line
 from bench.suite.preemption import REQUEUE_EXIT, Preempted, Preemption, requeue, stop_line
-from bench.training.runtime import configure_backends, print_main
+from bench.training.runtime import configure_backends, ddp_kwargs, print_main
 from bench.training.train import failed_record, train_run
 from common.files import DiskFull
 from data.errors import DataError
@@ -64,7 +65,8 @@ def run_suite(argv: Sequence[str] | None) -> int:
     if suite.dry_run:
         return dry_run(suite, state)
     accelerator = Accelerator(mixed_precision=suite.precision, cpu=cpu, log_with=list(suite.log_with) or None,
-                              project_dir=str(tracker_dir(suite.context.results_dir)))
+                              project_dir=str(tracker_dir(suite.context.results_dir)),
+                              kwargs_handlers=[ddp_kwargs(suite.communication)])
     try:
         return train_suite(suite, accelerator, started)
     finally:

@@ -31,12 +31,11 @@ from bench.results.schema import SweepRecord
 from bench.suite.options import results_folder
 from bench.suite.recipes import COMPILE_MODES, PRECISIONS
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import print_main, build_model_and_optimizer, configure_backends, release
+from bench.training.runtime import build_model_and_optimizer, configure_backends, print_main, release, synthetic_batches
 from common.cli import OneLineParser, add_plugin_option, load_plugins, non_negative_float, positive_int
 from common.files import DiskFull
 from data.augment import DevicePreprocess
-from data.datasets import DatasetSpec, dataset_names, get_spec
-from data.encode import IMAGE_SIZE
+from data.datasets import dataset_names, get_spec
 from data.loaders import default_num_workers
 from models import model_names
 from models.facts import model_facts
@@ -57,14 +56,6 @@ class SpeedPoint:
     def key(self) -> str:
         return (f"{self.model}_{self.dataset}_{self.mode}_{self.precision}_{'cl' if self.channels_last else 'cf'}_"
                 f"{'eager' if self.compile == 'off' else 'compile-' + self.compile}_b{self.batch_size}_{self.data}")
-
-
-def synthetic_batches(batch_size: int, spec: DatasetSpec, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The same uint8 batch of the dataset's shape forever, already on the device: no input pipeline at all."""
-    images = torch.randint(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, spec.channels), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
-    while True:
-        yield images, labels
 
 
 def ffcv_batches(dataset: str, batch_size: int, device: torch.device, distributed: bool, num_workers: int,

@@ -18,6 +18,18 @@ from common.cli import OneLineParser, non_negative_int, positive_int
 PROG = "python -m bench.submit"
 
 
+def add_job_options(parser, each: str) -> None:
+    """Where SLURM runs each job (a `job`, or each `machine` of one) and with what: bench.submit's and bench.scaling's."""
+    parser.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    parser.add_argument("--account", help="SLURM account to charge (default: yours)")
+    parser.add_argument("--timeout-min", type=positive_int, default=240, metavar="M",
+                        help="time limit of each job in minutes (default 240)")
+    parser.add_argument("--gpus-per-node", type=non_negative_int, default=1, metavar="G",
+                        help=f"GPUs per {each}, one runner process each (default 1; 0 runs one process on the CPU)")
+    parser.add_argument("--cpus-per-task", type=positive_int, metavar="C",
+                        help=f"CPU cores per {each}, which feed the FFCV loaders (default: the cluster's)")
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG, allow_abbrev=False,  # a runner option must never pass for an abbreviation of one of these
@@ -26,14 +38,7 @@ def build_parser() -> OneLineParser:
         "gets --shard i/N.")
     parser.add_argument("--shards", type=positive_int, required=True, metavar="N",
                         help="number of jobs; job i runs the i-th of N parts of the suite")
-    parser.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    parser.add_argument("--account", help="SLURM account to charge (default: yours)")
-    parser.add_argument("--timeout-min", type=positive_int, default=240, metavar="M",
-                        help="time limit of each job in minutes (default 240)")
-    parser.add_argument("--gpus-per-node", type=non_negative_int, default=1, metavar="G",
-                        help="GPUs per job, one runner process each (default 1; 0 runs one process on the CPU)")
-    parser.add_argument("--cpus-per-task", type=positive_int, metavar="C",
-                        help="CPU cores per job, which feed the FFCV loaders (default: the cluster's)")
+    add_job_options(parser, "job")
     parser.add_argument("--folder", type=Path, metavar="DIR",
                         help="submitit's job files and logs (default: RESULTS_DIR/jobs)")
     parser.add_argument("--cluster", choices=("slurm", "local"),
@@ -76,14 +81,19 @@ class RunnerJob:
         return {"command": self.command, "cwd": self.cwd, "process": None}  # a Popen does not pickle
 
 
-def runner_command(runner_args: Sequence[str], shard: int, shards: int, gpus: int) -> list[str]:
-    """Job `shard`'s command: Accelerate's launcher, one process per GPU (one on a CPU), the runner as a module."""
-    processes = max(gpus, 1)
+def launch_command(processes: int, runner_args: Sequence[str]) -> list[str]:
+    """Accelerate's launcher on this machine with `processes` processes (torchrun's for several, gloo on a CPU), the
+    runner as a module."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
                 "--num_processes", str(processes)]
     if processes > 1:
         launcher += ["--multi_gpu", "--main_process_port", "0"]  # 0: a free port, as two jobs may share a node
-    return [*launcher, "-m", "bench.run", *runner_args, "--resume", "--shard", f"{shard}/{shards}"]
+    return [*launcher, "-m", "bench.run", *runner_args]
+
+
+def runner_command(runner_args: Sequence[str], shard: int, shards: int, gpus: int) -> list[str]:
+    """Job `shard`'s command: one process per GPU (one on a CPU), its part of the suite, resumable."""
+    return launch_command(max(gpus, 1), [*runner_args, "--resume", "--shard", f"{shard}/{shards}"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,7 +60,7 @@ def test_help_is_grouped_by_what_the_options_are_for():
     assert done.returncode == 0
     groups = [line[:-1] for line in done.stdout.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
     assert groups == ["options", "what to run", "recipe", "precision and speed", "data", "output", "cluster",
-                      "tracking"]
+                      "communication between processes", "tracking"]
 
 
 def test_every_console_script_names_a_command_that_answers_help():
@@ -78,4 +78,5 @@ def test_every_console_script_names_a_command_that_answers_help():
             "    print('ok', target)\n")
     done = subprocess.run([sys.executable, "-c", code, *scripts.values()], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("ok ") == len(scripts)
+    answered = {line for line in done.stdout.splitlines() if line.startswith("ok ")}  # help text may say "hook "
+    assert answered == {f"ok {target}" for target in scripts.values()}

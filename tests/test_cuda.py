@@ -1,6 +1,6 @@
 """The CUDA-only paths (marked `cuda`: skipped without a GPU, run by scripts/gpu-check.sh with `pytest -m cuda`):
 fp16 with the fused optimizer and no host sync per step, the loader's copies to the GPU, CUDA memory
-statistics, the data stall on the device timeline, and the harness under torch.compile's CUDA graphs (in a
+statistics, the data stall on the device timeline, the link's facts and SyncBatchNorm (#24), and the harness under torch.compile's CUDA graphs (in a
 process of its own: marked `spawns`, run by the check in a pytest process that holds no CUDA context)."""
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from bench.measuring.device import datasheet_peak, measured_matmul_tflops
+from bench.measuring.link import link_facts
 from bench.measuring.measure import WindowTimer, peak_memory_bytes, reset_peak_memory
 from bench.speed import bare_train_step
-from bench.training.runtime import build_model_and_optimizer
+from bench.suite.config import Communication
+from bench.training.runtime import build_model_and_optimizer, unsupported
 from data.encode import prepare_dataset
 from data.loaders import make_loader
 from helpers import TINY, records_in, run_bench
@@ -112,3 +114,23 @@ def test_harness_under_cuda_graphs_compiles_two_graphs_and_learns(tmp_path, prec
     assert metrics["peak_mem_allocated_bytes"] > 0 and 0 < metrics["mfu"] <= 1
     losses = [row["train_loss"] for row in record.history]
     assert min(losses[-3:]) < losses[0], losses
+
+
+def test_the_link_is_read_and_the_levers_a_cpu_refuses_build_on_a_gpu():
+    """#24 on one GPU: NCCL's version and the topology (or why not) for the record's env.link; SyncBatchNorm and
+    PowerSGD are not refused here, and a SyncBatchNorm model builds and trains a step (one process: plain batch
+    norm's statistics; several GPUs are needed to see them synchronised)."""
+    link = link_facts("cuda")
+    assert len(link["nccl_version"].split(".")) == 3  # torch.cuda.nccl.version(), e.g. 2.27.5
+    assert (link["gpu_topology"] is None) != (link["gpu_topology_note"] is None)  # nvidia-smi topo -m, or why not
+    print(f"NCCL {link['nccl_version']}; topology: {link['gpu_topology'] or link['gpu_topology_note']}")
+    for lever in (Communication(sync_bn=True), Communication(comm_hook="power_sgd", powersgd_rank=4),
+                  Communication(comm_hook="bf16")):
+        assert unsupported(lever, CUDA) is None, lever
+    model, optimizer = build_model_and_optimizer("resnet18_improved", 3, 10, CUDA, channels_last=True, sync_bn=True)
+    norms = [type(module) for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and set(norms) == {torch.nn.SyncBatchNorm}
+    inputs = torch.randn(8, 3, 64, 64, device=CUDA).to(memory_format=torch.channels_last)
+    model(inputs).sum().backward()
+    optimizer.step()
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())

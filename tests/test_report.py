@@ -87,7 +87,7 @@ def test_tables_have_expected_rows_and_columns(report) -> None:
     assert "comparison" not in report.tables
     frames = report.tables
     assert set(report.csv_paths) == set(frames) == {"headline", "weakest_classes", "accuracy", "gains", "speed",
-                                                    "speed_sweep", "failures", "tradeoffs"}
+                                                    "speed_sweep", "failures", "tradeoffs", "scaling"}
     for name, path in report.csv_paths.items():
         assert path.parent == report.report_path.parent / "tables"
         written = pd.read_csv(path)  # headed with the labels users read

@@ -27,8 +27,10 @@ from helpers import REPO, TINY, records_in, run_bench
 
 # Two processes or jobs side by side on this machine's two cores: one loader thread (and torch thread) each.
 ONE_CORE = ["--num-workers", "1"]
-# 21 test images over 2 ranks in batches of 5: the distributed loader pads, de-duplication must undo it.
-ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5"]
+# 21 test images over 2 ranks in batches of 5: the distributed loader pads, de-duplication must undo it. The
+# communication probe after the run at its shortest (one repeat of a step each way).
+ONE_RUN = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--batch-size", "5",
+                             "--comm-probe-repeats", "1", "--comm-probe-steps", "1"]
 KEEP_STATE = ["--keep-checkpoints", "--checkpoint-minutes", "0"]
 
 
@@ -274,6 +276,14 @@ def test_multinode_template_starts_one_launcher_per_node(tmp_path):
         assert option(words, "--num_processes") == "8"  # 2 nodes x 4 GPUs
         assert words[words.index("-m", 3):] == ["-m", "bench.run", "--resume", "--results-dir", "/shared/results",
                                                 "--preset", "fast", "--models", "resnet18", "vgg16"]
+
+
+def test_multinode_template_runs_one_process_with_accelerates_plain_launcher(tmp_path):
+    """One node with one GPU (a scaling study's smallest point): Accelerate refuses --multi_gpu for one process."""
+    (words,) = dry_run("multinode.sbatch", tmp_path, {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu-[07-08]",
+                                                       "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "1"})
+    assert "--multi_gpu" not in words and option(words, "--num_processes") == "1"
+    assert option(words, "--num_machines") == "1" and option(words, "--machine_rank") == "0"
 
 
 @pytest.mark.parametrize("gpus, processes, launcher", [("0", "1", []), ("1", "1", []),

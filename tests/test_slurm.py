@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.suite.config import parse_suite
@@ -37,6 +38,9 @@ SUITE = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--see
 PREEMPTED = TINY + ONE_CORE + ["--plugin", "examples/tiny_cnn.py", "--models", "resnet18", "tiny_cnn", "--datasets",
                                "mnist", "--epochs", "2", "--synthetic-size", "320", "21", "--eval-every", "20",
                                "--no-inference"]
+# The scaling study over machines (python -m bench.scaling --machines 1 2): resnet18 for 6 and 3 steps, a short probe.
+SCALED = TINY + ONE_CORE + ["--models", "resnet18", "--datasets", "mnist", "--epochs", "1", "--synthetic-size", "128",
+                            "21", "--no-inference", "--comm-probe-repeats", "3", "--comm-probe-steps", "1"]
 WAIT_S = 600
 
 
@@ -89,7 +93,7 @@ def cluster_runs(tmp_path_factory, cache_dir) -> dict:
     root = tmp_path_factory.mktemp("slurm")
     started = time.monotonic()
     deadline = started + WAIT_S
-    runs = {name: root / name for name in ("array", "multinode", "submit")}
+    runs = {name: root / name for name in ("array", "multinode", "submit", "scaling")}
     jobs = {  # the array first: it is the longest
         # Appended: a requeued task's output follows its first session's in one file.
         "array": sbatch("array.sbatch", ["--array=1-2", "--open-mode=append", f"--output={root}/array-%a.out"],
@@ -105,6 +109,11 @@ def cluster_runs(tmp_path_factory, cache_dir) -> dict:
          "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout-min", "10", "--wait", *SUITE,
          "--results-dir", str(runs["submit"]), "--cache-dir", str(cache_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    scaling = subprocess.Popen(
+        [sys.executable, "-m", "bench.scaling", "--machines", "1", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
+         "--partition", "gpu", "--timeout-min", "10", "--folder", str(root / "scaling-jobs"), "--wait", *SCALED,
+         "--results-dir", str(runs["scaling"]), "--cache-dir", str(cache_dir)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     # SLURM's warning to resnet18's task in its second epoch, as --signal=USR1@90 sends it to the job step.
     requeued_at, warned = None, None
@@ -120,10 +129,11 @@ def cluster_runs(tmp_path_factory, cache_dir) -> dict:
 
     wait_for(list(jobs.values()), deadline)
     out, _ = submit.communicate(timeout=max(deadline - time.monotonic(), 1))
+    scaled, _ = scaling.communicate(timeout=max(deadline - time.monotonic(), 1))
     print(f"slurm jobs done in {time.monotonic() - started:.0f} s (warned after {requeued_at} s)")
     logs = {path.name: path.read_text() for path in root.glob("*.out")}
     return {"root": root, "runs": runs, "jobs": jobs, "logs": logs, "requeued_at": requeued_at, "warned": warned,
-            "submit": (submit.returncode, out)}
+            "submit": (submit.returncode, out), "scaling": (scaling.returncode, scaled)}
 
 
 def test_array_template_over_two_shards_makes_the_whole_suite(cluster_runs):
@@ -168,3 +178,19 @@ def test_a_preempted_task_saves_its_step_requeues_itself_and_resumes_there(clust
     assert record.status == "finished" and record.metrics["requeues"] == 1, log[-3000:]
     assert [row["step"] for row in record.history][0] == 20 and record.history[-1]["epoch"] == 2
     assert len(record.history) == 2 and record.metrics["requeue_lost_s"] > 0
+
+
+def test_scaling_over_machines_submits_the_multinode_template_one_size_after_another(cluster_runs):
+    returncode, out = cluster_runs["scaling"]
+    assert returncode == 0, out[-4000:]
+    one, two = sorted(records_in(cluster_runs["runs"]["scaling"]), key=lambda record: record.num_machines)
+    assert (one.num_machines, one.world_size, two.num_machines, two.world_size) == (1, 1, 2, 2)
+    assert one.status == two.status == "finished" and one.batch_size == two.batch_size  # weak: the batch per process
+    assert two.started_at >= one.finished_at  # the second size waited for the first (--dependency=afterany)
+    # Two machines (here two SLURM nodes on this host): the probe measured their link.
+    assert two.env["link"]["backend"] == "gloo" and two.comm_probe["world_size"] == 2
+    assert two.metrics["grad_busbw_gbs"] > 0 and two.metrics["exposed_comm_ms"] is not None
+    table = pd.read_csv(cluster_runs["runs"]["scaling"] / "tables" / "scaling.csv")
+    assert list(table["axis"]) == ["machines, 1 process each"] * 2 and list(table["machines"]) == [1, 2]
+    speed_up = two.metrics["train_images_per_s"] / one.metrics["train_images_per_s"]
+    assert list(table["efficiency %"]) == pytest.approx([100.0, speed_up / 2 * 100])

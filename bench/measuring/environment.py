@@ -1,4 +1,5 @@
-"""What a result was measured on: versions, device, world size, and the code (commit and source digest)."""
+"""What a result was measured on: versions, device, world size, the link between processes, and the code (commit and
+source digest)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 
 from bench.measuring.device import cpu_has_native_bf16, device_name, math_mode
+from bench.measuring.link import link_facts
 from bench.measuring.machine import machine_state
 from bench.results.provenance import git_commit, source_digest
 
@@ -69,4 +71,5 @@ def environment(accelerator: Accelerator) -> dict:
         "git_commit": git_commit(),  # also in a tree copied without .git
         "source_digest": source_digest(),
         "machine": machine_state(accelerator.device),  # driver, CUDA, power limit; CPU governor and frequencies
+        "link": link_facts(accelerator.device.type),  # backend, NCCL version and settings, GPU topology
     }

@@ -115,6 +115,36 @@ METRICS: tuple[Metric, ...] = (
            scale=1 / MIB, fmt=",.0f", aggregate="max"),
     Metric("peak_mem_reserved_bytes", "peak reserved MiB", "Peak memory reserved by the caching allocator, "
            "same window.", scale=1 / MIB, fmt=",.0f", aggregate="max"),
+    # -- communication between processes: a probe after the run, blank for one process
+    Metric("comm_step_ms", "synced step ms", "Milliseconds of a training step with DDP's gradient synchronisation in "
+           "the probe after the run (the run's model, batch and communication settings on device-resident inputs; "
+           "the slowest process; median over repeats).", fmt=",.1f"),
+    Metric("compute_step_ms", "no-sync step ms", "The same steps under DDP's no_sync (gradients kept local): the "
+           "step's compute.", fmt=",.1f"),
+    Metric("exposed_comm_ms", "exposed comm ms", "Synced minus no-sync step, per repeat, median over repeats: the "
+           "communication the step waits for (what overlapping it with the backward pass did not hide). On a loaded "
+           "machine it can come out negative: recorded as measured.", fmt=",.1f"),
+    Metric("exposed_comm_std_ms", "exposed comm std ms", "Sample standard deviation of `exposed comm ms` over the "
+           "probe's repeats (blank with one repeat).", fmt=",.1f"),
+    Metric("exposed_comm_share", "exposed comm %", "Exposed communication (`exposed comm ms`: synced minus no-sync "
+           "step, after the run) as a share of the synced step.", scale=100, fmt=".1f"),
+    Metric("rank_skew", "rank skew %", "Stragglers: per repeat, the slowest process's no-sync step over the "
+           "fastest's, less one; median over repeats (DDP's buffer broadcast at each forward still couples them).",
+           scale=100, fmt=".1f"),
+    Metric("grad_bytes", "grad MiB", "Gradient bytes each process computes per step (every trainable parameter's "
+           "gradient).", scale=1 / MIB, fmt=",.1f", aggregate="first"),
+    Metric("wire_bytes", "wire MiB", "Bytes each process puts into the gradient all-reduces per step after the "
+           "communication hook: the gradient's with none, half with fp16/bf16, PowerSGD's low-rank factors and the "
+           "tensors it leaves uncompressed (its own counters).", scale=1 / MIB, fmt=",.1f", aggregate="first"),
+    Metric("bucket_algbw_gbs", "bucket alg GB/s", "All-reduce algorithm bandwidth for one DDP bucket (its "
+           "--bucket-cap-mb, fp32) timed alone after the run: bytes / seconds (nccl-tests' definition; 1 GB = 10^9 "
+           "bytes; median over repeats).", fmt=",.2f"),
+    Metric("bucket_busbw_gbs", "bucket bus GB/s", "Bus bandwidth of that bucket's all-reduce, algbw x 2(n-1)/n for n "
+           "processes (nccl-tests'): what each process's link carried, comparable with the link's peak.", fmt=",.2f"),
+    Metric("grad_algbw_gbs", "grad alg GB/s", "All-reduce algorithm bandwidth for the whole gradient in one piece "
+           "(fp32), timed alone after the run.", fmt=",.2f"),
+    Metric("grad_busbw_gbs", "grad bus GB/s", "Bus bandwidth of the whole gradient's all-reduce, algbw x 2(n-1)/n "
+           "(nccl-tests'): what the link delivered to DDP's traffic at its largest.", fmt=",.2f"),
     # -- cold start
     Metric("time_to_first_step_s", "first step s", "Wall seconds from the run's start to the end of its first "
            "training step, device synchronised: data preparation, model build, compilation and the first batch, all "

@@ -29,12 +29,13 @@ SETTINGS: dict[str, Column] = {name: Column(label) for name, label in {
     "data_source": "data_source", "preset": "preset", "recipe": "recipe", "seed": "seed", "precision": "precision",
     "device": "device", "world_size": "world size", "num_machines": "machines", "batch_size": "batch",
     "global_batch_size": "global batch", "epochs": "epochs", "channels_last": "channels_last",
-    "compile_mode": "compile", "compile": "compile", "stop_at_target": "stop_at_target", "eval_every": "eval_every",
+    "compile_mode": "compile", "compile": "compile", "communication": "communication",
+    "stop_at_target": "stop_at_target", "eval_every": "eval_every",
     # The configuration's target, where it groups rows; aggregated over seeds it is the metric `target_accuracy`
     # ("target %"). Both headers stay as users have parsed them.
     "target": "target_accuracy", "lr": "lr", "loader_order": "loader order",
     "synthetic_size": "synthetic size", "mode": "mode", "data": "input", "vanilla": "vanilla",
-    "vanilla_recipe": "vanilla recipe",
+    "vanilla_recipe": "vanilla recipe", "axis": "axis", "link": "link", "levers": "levers",
 }.items()}
 
 # Columns the report derives rather than measures.
@@ -99,6 +100,23 @@ DERIVED: dict[str, Column] = {
     **{f"weakest_{rank}_acc": Column(f"weakest {rank} %", ".1f", f"Test accuracy of the model's weakest class number "
                                      f"{rank} (lowest first), mean over the seeds of its headline configuration.")
        for rank in range(1, WEAKEST + 1)},
+    # How a configuration scales (bench/reporting/scaling.py).
+    "series": Column("series", "", "The series of the row (its heading in REPORT.md says which)."),
+    "size": Column("size", "", "The point's place along its series: processes, or machines."),
+    "images_per_s_per_process": Column("img/s per process", ",.0f", "`train img/s` over the processes."),
+    "scaling_speed_up": Column("speed-up x", ",.2f", "Train img/s over that of the series' smallest finished point."),
+    "efficiency": Column("efficiency %", ",.0f", "Speed-up over the ideal (the size over the smallest point's), in "
+                         "percent: 100 is perfect scaling."),
+    "loader_threads": Column("loader threads", "", "FFCV loader threads per process (--num-workers): at 64x64 with "
+                             "few cores per GPU the input pipeline, not the link, may be the limit."),
+    "ttt_speed_up": Column("to-target speed-up x", ",.2f", "Training seconds to the target of the smallest point over "
+                           "this point's: what more processes buy in time to accuracy, beside what they buy in "
+                           "throughput."),
+    "bound": Column("bound", "", "What limits the point beyond the measured spread: `communication` where exposed "
+                    "communication less twice its spread exceeds 10 % of the synced step, `input` where the data stall "
+                    "exceeds 10 %, `compute` where communication with its spread stays below it, else `unclear`."),
+    "note": Column("note", "", "Why a point has no measurements (unsupported, failed, out of memory: the record's "
+                   "error)."),
     **{f"confusion_{rank}": Column(f"confusion {rank}", "", f"The model's confusion number {rank} (most frequent "
                                    "first): true class -> predicted class (test images so confused / test images of the "
                                    "true class), summed over the seeds of its headline configuration.")

@@ -33,7 +33,7 @@ def config_label(row: pd.Series) -> str:
              f"precision {PRECISION_NAMES.get(row['precision'], row['precision'])}",
              "channels_last" if row["channels_last"] else None,
              f"{row['loader_order'].replace('_', '-')} order" if row.get("loader_order", "random") != "random" else None,
-             f"compile {row['compile_mode']}" if row["compile_mode"] != "off" else None]
+             f"compile {row['compile_mode']}" if row["compile_mode"] != "off" else None, row.get("communication") or None]
     optional = {"lr": "lr {:g}", "eval_every": "validation every {:g} steps", "synthetic_size": "{} synthetic images",
                 "target": "target {:.2%}"}
     study_target = study_value(row, "test_acc_pct") / 100

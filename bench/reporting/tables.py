@@ -13,6 +13,8 @@ from bench.measuring.confusion import top_confusions
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, RUN_KEYS, aggregate
 from bench.results.schema import RunRecord, SweepRecord
+from bench.suite.config import Communication
+from bench.suite.config import Communication
 from bench.suite.recipes import paired_recipe
 from data.datasets import dataset_names
 from models import model_entry, model_names, study_result
@@ -22,22 +24,23 @@ ACCURACY_KEYS = ["data_source", "dataset", "model", "recipe", "preset", "epochs"
                  "device"]
 GAIN_KEYS = ["data_source", "dataset", "preset", "epochs", "global_batch_size", "precision", "device"]
 SPEED_KEYS = ["device", "world_size", "num_machines", "precision", "batch_size", "channels_last", "compile_mode",
-              "data_source", "preset", "recipe", "model", "dataset"]
+              "communication", "data_source", "preset", "recipe", "model", "dataset"]
 SWEEP_KEYS = ["device", "world_size", "model", "dataset", "data", "mode", "precision", "channels_last", "compile",
               "batch_size"]
 # A configuration: everything in a run's identity (bench/suite/config.py hashes it into run_id) except its seed. The
 # seeds of one configuration aggregate into one row. Like run_id it leaves the machine out: the device is kept
 # beside it, so that the same configuration can be set against itself on other hardware.
 CONFIG_KEYS = ["data_source", "dataset", "model", "preset", "recipe", "epochs", "batch_size", "global_batch_size",
-               "world_size", "num_machines", "precision", "channels_last", "compile_mode", "lr", "stop_at_target",
-               "eval_every", "target", "synthetic_size", "loader_order"]
+               "world_size", "num_machines", "precision", "channels_last", "compile_mode", "communication", "lr",
+               "stop_at_target", "eval_every", "target", "synthetic_size", "loader_order"]
 ACCURACY_METRICS = ["test_acc", "test_top5_acc", "train_time_s"]
 SPEED_METRICS = ["train_images_per_s", "eval_images_per_s", "epoch_time_s", "target_accuracy", "time_to_target_s",
                  "data_stall", "mfu", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "requeues", "requeue_lost_s"]
 PREEMPTION = ["requeues", "requeue_lost_s"]  # shown when a run was requeued
 RUN_COLUMNS = ["run_id", "status", "error", "model", "dataset", "data_source", "preset", "recipe", "seed", "precision",
                "device", "world_size", "num_machines", "batch_size", "global_batch_size", "epochs", "channels_last",
-               "compile_mode", "lr", "stop_at_target", "eval_every", "target", "synthetic_size", "loader_order",
+               "compile_mode", "communication", "lr", "stop_at_target", "eval_every", "target", "synthetic_size",
+               "loader_order",
                "started_at", "history",
                "params", "train_gflops", "class_names", "test_per_class_acc", "test_confusion", "test_top_confusions",
                "to_study_s"]
@@ -60,6 +63,7 @@ def run_rows(records: list[RunRecord]) -> pd.DataFrame:
             "batch_size": record.batch_size, "global_batch_size": record.global_batch_size,
             "epochs": config.get("epochs"), "channels_last": config.get("channels_last"),
             "compile_mode": config.get("compile_mode") or "off",
+            "communication": Communication(**config.get("communication") or {}).words(),  # "" at DDP's defaults
             # Options older records lack, at the value they had before the option existed.
             "lr": config.get("lr"), "stop_at_target": config.get("stop_at_target") or False,
             "eval_every": config.get("eval_every"), "target": config.get("target_accuracy"),

@@ -9,7 +9,7 @@ from typing import Any
 
 RECORD_SCHEMA = 2
 # A run's status. --resume skips the final ones and retries a crashed ("failed") run.
-FINAL_STATUSES = ("finished", "diverged", "oom")
+FINAL_STATUSES = ("finished", "diverged", "oom", "unsupported")
 RUN_STATUSES = (*FINAL_STATUSES, "failed")
 # Schema 1 kept these beside `config` too; schema 2 reads them from it (or, for `device`, from `env`).
 SCHEMA1_COPIES = ("model", "dataset", "data_source", "preset", "recipe", "seed", "precision", "batch_size",
@@ -38,15 +38,20 @@ class RunRecord:
 
     run_id: str = doc("The run's name: a readable prefix and a hash of its configuration (everything that changes "
                       "its result); the same configuration always gets the same id.")
-    status: str = doc("`finished`, `diverged` (the loss became NaN or infinite), `oom` or `failed` (an error; "
-                      "`--resume` tries it again).")
+    status: str = doc("`finished`, `diverged` (the loss became NaN or infinite), `oom`, `unsupported` (a setting "
+                      "this device cannot run, such as SyncBatchNorm on a CPU: `error` says which and why) or `failed` "
+                      "(an error; `--resume` tries it again).")
     config: dict[str, Any] = doc("The configuration (bench/suite/config.py RunConfig): model, dataset, seed, preset, "
                                  "recipe (every hyper-parameter), epochs, per-process batch, precision, memory "
-                                 "format, compile mode, data source and sizes, target, processes and machines.")
+                                 "format, compile mode, data source and sizes, target, processes and machines, and "
+                                 "`communication` (DDP's hook, buckets and graph, SyncBatchNorm).")
     settings: dict[str, Any] = doc("How the run was measured, outside its identity: warm-up steps, loader threads, "
-                                   "checkpoint cadence, the inference options and the price.", default_factory=dict)
+                                   "checkpoint cadence, the inference options, the price and the communication "
+                                   "probe's repeats and steps.", default_factory=dict)
     env: dict[str, Any] = doc("What it ran on: versions, device and its count, processes, TF32, host, git commit "
-                              "and source digest, the machine's fixed state.", default_factory=dict)
+                              "and source digest, the machine's fixed state, and the link between the processes "
+                              "(`link`: backend, NCCL version, NCCL_* settings, `nvidia-smi topo -m`).",
+                              default_factory=dict)
     started_at: str | None = doc("Local time the run started (ISO 8601, with its UTC offset).", default=None)
     finished_at: str | None = doc("Local time the record was written.", default=None)
     error: str | None = doc("What stopped a run that did not finish, in one line.", default=None)
@@ -70,6 +75,11 @@ class RunRecord:
                                              default_factory=list)
     inference: dict[str, Any] | None = doc("The trained model's inference measurement in full (latencies, "
                                            "throughput, options).", default=None)
+    comm_probe: dict[str, Any] | None = doc("The communication probe after a run of several processes "
+                                            "(bench/training/probes.py) in full: each repeat's step milliseconds "
+                                            "per process with and without gradient synchronisation, gradient bytes "
+                                            "as computed and on the wire, and each all-reduce's bytes and seconds.",
+                                            default=None)
     schema: int = doc("The record format's version.", default=RECORD_SCHEMA)
 
     # What schema 1 stored twice, read from the one place it now lives.

@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from accelerate.utils import DDPCommunicationHookType
+
 from bench.measuring.cost import add_cost_options
 from bench.measuring.inference import add_inference_options
 from bench.results.tracking import ALL as ALL_TRACKERS, TRACKERS
@@ -27,6 +29,34 @@ def collective_timeout(argv: Sequence[str] | None) -> float:
     parser = argparse.ArgumentParser(add_help=False)
     add_collective_timeout(parser)
     return parser.parse_known_args(argv)[0].collective_timeout_s
+
+
+COMM_HOOKS = tuple(hook.value for hook in DDPCommunicationHookType)  # Accelerate's names: no, fp16, bf16, power_sgd, ...
+POWERSGD_HOOKS = ("power_sgd", "batched_power_sgd")
+SWITCHES = {"off": (False,), "on": (True,), "both": (False, True)}  # a switch swept by bench.scaling
+
+
+def add_communication_options(group: argparse._ArgumentGroup, sweep: bool = False) -> None:
+    """How the processes communicate: one value each for the runner (one Accelerator per launch); with `sweep`
+    (bench.scaling) several values, and `off`, `on` or `both` for a switch, each value a launch of its own."""
+    many = {"nargs": "+"} if sweep else {}
+    group.add_argument("--comm-hook", choices=COMM_HOOKS, default=["no"] if sweep else "no", metavar="HOOK", **many,
+                       help="DDP communication hook, through Accelerate's DistributedDataParallelKwargs: no (plain "
+                       "all-reduce), fp16 or bf16 (gradients halved on the wire), power_sgd or batched_power_sgd "
+                       f"(low-rank, --powersgd-rank) (default: no). Valid: {', '.join(COMM_HOOKS)}")
+    group.add_argument("--powersgd-rank", type=positive_int, metavar="R", **many,
+                       help="PowerSGD's matrix approximation rank (default 1; with --comm-hook power_sgd or "
+                       "batched_power_sgd only)")
+    group.add_argument("--bucket-cap-mb", type=positive_int, metavar="MB", **many,
+                       help="DDP's gradient bucket size in MiB (default: DDP's, 25)")
+    for name, what in (("gradient-as-bucket-view", "gradients as views into DDP's buckets (saves a copy)"),
+                       ("static-graph", "DDP's static_graph (the same parameters used every step)"),
+                       ("sync-bn", "SyncBatchNorm: batch-norm statistics over all processes (CUDA only)")):
+        if sweep:
+            group.add_argument(f"--{name}", nargs="?", choices=tuple(SWITCHES), const="on", default="off",
+                               help=f"{what}: off (default), on (the option alone) or both, a launch each")
+        else:
+            group.add_argument(f"--{name}", action="store_true", help=what)
 
 
 def accuracy_fraction(text: str) -> float:
@@ -99,6 +129,12 @@ def build_parser() -> OneLineParser:
     speed.add_argument("--num-workers", type=positive_int, default=None,
                        help="FFCV loader threads per process (default: CPU cores / processes)")
     speed.add_argument("--profile", action="store_true", help="capture a torch.profiler trace of a few steps per run")
+    speed.add_argument("--comm-probe-repeats", type=non_negative_int, default=5, metavar="R",
+                       help="after a run of several processes, time its steps with and without gradient "
+                       "synchronisation in R alternating repeats (the exposed communication, with its spread), and "
+                       "the all-reduce of a bucket and of the gradient R times (default %(default)s; 0: no probe)")
+    speed.add_argument("--comm-probe-steps", type=positive_int, default=3, metavar="S",
+                       help="steps per repeat and mode of that probe (default %(default)s)")
     add_inference_options(speed)
 
     data = parser.add_argument_group("data")
@@ -131,6 +167,9 @@ def build_parser() -> OneLineParser:
                          help="run only the I-th of N disjoint parts of the suite, balanced by expected training "
                          "FLOPs (for job arrays: N jobs with the same options and --results-dir make the whole suite)")
     add_collective_timeout(cluster)
+    add_communication_options(parser.add_argument_group(
+        "communication between processes", "part of each run's identity; fixed for a launch (DDP's settings are "
+        "fixed when the Accelerator is built)"))
 
     tracking = parser.add_argument_group("tracking")
     tracking.add_argument("--log-with", nargs="+", choices=(ALL_TRACKERS, *TRACKERS), default=[], metavar="TRACKER",

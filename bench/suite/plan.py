@@ -33,7 +33,10 @@ def suite_line(suite: SuiteConfig, processes: int, device: str) -> str:
     line = f"{len(suite.runs)} run(s), {processes} process(es) on {device}"
     if suite.runs:
         line += f", {batch_and_lr(suite.runs)}"
-    line += f", precision {suite.precision}, results in {suite.context.results_dir}/"
+    line += f", precision {suite.precision}"
+    if suite.communication.words():  # DDP's settings and SyncBatchNorm, where they are not the defaults
+        line += f", communication: {suite.communication.words()}"
+    line += f", results in {suite.context.results_dir}/"
     if suite.overrides:
         line += f"; set by options: {' '.join(suite.overrides)}"
     return line

@@ -38,6 +38,13 @@ class Recipe:
         lr = self.lr * (model_entry(model).fast_lr_scale if self.per_model_lr else 1.0)
         return lr * global_batch / self.lr_batch if self.scale_lr else lr
 
+    def lr_rule(self) -> str:
+        """`lr_for` in words."""
+        per_model = ", times the model entry's factor" if self.per_model_lr else ""
+        if self.scale_lr:
+            return f"recipe {self.name} scales its lr linearly with the global batch ({self.lr:g} per {self.lr_batch}{per_model})"
+        return f"recipe {self.name} keeps its lr {self.lr:g} at any global batch{per_model}"
+
 
 RECIPES: dict[str, Recipe] = {
     # docs/STUDY.md, exactly: the study's recipes.

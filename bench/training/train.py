@@ -29,7 +29,7 @@ from bench.training.loop import (EvalResult, RunDiverged, StepSums, Training, ev
                                  train_steps)
 from bench.training.probes import RunProbes
 from bench.training.profiling import StepProfiler
-from bench.training.runtime import build_model_and_optimizer, print_main, release
+from bench.training.runtime import build_model_and_optimizer, print_main, release, unsupported
 from common.files import full_disk_is_one_line
 from data.augment import DevicePreprocess
 from data.datasets import get_spec
@@ -61,10 +61,13 @@ class Progress:
 
 
 def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> RunRecord:
-    """Train and measure one configuration; returns its record (the caller writes it). Diverging or running out of
-    memory is a result; any other exception propagates, Preempted among them (the state at that step is saved)."""
+    """Train and measure one configuration; returns its record (the caller writes it). Diverging, running out of
+    memory or communication settings the device cannot run (`unsupported`) are results; any other exception propagates,
+    Preempted among them (the state at that step is saved)."""
     started = time.time()
     record = describe_run(cfg, context, accelerator, started)
+    if reason := unsupported(cfg.communication, accelerator.device):
+        return replace(record, status="unsupported", error=reason, finished_at=now())
     progress, metrics = Progress(), {}
     graphs_before = dynamo_counters["stats"]["unique_graphs"]
     probes = RunProbes(accelerator, started)
@@ -88,13 +91,14 @@ def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> 
         allocated, reserved = peak_memory_bytes(accelerator.device)
         memory = gather_rows(accelerator, [allocated, reserved]).max(dim=0).values
         wall_time_s, graphs = wall_before + time.time() - started, dynamo_counters["stats"]["unique_graphs"] - graphs_before
-        measured = probes.measured(cfg, context.inference, training.model, training.eval_preprocess,
-                                   progress.timed_images, progress.history, resumed=saved is not None)
+        measured = probes.measured(cfg, context, training, progress.timed_images, progress.history,
+                                   resumed=saved is not None)
         metrics = summarise(cfg, context, accelerator, training, progress, test, facts.train_gflops, int(memory[0]),
-                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs, measured=measured.metrics)
+                            int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
+                            measured=measured.metrics)
         tracking.log_final(accelerator, metrics, step=progress.step)
         record = replace(record, facts=asdict(facts), device_state=measured.device_state,
-                         inference=measured.inference, test_top_confusions=top_confusions(test.confusion),
+                         inference=measured.inference, comm_probe=measured.comm_probe, test_top_confusions=top_confusions(test.confusion),
                          test_confusion=test.confusion if spec.num_classes <= INLINE_MAX_CLASSES else None,
                          test_per_class_acc=[row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)])
         status, error = "finished", None
@@ -159,7 +163,7 @@ def build_training(cfg: RunConfig, context: RunContext, accelerator: Accelerator
         cfg.model, spec.channels, spec.num_classes, device, channels_last=cfg.channels_last,
         lr=cfg.peak_lr, momentum=recipe.momentum,
         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, compile_mode=cfg.compile_mode,
-        accelerator=accelerator)
+        accelerator=accelerator, sync_bn=cfg.communication.sync_bn)
     scheduler, per_step, warmup = make_schedule(optimizer, cfg, len(loaders["train"]))
     return Training(
         model=model, optimizer=optimizer, scheduler=scheduler, per_step_schedule=per_step,
