@@ -245,7 +245,7 @@ def finish(study: Study) -> int:
     except NoRecordsError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
-    for section in sections(report.scaling):
+    for section in sections(report.tables["scaling"]):
         print(f"\n### {section['title']}\n\n{section['table']}\n\n{section['verdict']}")
     print(f"\nFull report: {report.report_path}")
     missing = [run.run_id for point in study.points for run in point.runs
