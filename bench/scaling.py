@@ -1,20 +1,6 @@
 """`python -m bench.scaling --processes 1 2 4 8 [--mode weak|strong] [levers] [runner options]`: one configuration at
-several sizes, each an ordinary run of its own `accelerate launch` (one record per run), then the report, whose
-scaling tables and plot (bench/reporting/scaling.py) say how it scales and why it stops.
-
-- Over processes on this machine (`--processes`): one launch after another, since at once they would share it.
-- Over machines (`--machines 1 2 4`, `--gpus-per-node G` each) on SLURM: the multinode template
-  (scripts/slurm/multinode.sbatch, or `--template` for your copy) submitted with sbatch, one job per size, each
-  starting when the previous has ended (`--dependency=afterany`) so that no two time each other on the fabric. The
-  template already starts one launcher per node with the head node's rendezvous; bench.submit's jobs are one node
-  each and would have to learn it twice. `--wait` waits for the jobs and writes the report.
-- Weak scaling keeps the per-process batch (the runner's --batch-size, else its preset's or recipe's) and grows the
-  global batch; strong scaling keeps the global batch (--global-batch, default the smallest point's) and splits it,
-  refusing one that does not divide. The recipe's lr rule applies at each point, and the first lines say the lr.
-- The levers (--comm-hook, --powersgd-rank, --bucket-cap-mb: several values; --gradient-as-bucket-view,
-  --static-graph, --sync-bn: off, on or both) are swept as a product, a launch per combination and size.
-Every launch runs with --resume, so a study run again skips what is recorded. Every point is resolved and checked
-before the first launch: a bad option stops the study with one line and nothing launched or written.
+several sizes (processes here, or --machines through SLURM's multinode template), each an ordinary run of its own
+launch, then the report's scaling tables; every point is checked before the first launch (docs/scaling-out.md).
 """
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""How a configuration scales (#24): per series, throughput, speed-up, efficiency, what communication and the input
-pipeline cost, and time to target at each size; and a plot of the speed-up against the ideal.
-
-Series come from the records, not from how they were launched: runs that agree in everything but their processes,
-machines, batch and seed, on one device kind and one link, make a *weak* series where the per-process batch is fixed
-and a *strong* one where the global batch is, over processes on one machine or over machines at a fixed number per
-machine; a series has two sizes or more. A one-process run has no link and starts every series of its configuration.
-Speed-up is over the series' smallest finished point; efficiency is speed-up over the ideal (size / smallest size).
-A point is called communication- or input-bound only where what was measured says so beyond its spread.
+"""How a configuration scales: series found in the records (the same configuration but for its size, batch and seed, on
+one device kind and link), per point throughput, speed-up, efficiency, exposed communication, bandwidth and time to
+target, what bounds it only beyond the measured spread, and the speed-up plot (docs/scaling-out.md).
 """
 from __future__ import annotations
 
