@@ -46,15 +46,15 @@ def test_evaluation_presents_only_batch_sizes_that_training_used(tmp_path, cache
                       "--no-inference"], tmp_path / "results", cache_dir, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records_in(tmp_path / "results")
-    assert record["status"] == "finished" and record["config"]["compile_mode"] is None
+    assert record.status == "finished" and record.config["compile_mode"] is None
     seen: dict[str, list[int]] = {"train": [], "eval": []}
     for line in log.read_text().splitlines():
         mode, size = line.split()
         seen[mode].append(int(size))
-    epochs = len(record["history"])
+    epochs = len(record.history)
     assert set(seen["train"]) == {16} and len(seen["train"]) == 3 * epochs
     assert set(seen["eval"]) <= set(seen["train"])
     assert len(seen["eval"]) == epochs + 2  # a validation batch per epoch, then two test batches
     # Eval img/s counts the real images only: rate x seconds is the 10 validation images, not the padded 16.
-    for row in record["history"]:
+    for row in record.history:
         assert row["eval_images_per_s"] * row["eval_time_s"] == pytest.approx(10)

@@ -149,7 +149,7 @@ def test_rehearsal_summary_has_the_key_numbers(rehearsal):
     assert re.search(r"\| resnet18 +\| 2 +\| bf16 +\|( [\d,.]+ +\|){3}", summary)  # the overhead ratio
     assert "1 point(s) measured (0 out of memory), 1 skipped by the sweep's budget" in summary
     assert re.search(r"\| resnet18 +\| +[\d,.]+ \| bf16 +\| off +\| +2 \|", summary)  # best img/s per model
-    assert re.search(r"\| mnist +\| train +\| +[\d,.]+ \|", summary)  # the input pipeline
+    assert re.search(r"\| mnist +\| train +\| random +\| +[\d,.]+ \|", summary)  # the input pipeline, in its order
     assert re.search(r"\| synthetic +\| mnist +\| resnet18 +\| +[\d.]+ \|", summary)  # the suite's headline
 
 
