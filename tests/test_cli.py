@@ -6,6 +6,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from helpers import REPO, run_module
 
 EXAMPLE = REPO / "examples" / "tiny_cnn.py"
@@ -27,6 +29,7 @@ def test_dry_run_prints_the_resolved_runs_and_trains_nothing(tmp_path):
     assert not results.exists() and not cache.exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_a_plugin_file_registers_a_model_even_beside_a_models_package_of_ones_own(tmp_path):
     """A user's working folder with a `models/` package: naming the plugin as a module finds the harness's `models`
     instead and fails in one line; naming it as a file registers its model."""

@@ -378,6 +378,7 @@ def test_speed_time_budget_rejects_a_negative_number(capsys):
     assert capsys.readouterr().err == "bench/speed.py: error: argument --time-budget-s: expected a number >= 0, got '-1'\n"
 
 
+@pytest.mark.slow
 def test_a_hung_step_costs_its_cap_and_the_rest_still_runs(tmp_path):
     # At 300 s the rehearsal's steps get two thirds of their minimums (290 s over 435 s): the hung overhead is stopped
     # after its 10 s, and every later step still gets its own cap.

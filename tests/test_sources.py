@@ -379,7 +379,7 @@ def test_synthetic_is_learnable_by_a_small_cnn(one_torch_thread):
     assert accuracy > 0.6
 
 
-@pytest.mark.parametrize("name,steps,floor", [("tiny_imagenet", 150, 0.3), ("imagenet64", 200, 0.015)])
+@pytest.mark.parametrize("name,steps,floor", [("tiny_imagenet", 150, 0.3), pytest.param("imagenet64", 200, 0.015, marks=pytest.mark.slow)])
 def test_synthetic_stays_learnable_at_200_and_1000_classes(one_torch_thread, name, steps, floor):
     """Five textures x a colour each (pattern_colours: levels 22 or more apart per channel) for 200 and 1,000
     classes, four training images of each: a small CNN learns them far above chance (0.5 % and 0.1 %) within a few
