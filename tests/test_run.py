@@ -96,6 +96,22 @@ def test_learning_is_real_and_a_reachable_target_stops_the_run_early(tmp_path, c
 
 
 @pytest.mark.slow
+def test_profiling_two_processes_opens_their_timed_window_at_one_step(tmp_path, cache_dir):
+    # Only the main process profiles, yet every process must open its timed window after the same steps: the window
+    # opens at a barrier, and a process reaching it a step apart from the others meets their gradient all-reduce
+    # there (the run hangs).
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+                "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench.run"]
+    done = run_bench([*TINY, "--synthetic-size", "400", "120", "--epochs", "1", "--no-inference", "--models",
+                      "resnet18", "--datasets", "mnist", "--profile"], tmp_path, cache_dir, launcher=launcher,
+                     timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = records_in(tmp_path)
+    assert record.status == "finished" and record.world_size == 2 and record.metrics["train_images_per_s"] > 0
+    assert (tmp_path / "profiles" / record.run_id / "trace.json").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_resume_after_kill_completes_the_run_and_skips_finished_ones(tmp_path, cache_dir):
     # A target out of reach (a learning rate too small to learn anything in three epochs) under
     # --stop-at-target: the run trains all its epochs and says it never got there.
@@ -150,6 +166,7 @@ def test_divergence_is_recorded_and_the_suite_goes_on(tmp_path, cache_dir):
     records = records_in(tmp_path)
     assert sorted(r.model for r in records) == ["inception_v1", "resnet18"]
     assert {r.status for r in records} == {"diverged"} and all("became" in r.error for r in records)
+    assert all(r.facts["params"] > 1_000_000 for r in records)  # a result like any other: the model's facts with it
     assert not list((tmp_path / "checkpoints").glob("*/progress.json"))  # final runs leave no checkpoint
     written = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").glob("*.json")}
 

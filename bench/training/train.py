@@ -77,6 +77,7 @@ def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> 
             tracking.start(accelerator, cfg, cfg.run_id, context.results_dir)
             spec = get_spec(cfg.dataset)
             facts = model_facts(cfg.model, spec.channels, num_classes=spec.num_classes)
+            record = replace(record, facts=asdict(facts))  # a diverged or out-of-memory record keeps them too
             saved = restore(cfg, context.results_dir, accelerator, training) if context.resume else None
             if saved is None and accelerator.is_local_main_process:  # every machine: its own files, unshared
                 records.remove_checkpoints(context.results_dir, cfg.run_id)
@@ -97,8 +98,8 @@ def train_run(cfg: RunConfig, context: RunContext, accelerator: Accelerator) -> 
                             int(memory[1]), wall_time_s=wall_time_s, compiled_graphs=graphs,
                             measured=measured.metrics)
         tracking.log_final(accelerator, metrics, step=progress.step)
-        record = replace(record, facts=asdict(facts), device_state=measured.device_state,
-                         inference=measured.inference, comm_probe=measured.comm_probe, test_top_confusions=top_confusions(test.confusion),
+        record = replace(record, device_state=measured.device_state, inference=measured.inference,
+                         comm_probe=measured.comm_probe, test_top_confusions=top_confusions(test.confusion),
                          test_confusion=test.confusion if spec.num_classes <= INLINE_MAX_CLASSES else None,
                          test_per_class_acc=[row[i] / max(1, sum(row)) for i, row in enumerate(test.confusion)])
         status, error = "finished", None
@@ -233,7 +234,7 @@ def run_epochs(cfg: RunConfig, context: RunContext, accelerator: Accelerator, tr
     and at the end when the final state is to be kept (--keep-checkpoints)."""
     wall_before = progress.wall_time_s
     reset_peak_memory(accelerator.device, drop_cached=True)  # the previous run's cached blocks are not ours
-    start_timing_at = context.warmup_steps + (StepProfiler.steps if training.profiler else 0)
+    start_timing_at = context.warmup_steps + (StepProfiler.steps if context.profile else 0)  # the same on every process
     session_step, last_saved = 0, time.time()  # this session's steps: warm-up and profiling restart on resume
 
     def elapsed() -> float:
