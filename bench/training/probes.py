@@ -176,6 +176,7 @@ def probe_communication(cfg: RunConfig, training: Training, accelerator: Acceler
     model.train()
     for synced in (True, False):  # warm-up, untimed
         window(synced, 1)
+    counted[:] = [0, 0]  # the wire bytes are per timed step: the warm-up's are not among them
     times: dict[bool, list[float]] = {True: [], False: []}
     for repeat in range(repeats):  # alternating which comes first, so that a drift favours neither
         for synced in (True, False) if repeat % 2 == 0 else (False, True):
