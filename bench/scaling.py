@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from bench.measuring.device import cpu_has_native_bf16
 from bench.report import NoRecordsError, write_report
 from bench.reporting.scaling import sections
 from bench.results.records import existing_record
@@ -130,7 +131,7 @@ def plan(args, runner_args: list[str]) -> Study:
 
     def suite(machines: int, processes: int, extra: list[str]) -> SuiteConfig:
         return parse_suite([*runner_args, *extra], gpu_available=gpu, num_processes=machines * processes,
-                           num_machines=machines)
+                           num_machines=machines, native_bf16=gpu or cpu_has_native_bf16())  # as the runner decides
 
     smallest = sizes[0][0] * sizes[0][1]
     first = suite(*sizes[0], list(levers[0]))

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+import bench.scaling
 from bench.reporting.scaling import bound, verdict
 from bench.scaling import build_parser, first_lines, main as scaling_main, plan
 from bench.suite.config import Communication, parse_suite
@@ -108,6 +109,16 @@ def test_weak_scaling_keeps_the_batch_per_process_and_scales_the_lr_with_the_glo
     assert lines[1:4] == ["  1 process: global batch 512 (512 x 1 process), peak lr 0.2",
                           "  2 processes: global batch 1024 (512 x 2 processes), peak lr 0.4",
                           "  4 processes: global batch 2048 (512 x 4 processes), peak lr 0.8"]
+
+
+def test_the_plan_resolves_a_presets_bf16_as_each_launch_will_on_a_cpu_that_would_emulate_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.scaling, "cpu_has_native_bf16", lambda: False)
+    argv = ["--preset", "fast", *BASE, "--results-dir", str(tmp_path)]
+    study = planned(["--processes", "1", "2", *argv])
+    launched = {point.world: parse_suite(argv, gpu_available=False, num_processes=point.world, native_bf16=False).runs
+                for point in study.points}  # as bench.run resolves them in each launch on such a CPU
+    assert {point.world: point.runs for point in study.points} == launched
+    assert {run.precision for point in study.points for run in point.runs} == {"no"}
 
 
 def test_strong_scaling_splits_one_global_batch(tmp_path):
