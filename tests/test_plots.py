@@ -2,13 +2,15 @@
 the front on known points (the smoke suite's real records where a plot needs runs)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from matplotlib.patches import ConnectionPatch
 
 from bench.reporting.plots import (MEMORY, MIN_ACCURACY_SPAN_PP, POINT_LABEL, TIME, configuration_points, pareto_figure,
                                    pareto_front)
-from bench.reporting.tables import run_rows
+from bench.reporting.tables import run_rows, speed_table
+from bench.suite.config import Communication
 from helpers import records_in
 
 
@@ -53,3 +55,18 @@ def test_accuracy_axis_keeps_results_0_01_pp_apart_apart(smoke_suite) -> None:
     ticks = [label.get_text() for label in axes.get_yticklabels() if label.get_text()]
     assert len(set(ticks)) == len(ticks) >= 3 and all(len(tick.split(".")[1]) >= 2 for tick in ticks)
     assert axes.yaxis.get_offset_text().get_text() == ""  # no "+9.95e1" offset
+
+
+def test_runs_apart_only_in_loader_order_or_communication_stay_apart_in_tables_and_plots(smoke_suite) -> None:
+    """Another input pipeline or another gradient exchange is another configuration, never another seed of one."""
+    records = [r for r in records_in(smoke_suite.results) if r.dataset == "mnist"]
+    twins = [*records, *(dataclasses.replace(r, config={**r.config, "loader_order": "quasi_random"}) for r in records),
+             *(dataclasses.replace(r, config={**r.config, "communication": dataclasses.asdict(Communication("fp16"))})
+               for r in records)]
+    runs = run_rows(twins)
+    assert len(speed_table(runs)) == 3 * len(speed_table(run_rows(records))) and set(speed_table(runs)["n"]) == {1}
+    figure = pareto_figure(configuration_points(runs), TIME, "training time, s", "three of each", log_x=True)
+    labels = [text.get_text() for text in figure.texts if text.get_gid() == POINT_LABEL]
+    assert len(labels) == len(set(labels)) == 3 * len(records)
+    assert sum("loader order quasi_random" in text for text in labels) == len(records)
+    assert sum("communication DDP's defaults" in text for text in labels) == 2 * len(records)

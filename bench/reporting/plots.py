@@ -32,7 +32,8 @@ MAX_NAMED_CLASSES = 20  # confusion matrices name their classes up to this many
 ACCURACY, TIME, MEMORY, LATENCY = "test_acc", "train_time_s", "peak_mem_gib", "infer_p50_ms"
 # Settings a point label names when they vary within a plot (model, precision and batch are always named).
 POINT_DETAILS = ["dataset", "data_source", "recipe", "epochs", "global_batch_size", "world_size", "num_machines",
-                 "channels_last", "compile_mode", "lr", "stop_at_target", "eval_every", "synthetic_size", "preset"]
+                 "channels_last", "compile_mode", "communication", "lr", "stop_at_target", "eval_every", "synthetic_size",
+                 "loader_order", "preset"]
 
 
 def model_color(model: str) -> str:
@@ -148,7 +149,8 @@ def pareto_figure(points: pd.DataFrame, x: str, x_label: str, title: str, log_x:
     axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=TICK_SIZE,
                 frameon=False)
     labels = varying_label(points.assign(precision=points["precision"].replace(PRECISION_NAMES),
-                                         batch_size="b" + points["batch_size"].astype(str)),
+                                         batch_size="b" + points["batch_size"].astype(str),
+                                         communication=points["communication"].replace("", "DDP's defaults")),
                            ["model", "precision", "batch_size"], [*POINT_DETAILS, "device"])
     label_column(figure, axes, points, x, labels, front)
     return figure

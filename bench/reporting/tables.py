@@ -9,11 +9,9 @@ import numpy as np
 import pandas as pd
 
 from bench.measuring.confusion import top_confusions
-from bench.measuring.confusion import top_confusions
 from bench.measuring.measure import time_to_target
 from bench.measuring.metrics import BY_KEY, RUN_KEYS, aggregate
 from bench.results.schema import RunRecord, SweepRecord
-from bench.suite.config import Communication
 from bench.suite.config import Communication
 from bench.suite.recipes import paired_recipe
 from data.datasets import dataset_names
@@ -24,7 +22,7 @@ ACCURACY_KEYS = ["data_source", "dataset", "model", "recipe", "preset", "epochs"
                  "device"]
 GAIN_KEYS = ["data_source", "dataset", "preset", "epochs", "global_batch_size", "precision", "device"]
 SPEED_KEYS = ["device", "world_size", "num_machines", "precision", "batch_size", "channels_last", "compile_mode",
-              "communication", "data_source", "preset", "recipe", "model", "dataset"]
+              "communication", "loader_order", "data_source", "preset", "recipe", "model", "dataset"]
 SWEEP_KEYS = ["device", "world_size", "model", "dataset", "data", "mode", "precision", "channels_last", "compile",
               "batch_size"]
 # A configuration: everything in a run's identity (bench/suite/config.py hashes it into run_id) except its seed. The
