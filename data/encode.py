@@ -25,7 +25,7 @@ from data.datasets import DatasetSpec, get_spec
 from data.errors import DataError
 from data.formats import Chunk, OfficialSplit
 from data.sources import RawDataset, locate_source, make_synthetic, read_source, source_checksums, synthetic_checksum
-from data.writer import (FIELD_NAMES, IMAGE_SIZE, Batch, beton_fields, check_beton, validate_batch, write_fields,
+from data.writer import (IMAGE_SIZE, Batch, beton_fields, check_beton, validate_batch, write_fields,
                          write_timeout_s)
 
 SPLITS = ("train", "val", "test")

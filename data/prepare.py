@@ -12,9 +12,10 @@ from pathlib import Path
 from common.cli import OneLineParser, add_plugin_option, load_plugins
 from common.files import DiskFull
 from data.datasets import dataset_names
-from data.encode import FIELD_NAMES, SYNTHETIC_PER_CLASS, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
+from data.encode import SYNTHETIC_PER_CLASS, SYNTHETIC_TEST, SYNTHETIC_TRAIN, prepare_dataset
 from data.errors import DataError
 from data.sources import DATA_DIR_ENV
+from data.writer import FIELD_NAMES
 from models import study_datasets
 
 

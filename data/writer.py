@@ -203,14 +203,6 @@ def _stop(host: multiprocessing.process.BaseProcess) -> None:
     host.join()
 
 
-def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                timeout_s: float | None = None) -> None:
-    """Validate then write (N, 64, 64, C) uint8 images held in memory, with labels and indices 0..N-1."""
-    validate_batch(images, labels, num_classes, path)
-    timeout = write_timeout_s(len(labels)) if timeout_s is None else timeout_s
-    write_fields(path, beton_fields(images.shape[3]), len(labels), [(images, labels)], timeout)
-
-
 def check_beton(path: Path, expected_count: int | None = None) -> int:
     """Structural check of a .beton (ffcv's own reader plus bounds): its sample count, else DataError.
 

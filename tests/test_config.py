@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from bench.measuring.device import GPU_PEAKS, datasheet_peak, math_mode, peak_tflops, uses_cuda_graphs
+from bench.measuring.device import GPU_PEAKS, datasheet_peak, peak_tflops, uses_cuda_graphs
 from bench.measuring.measure import WindowTimer, peak_memory_bytes, reset_peak_memory, time_to_target
 from bench.suite.config import parse_suite
 from bench.suite.plan import batch_warnings, suite_line

@@ -25,7 +25,7 @@ from data.errors import DataError
 import data.formats as formats
 from data.prepare import main as prepare_main, parse_args
 import data.writer as writer
-from data.writer import check_beton, write_beton, write_fields
+from data.writer import beton_fields, check_beton, validate_batch, write_fields, write_timeout_s
 from test_sources import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +34,14 @@ SMALL = {"synthetic_train": 120, "synthetic_test": 30}  # -> train 100, val 20, 
 
 def leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                timeout_s: float | None = None) -> None:
+    """Validate, then write (N, 64, 64, C) uint8 images held in memory in one chunk, as an encode writes each."""
+    validate_batch(images, labels, num_classes, path)
+    timeout = write_timeout_s(len(labels)) if timeout_s is None else timeout_s
+    write_fields(path, beton_fields(images.shape[3]), len(labels), [(images, labels)], timeout)
 
 
 def shm_segments() -> set[str]:

@@ -3,7 +3,6 @@ images each, the validation size overridden as a plugin would): read, bad inputs
 loaded back bit for bit, and trained end to end."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import pickle
@@ -16,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.datasets import DATASETS, IMAGENET_NAMES, TINY_WNIDS, get_spec, register_dataset
+from data.datasets import DATASETS, IMAGENET_NAMES, TINY_WNIDS, get_spec
 from data.encode import prepare_dataset
 from data.errors import DataError
 from data.loaders import make_loader

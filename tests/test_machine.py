@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.measuring.cost import Pricing, cost_metrics
-from bench.measuring.energy import POWERCAP, EnergyCounter, EnergyLog, energy_metrics, rapl_packages, summed
+from bench.measuring.energy import EnergyCounter, EnergyLog, energy_metrics, rapl_packages, summed
 from bench.measuring.machine import machine_state
 from bench.measuring.watch import Watch, device_flags
 from helpers import REPO

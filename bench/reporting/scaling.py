@@ -15,9 +15,8 @@ from matplotlib.figure import Figure
 from bench.measuring.link import link_label
 from bench.measuring.metrics import BY_KEY, mlperf_time, shown
 from bench.reporting import columns
-from bench.reporting.columns import column
 from bench.reporting.plots import data_title, save_figure, slug
-from bench.reporting.render import markdown_table
+from bench.reporting.render import cell_formatter, markdown_table, number_format
 from bench.results.schema import RunRecord
 from bench.suite.config import Communication
 
@@ -142,11 +141,10 @@ def scaling_table(records: list[RunRecord]) -> pd.DataFrame:
 # ----- REPORT.md -----------------------------------------------------------------------------------------------
 
 def cell(name: str, value, spread=None) -> str:
-    """One value in its column's format, with its spread beside it (`12.3 ± 4.1`); blank when missing."""
-    if isinstance(value, str) or value is None or pd.isna(value):
-        return value if isinstance(value, str) else ""
-    fmt = column(name).fmt or "g"
-    return format(value, fmt) + (f" ± {format(spread, fmt)}" if spread is not None and pd.notna(spread) else "")
+    """One value as its column shows it (render.py), with its spread beside it (`12.3 ± 4.1`)."""
+    text = cell_formatter(name)(value)
+    with_spread = text and not isinstance(value, str) and spread is not None and pd.notna(spread)
+    return text + (f" ± {format(spread, number_format(name))}" if with_spread else "")
 
 
 def view(rows: pd.DataFrame) -> pd.DataFrame:

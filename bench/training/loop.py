@@ -264,7 +264,7 @@ def evaluate(model: torch.nn.Module, loader, preprocess: Callable, num_samples: 
         covered[indices] = 1.0
         truth[indices], predicted[indices] = labels, guesses
     timer.stop()
-    for tensor in (losses, correct, in_top5, covered, truth, predicted):
+    for tensor in (losses, correct, *([in_top5] if top5 else []), covered, truth, predicted):
         all_reduce_max_(tensor)
     missing = int(num_samples - covered.sum().item())
     if missing:
